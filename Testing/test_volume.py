@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DIRECTIONS
 
+from conftest import DIRECTIONS
 from lkseg import Grid, InputError, Volume
 from lkseg.errors import GeometryMismatchError
 from lkseg.orientation import reorient

@@ -70,7 +70,7 @@ class Structure:
 
     @property
     def color255(self) -> tuple[int, int, int]:
-        return tuple(int(round(c * 255)) for c in self.color)  # type: ignore[return-value]
+        return tuple(round(c * 255) for c in self.color)  # type: ignore[return-value]
 
     def terminology_string(self) -> str:
         """Slicer's segment terminology tag (``vtkSegment`` "TerminologyEntry") for this structure.

@@ -20,7 +20,7 @@ ProgressCallback = Callable[[float, str], None]
 log = logging.getLogger(__name__)
 
 
-def null_progress(fraction: float, message: str) -> None:  # noqa: ARG001
+def null_progress(fraction: float, message: str) -> None:
     """A progress callback that does nothing."""
 
 

@@ -49,7 +49,7 @@ def _child(conn, fn, args, kwargs):
         result = fn(*args, **kwargs)
         wall = time.perf_counter() - start
         conn.send({"ok": True, "wall_s": wall, "peak_rss_mb": peak_rss_mb(), "result": result})
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+    except BaseException as exc:
         conn.send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
     finally:
         conn.close()
