@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from lkseg.errors import (  # noqa: E402
+from lkseg.errors import (
     CancelledError,
     ChecksumError,
     GeometryMismatchError,
@@ -16,7 +16,7 @@ from lkseg.errors import (  # noqa: E402
     LKSegError,
     ModelError,
 )
-from lkseg.volume import Grid, Volume  # noqa: E402
+from lkseg.volume import Grid, Volume
 
 __all__ = [
     "CancelledError",
