@@ -394,16 +394,20 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
         slopes.append(slope)
         intercepts.append(intercept)
     integral = all(float(s).is_integer() for s in slopes) and all(float(b).is_integer() for b in intercepts)
-    out = np.empty(geo.grid.shape, dtype=np.float64 if not integral else np.int64)
+    if integral:
+        ends = [
+            (int(a.min()) * int(s) + int(b), int(a.max()) * int(s) + int(b))
+            for a, s, b in zip(slices, slopes, intercepts)
+        ]
+        lo, hi = min(min(e) for e in ends), max(max(e) for e in ends)
+        integral = lo >= -32768 and hi <= 32767
+    out = np.empty(geo.grid.shape, dtype=np.int16 if integral else np.float32)
     for k, (arr, slope, intercept) in enumerate(zip(slices, slopes, intercepts)):
         if integral:
-            out[k] = arr.astype(np.int64) * int(slope) + int(intercept)
+            out[k] = arr.astype(np.int32) * int(slope) + int(intercept)
         else:
             out[k] = arr.astype(np.float64) * slope + intercept
-    if integral and out.size and out.min() >= -32768 and out.max() <= 32767:
-        out = out.astype(np.int16)
-    else:
-        out = out.astype(np.float32)
+        slices[k] = None  # free the raw slice
     ds = geo.datasets[0]
     height = _optional_float(ds, "PatientSize")
     meta = {
