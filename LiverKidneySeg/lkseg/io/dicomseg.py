@@ -376,7 +376,7 @@ def read_dicom_seg(path: str | Path, reference: Volume | Grid | None = None) -> 
     items = []
     for segment in segments:
         parts = by_number.get(segment.value, [])
-        items.append((segment, np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)))
+        items.append((segment, np.concatenate(parts) if parts else np.zeros(0, np.int64)))  # duplicates are harmless
     meta = {
         "source": str(path),
         "format": "dicom-seg",
