@@ -175,3 +175,22 @@ def test_failed_series_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="NaN"):
         write_dicom_series(Volume.from_array(np.full((2, 2, 2), np.nan)), tmp_path / "nan")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tilted_and_mixed_series_are_refused(tmp_path):
+    import pydicom
+
+    files = write_dicom_series(_ct(np.eye(3), shape=(5, 4, 5)), tmp_path / "tilt")
+    for k, path in enumerate(files):  # shear the stack sideways, as a gantry tilt does
+        ds = pydicom.dcmread(path)
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + 0.5 * k, z]
+        ds.save_as(path)
+    with pytest.raises(InputError, match="gantry tilt"):
+        read_dicom_series(tmp_path / "tilt")
+    files = write_dicom_series(_ct(np.eye(3), shape=(5, 4, 5)), tmp_path / "mixed")
+    ds = pydicom.dcmread(files[2])
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]  # a coronal localizer inside the axial series
+    ds.save_as(files[2])
+    with pytest.raises(InputError, match=r"mixes slice orientations.*localizer"):
+        read_dicom_series(tmp_path / "mixed")

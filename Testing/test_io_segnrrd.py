@@ -177,3 +177,22 @@ def test_failed_write_leaves_no_file_and_keeps_old(tmp_path, monkeypatch):
         write_seg_nrrd(seg, tmp_path / "new.seg.nrrd")
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.seg.nrrd"]
+
+
+def test_colliding_values_across_layers_and_plain_nrrd_suffix(tmp_path):
+    import shutil
+
+    from lkseg.segmentation import Segment
+
+    seg = Segmentation.from_masks(
+        _product_seg(np.eye(3)).grid,
+        [(Segment("A", 1), np.ones((5, 6, 7), bool)), (Segment("B", 1), np.eye(7, dtype=bool)[:6][None].repeat(5, 0))],
+    )
+    assert seg.num_layers == 2 and [s.segment_id for s in seg.segments] == ["Segment_1", "Segment_1"]
+    loaded = slicerio.read_segmentation(str(write_seg_nrrd(seg, tmp_path / "c.seg.nrrd")))
+    assert [s["id"] for s in loaded["segments"]] == ["Segment_1", "Segment_1_2"]
+    # a Slicer segmentation saved as plain .nrrd is still recognised as a segmentation
+    shutil.copy(SLICERIO_DATA / "SegmentationOverlapping.seg.nrrd", tmp_path / "plain.nrrd")
+    flat = read_label_map(tmp_path / "plain.nrrd")
+    assert flat.array.max() == 8  # 8 segments, values collide across layers -> renumbered 1..8
+    assert read_segmentation(tmp_path / "plain.nrrd").num_layers == 2
