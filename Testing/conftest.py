@@ -51,3 +51,27 @@ DIRECTIONS = {
 @pytest.fixture(params=sorted(DIRECTIONS))
 def direction(request) -> np.ndarray:
     return DIRECTIONS[request.param]
+
+
+# -- 3D Slicer module (MRML adapters on slicer-core) ----------------------------------------------
+@pytest.fixture(scope="session")
+def headless_slicer():
+    """slicer-core set up as 3D Slicer itself does (application logic, module logics registered
+    before any segmentation node exists; ``slicer.mrmlScene`` and ``slicer.modules`` set).
+    Skips when slicer-core is not installed."""
+    pytest.importorskip("slicer_core", reason="slicer-core (pip install slicer-core) is needed for MRML tests")
+    import sys
+
+    module_dir = str(ROOT / "LiverKidneySeg")
+    if module_dir not in sys.path:
+        sys.path.insert(0, module_dir)
+    from LiverKidneySegLib.headless import setupHeadlessSlicer
+
+    return setupHeadlessSlicer()
+
+
+@pytest.fixture
+def mrml_scene(headless_slicer):
+    """The headless MRML scene; every node a test adds is removed afterwards."""
+    yield headless_slicer.scene
+    headless_slicer.clear()

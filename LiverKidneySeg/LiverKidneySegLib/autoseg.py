@@ -1,0 +1,220 @@
+"""The automatic segmentation as a job: export the volume, run ``lkseg segment`` out of process,
+import the result into a segmentation node.
+
+:class:`SegmentationJob` is driven by :meth:`~SegmentationJob.poll` from the thread that owns
+the MRML scene (the GUI thread, from a timer; or a loop in :meth:`~SegmentationJob.wait`), so the
+import into MRML never happens on another thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from LiverKidneySegLib.process import CoreProcess
+from LiverKidneySegLib.segmentations import SegmentExistsError, findSegmentId, labelMapToSegmentation
+from LiverKidneySegLib.volumes import volumeFromNode
+from lkseg.errors import CancelledError, LKSegError
+from lkseg.labels import get_structure
+
+__all__ = ["SegmentOptions", "SegmentationJob", "temporaryRoot"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SegmentOptions:
+    """Choices of an automatic run.
+
+    Attributes:
+        modelId: model package id (``id`` or ``id@version``) or folder; None = the default model.
+        device: "auto", "cpu" or "cuda".
+        structures: core structure names to keep (None = all the model segments).
+        replaceExisting: replace segments of the same names in the target segmentation.
+        extraArgs: more ``lkseg segment`` arguments (advanced).
+    """
+
+    modelId: str | None = None
+    device: str = "auto"
+    structures: list[str] | None = None
+    replaceExisting: bool = False
+    extraArgs: list[str] = field(default_factory=list)
+
+    def cliArgs(self, inputPath: Path, outputPath: Path) -> list[str]:
+        args = ["segment", str(inputPath), "-o", str(outputPath), "--progress-lines", "--device", self.device]
+        if self.modelId:
+            args += ["--model", str(self.modelId)]
+        if self.structures:
+            args += ["--structures", ",".join(self.structures)]
+        return args + list(self.extraArgs)
+
+
+def temporaryRoot() -> Path:
+    """Slicer's temporary folder inside Slicer, else the system one."""
+    try:
+        import slicer
+
+        if getattr(slicer, "app", None) is not None:
+            return Path(slicer.app.temporaryPath)
+    except ImportError:
+        pass
+    return Path(tempfile.gettempdir())
+
+
+class SegmentationJob:
+    """One automatic segmentation of ``volumeNode`` into ``segmentationNode``.
+
+    Args:
+        volumeNode: the CT (scalar volume node).
+        segmentationNode: the target (segments of other names are kept).
+        options: :class:`SegmentOptions`.
+        progress: ``progress(fraction, message)`` (called from :meth:`poll`).
+        logCallback: receives the child's log lines (called from :meth:`poll`).
+
+    States: ``"new"`` -> ``"running"`` -> ``"done"`` | ``"failed"`` | ``"cancelled"``.
+    """
+
+    def __init__(
+        self,
+        volumeNode,
+        segmentationNode,
+        options: SegmentOptions | None = None,
+        progress: Callable[[float, str], None] | None = None,
+        logCallback: Callable[[str], None] | None = None,
+    ):
+        self.volumeNode = volumeNode
+        self.segmentationNode = segmentationNode
+        self.options = options or SegmentOptions()
+        self.progress = progress
+        self.logCallback = logCallback
+        self.state = "new"
+        self.error: Exception | None = None
+        self.segmentIds: list[str] = []
+        self._process: CoreProcess | None = None
+        self._workDir: Path | None = None
+        self._grid = None
+
+    # -- checks before the long run ---------------------------------------------------------
+    def _checkConflicts(self) -> None:
+        if self.options.replaceExisting or not self.options.structures:
+            return
+        conflicts = [
+            get_structure(s).display for s in self.options.structures if findSegmentId(self.segmentationNode, s)
+        ]
+        if conflicts:
+            raise SegmentExistsError(conflicts, self.segmentationNode.GetName())
+
+    def start(self) -> SegmentationJob:
+        """Export the input and start ``lkseg segment``; returns self.
+
+        Raises:
+            SegmentExistsError: requested structures already exist and ``replaceExisting`` is off.
+            InputError: the volume node cannot be used.
+        """
+        from lkseg.io import write_image
+
+        if self.state != "new":
+            raise RuntimeError("a SegmentationJob can be started once")
+        self._checkConflicts()
+        volume = volumeFromNode(self.volumeNode)
+        self._grid = volume.grid
+        self._workDir = Path(tempfile.mkdtemp(prefix="lkseg-", dir=temporaryRoot()))
+        inputPath = self._workDir / "input.nrrd"
+        write_image(volume, inputPath)
+        self._report(0.02, "input exported")
+        self._process = CoreProcess(
+            self.options.cliArgs(inputPath, self._workDir / "result.seg.nrrd"),
+            progress=lambda f, m: self._report(0.05 + 0.9 * f, m),
+            logCallback=self._log,
+        ).start()
+        self.state = "running"
+        return self
+
+    def _report(self, fraction: float, message: str) -> None:
+        if self.progress:
+            self.progress(min(max(fraction, 0.0), 1.0), message)
+
+    def _log(self, line: str) -> None:
+        log.info("lkseg: %s", line)
+        if self.logCallback:
+            self.logCallback(line)
+
+    # -- driving ----------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed", "cancelled")
+
+    def poll(self) -> bool:
+        """Deliver progress; when the child has ended, import the result (on this thread).
+
+        Returns:
+            True once the job is finished (see :attr:`state` and :attr:`error`).
+        """
+        if self.finished:
+            return True
+        if self._process is None:
+            raise RuntimeError("call start() first")
+        code = self._process.poll()
+        if code is None:
+            return False
+        try:
+            if self._process.cancelled:
+                raise CancelledError("automatic segmentation cancelled by the user")
+            if code != 0:
+                raise LKSegError(f"lkseg segment failed (exit code {code}): {self._process.errorText()}")
+            self._import()
+            self.state = "done"
+            self._report(1.0, "done")
+        except CancelledError as exc:
+            self.state, self.error = "cancelled", exc
+        except Exception as exc:
+            self.state, self.error = "failed", exc
+        finally:
+            self._cleanup()
+        return True
+
+    def _import(self) -> None:
+        from lkseg.io.segnrrd import read_seg_nrrd
+
+        result = self._workDir / "result.seg.nrrd"
+        if not result.exists():
+            raise LKSegError(f"lkseg segment reported success but wrote no result ({self._process.errorText()})")
+        segmentation = read_seg_nrrd(result, reference=self._grid)
+        labels, table = segmentation.to_label_volume(), segmentation.label_table()
+        if self.options.structures:
+            keep = set(self.options.structures)
+            table = {v: n for v, n in table.items() if n in keep}
+        self._report(0.96, "importing segments")
+        self.segmentIds = labelMapToSegmentation(
+            labels,
+            table,
+            self.segmentationNode,
+            referenceVolumeNode=self.volumeNode,
+            replaceExisting=self.options.replaceExisting,
+        )
+
+    def wait(self, interval: float = 0.1) -> list[str]:
+        """Poll until finished; returns the written segment IDs or raises the job's error."""
+        import time
+
+        while not self.poll():
+            time.sleep(interval)
+        if self.error is not None:
+            raise self.error
+        return self.segmentIds
+
+    def cancel(self) -> None:
+        """Kill the child process tree (within 2 s); the job ends as ``"cancelled"`` at the next poll."""
+        if self._process is not None and not self.finished:
+            self._process.cancel()
+        elif self.state == "new":
+            self.state = "cancelled"
+
+    def _cleanup(self) -> None:
+        if self._workDir is not None:
+            shutil.rmtree(self._workDir, ignore_errors=True)
+            self._workDir = None

@@ -1,0 +1,202 @@
+"""Markups (points and ROI boxes placed in slice views) <-> core voxel prompts (no Qt).
+
+Markups report positions in **world RAS** mm. The prompt refiner works in voxel indices of the
+image: a point becomes continuous ``(i, j, k)`` through the volume node's inverse ``IJKToRAS``
+(parent transforms included), an ROI becomes the index-space bounding box of its 8 corners.
+
+A 2D prompt lives on one slice of one index axis (``axis`` 0 = i, 1 = j, 2 = k). The slice view a
+user clicks in is mapped to the index axis closest to the view's normal, so oblique volumes work.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from LiverKidneySegLib.volumes import ijkToWorld, worldToIjk
+from lkseg.errors import PromptError
+
+__all__ = [
+    "NEGATIVE",
+    "POSITIVE",
+    "SlicePrompts",
+    "boxToRoi",
+    "controlPointsWorld",
+    "pointPrompts",
+    "pointsToMarkups",
+    "roiCornersWorld",
+    "roiIjkBox",
+    "sliceAxisForNormal",
+    "slicePrompts",
+]
+
+log = logging.getLogger(__name__)
+
+POSITIVE, NEGATIVE = 1, 0
+
+
+@dataclass
+class SlicePrompts:
+    """Prompts on one slice, in voxel indices of the image.
+
+    Attributes:
+        axis: index axis normal to the slice: 0 = i, 1 = j, 2 = k (ZYX array axis ``2 - axis``).
+        sliceIndex: index of the slice along ``axis``.
+        points: (N, 3) continuous (i, j, k) indices of the points (all on the slice).
+        labels: (N,) 1 for positive (include) and 0 for negative (exclude) points.
+        box: ``(lo, hi)`` continuous (i, j, k) bounds of a box, or None.
+    """
+
+    axis: int
+    sliceIndex: int
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=np.int64))
+    box: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def empty(self) -> bool:
+        return len(self.points) == 0 and self.box is None
+
+
+def controlPointsWorld(markupsNode, definedOnly: bool = True) -> np.ndarray:
+    """(N, 3) world RAS mm of a markups node's control points (placed points only by default)."""
+    if markupsNode is None:
+        return np.zeros((0, 3))
+    points = []
+    for index in range(markupsNode.GetNumberOfControlPoints()):
+        if definedOnly and markupsNode.GetNthControlPointPositionStatus(index) != markupsNode.PositionDefined:
+            continue
+        position = [0.0, 0.0, 0.0]
+        markupsNode.GetNthControlPointPositionWorld(index, position)
+        points.append(position)
+    return np.array(points, dtype=np.float64).reshape(-1, 3)
+
+
+def pointPrompts(volumeNode, positiveNode=None, negativeNode=None) -> tuple[np.ndarray, np.ndarray]:
+    """Positive and negative point lists -> ``(ijk (N, 3) float, labels (N,) int)`` (positives first)."""
+    positive = worldToIjk(volumeNode, controlPointsWorld(positiveNode))
+    negative = worldToIjk(volumeNode, controlPointsWorld(negativeNode))
+    labels = np.r_[np.full(len(positive), POSITIVE), np.full(len(negative), NEGATIVE)].astype(np.int64)
+    return np.vstack([positive, negative]).reshape(-1, 3), labels
+
+
+def roiCornersWorld(roiNode) -> np.ndarray:
+    """(8, 3) world RAS mm corners of a markups ROI (its orientation included)."""
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    matrix.DeepCopy(roiNode.GetObjectToWorldMatrix())
+    objectToWorld = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    radius = np.array(roiNode.GetSize(), dtype=np.float64) / 2.0
+    corners = np.array([[sx, sy, sz, 1.0] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+    corners[:, :3] *= radius
+    return (corners @ objectToWorld.T)[:, :3]
+
+
+def roiIjkBox(volumeNode, roiNode) -> tuple[np.ndarray, np.ndarray]:
+    """Continuous (i, j, k) bounds ``(lo, hi)`` of an ROI's corners in the volume's index space."""
+    if roiNode is None or roiNode.GetNumberOfControlPoints() == 0:
+        raise PromptError("the box (ROI) has not been placed")
+    ijk = worldToIjk(volumeNode, roiCornersWorld(roiNode))
+    return ijk.min(axis=0), ijk.max(axis=0)
+
+
+def sliceAxisForNormal(volumeNode, normalRas) -> int:
+    """Index axis (0 = i, 1 = j, 2 = k) most parallel to a slice view's normal (world RAS)."""
+    from LiverKidneySegLib.volumes import ijkToRasMatrix, parentTransformMatrix
+
+    axes = (parentTransformMatrix(volumeNode) @ ijkToRasMatrix(volumeNode))[:3, :3]
+    axes = axes / np.linalg.norm(axes, axis=0)
+    normal = np.asarray(normalRas, dtype=np.float64)
+    return int(np.argmax(np.abs(normal @ axes)))
+
+
+def slicePrompts(
+    volumeNode,
+    axis: int,
+    positiveNode=None,
+    negativeNode=None,
+    roiNode=None,
+    sliceIndex: int | None = None,
+) -> SlicePrompts:
+    """Collect the prompts of one slice.
+
+    Args:
+        volumeNode: the image the prompts refer to.
+        axis: index axis normal to the slice (see :func:`sliceAxisForNormal`).
+        positiveNode, negativeNode: point lists (``vtkMRMLMarkupsFiducialNode``), or None.
+        roiNode: a ``vtkMRMLMarkupsROINode`` box, or None.
+        sliceIndex: the slice; default: the slice of the last point placed (positive list last
+            point, else negative), else the ROI centre's slice.
+
+    Returns:
+        :class:`SlicePrompts` with only the points lying on that slice (others are ignored).
+
+    Raises:
+        PromptError: no prompt at all, or the slice lies outside the volume.
+    """
+    if axis not in (0, 1, 2):
+        raise PromptError(f"axis must be 0 (i), 1 (j) or 2 (k), got {axis!r}")
+    ijk, labels = pointPrompts(volumeNode, positiveNode, negativeNode)
+    box = roiIjkBox(volumeNode, roiNode) if roiNode is not None and roiNode.GetNumberOfControlPoints() else None
+    if sliceIndex is None:
+        lastPositive = worldToIjk(volumeNode, controlPointsWorld(positiveNode))
+        lastNegative = worldToIjk(volumeNode, controlPointsWorld(negativeNode))
+        if len(lastPositive):
+            sliceIndex = int(np.rint(lastPositive[-1, axis]))
+        elif len(lastNegative):
+            sliceIndex = int(np.rint(lastNegative[-1, axis]))
+        elif box is not None:
+            sliceIndex = int(np.rint((box[0][axis] + box[1][axis]) / 2))
+        else:
+            raise PromptError("place at least one point or a box first")
+    size = volumeNode.GetImageData().GetDimensions()
+    if not 0 <= sliceIndex < size[axis]:
+        raise PromptError(f"slice {sliceIndex} is outside the volume (0..{size[axis] - 1} along axis {'ijk'[axis]})")
+    onSlice = np.rint(ijk[:, axis]) == sliceIndex if len(ijk) else np.zeros(0, dtype=bool)
+    if len(ijk) and not onSlice.all():
+        log.debug("ignoring %d point(s) not on slice %d", int((~onSlice).sum()), sliceIndex)
+    if box is not None and not box[0][axis] - 0.5 <= sliceIndex <= box[1][axis] + 0.5:
+        box = None
+    return SlicePrompts(axis, int(sliceIndex), ijk[onSlice], labels[onSlice], box)
+
+
+def pointsToMarkups(volumeNode, ijk: np.ndarray, markupsNode=None, *, scene=None, name: str = "Points"):
+    """Put (N, 3) (i, j, k) indices of ``volumeNode`` into a point list (world RAS); returns the node."""
+    import slicer
+
+    if markupsNode is None:
+        scene = scene or volumeNode.GetScene() or slicer.mrmlScene
+        markupsNode = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+    for ras in ijkToWorld(volumeNode, np.asarray(ijk, dtype=np.float64).reshape(-1, 3)):
+        markupsNode.AddControlPointWorld(*[float(v) for v in ras])
+    return markupsNode
+
+
+def boxToRoi(volumeNode, lo, hi, roiNode=None, *, scene=None, name: str = "Box"):
+    """A markups ROI covering the (i, j, k) box ``lo..hi``, oriented along the volume's axes."""
+    import slicer
+    import vtk
+
+    from LiverKidneySegLib.volumes import ijkToRasMatrix, parentTransformMatrix
+
+    if roiNode is None:
+        scene = scene or volumeNode.GetScene() or slicer.mrmlScene
+        roiNode = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", name)
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    matrix = parentTransformMatrix(volumeNode) @ ijkToRasMatrix(volumeNode)
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    rotation = matrix[:3, :3] / spacing
+    center = ijkToWorld(volumeNode, (lo + hi) / 2)
+    objectToNode = np.eye(4)
+    objectToNode[:3, :3] = rotation
+    objectToNode[:3, 3] = center
+    vtkMatrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            vtkMatrix.SetElement(r, c, float(objectToNode[r, c]))
+    roiNode.GetObjectToNodeMatrix().DeepCopy(vtkMatrix)
+    roiNode.SetSize(*[float(v) for v in np.abs(hi - lo) * spacing])
+    return roiNode

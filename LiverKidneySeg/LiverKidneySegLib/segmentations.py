@@ -1,0 +1,380 @@
+"""Label map <-> segmentation node adapters (no Qt).
+
+A core label map (:class:`~lkseg.volume.Volume` of integer labels + a
+:class:`~lkseg.labels.LabelTable` naming each value) becomes one segment per structure, with the
+structure's display name, colour and SNOMED CT terminology (:mod:`lkseg.labels`), and the
+structure's machine name stored in the segment tag :data:`STRUCTURE_TAG`. The segmentation keeps
+the label map's voxel grid as its reference geometry, so the way back is voxel-exact.
+
+Existing segments are never overwritten silently: a segment of the same name is replaced only
+with ``replaceExisting=True``; otherwise :class:`SegmentExistsError` names the conflicts (the
+module asks the user and calls again). Segments with other names are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from lkseg.errors import InputError
+from lkseg.labels import PRODUCT_LABELS, STRUCTURES, LabelTable, get_structure
+from lkseg.volume import Grid, Volume
+
+__all__ = [
+    "STRUCTURE_TAG",
+    "SegmentExistsError",
+    "findSegmentId",
+    "gridToOrientedImage",
+    "labelMapToSegmentation",
+    "maskToOrientedImage",
+    "referenceGrid",
+    "segmentMask",
+    "segmentStructureName",
+    "segmentationToLabelMap",
+    "setReferenceGeometry",
+    "setSegmentMask",
+]
+
+log = logging.getLogger(__name__)
+
+#: Segment tag holding the core structure name (``"kidney_right"``) of a segment.
+STRUCTURE_TAG = "LiverKidneySeg.Structure"
+
+
+class SegmentExistsError(InputError):
+    """Segments with the names about to be written already exist in the segmentation.
+
+    Attributes:
+        names: the conflicting segment names.
+    """
+
+    def __init__(self, names: list[str], segmentationName: str):
+        self.names = list(names)
+        super().__init__(
+            f"segmentation '{segmentationName}' already has segment(s) {', '.join(repr(n) for n in names)}; "
+            "pass replaceExisting=True to replace them (segments with other names are kept)"
+        )
+
+
+# -- geometry ----------------------------------------------------------------------------------
+def _ijkToRasVtk(grid: Grid):
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    ijkToRas = grid.ijk_to_ras
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(ijkToRas[r, c]))
+    return matrix
+
+
+def gridToOrientedImage(grid: Grid, allocate: bool = False):
+    """An empty ``vtkOrientedImageData`` with the grid's geometry (extent 0..n-1 on each axis)."""
+    import slicer
+    import vtk
+
+    image = slicer.vtkOrientedImageData()
+    ni, nj, nk = grid.size_ijk
+    image.SetExtent(0, ni - 1, 0, nj - 1, 0, nk - 1)
+    image.SetImageToWorldMatrix(_ijkToRasVtk(grid))
+    if allocate:
+        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        image.GetPointData().GetScalars().Fill(0)
+    return image
+
+
+def maskToOrientedImage(mask: np.ndarray, grid: Grid, crop: bool = True):
+    """A binary ``vtkOrientedImageData`` (uint8 0/1) of a ZYX mask on ``grid``.
+
+    Args:
+        mask: bool/int ZYX array of ``grid.shape``; non-zero is inside.
+        grid: geometry of the mask.
+        crop: store only the bounding box of the non-zero voxels (an empty mask gets an empty
+            extent), which is how Slicer stores segments.
+    """
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    mask = np.asarray(mask)
+    if mask.shape != grid.shape:
+        raise InputError(f"mask shape {mask.shape} does not match the grid shape {grid.shape} (ZYX)")
+    image = slicer.vtkOrientedImageData()
+    image.SetImageToWorldMatrix(_ijkToRasVtk(grid))
+    if crop:
+        nonzero = np.nonzero(mask)
+        if len(nonzero[0]) == 0:
+            image.SetExtent(0, -1, 0, -1, 0, -1)
+            return image
+        k0, j0, i0 = (int(a.min()) for a in nonzero)
+        k1, j1, i1 = (int(a.max()) for a in nonzero)
+    else:
+        (k0, j0, i0), (k1, j1, i1) = (0, 0, 0), (s - 1 for s in grid.shape)
+    block = np.ascontiguousarray(mask[k0 : k1 + 1, j0 : j1 + 1, i0 : i1 + 1] != 0, dtype=np.uint8)
+    image.SetExtent(i0, i1, j0, j1, k0, k1)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = block.reshape(-1)
+    return image
+
+
+def _orientedImageToMask(image, grid: Grid, labelValue: int | None = None) -> np.ndarray:
+    """Bool ZYX mask on ``grid`` of an oriented image (voxels equal to ``labelValue``, or non-zero
+    when None), resampled (nearest neighbour) if its geometry differs."""
+    import slicer
+    from vtk.util import numpy_support
+
+    out = np.zeros(grid.shape, dtype=bool)
+    extent = image.GetExtent()
+    if (
+        extent[1] < extent[0]
+        or extent[3] < extent[2]
+        or extent[5] < extent[4]
+        or image.GetPointData().GetScalars() is None
+    ):
+        return out
+    reference = gridToOrientedImage(grid)
+    if not slicer.vtkOrientedImageDataResample.DoGeometriesMatch(reference, image):
+        resampled = slicer.vtkOrientedImageData()
+        slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+            image, reference, resampled, False
+        )
+        image = resampled
+        extent = image.GetExtent()
+    dims = (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)
+    scalars = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims)
+    block = scalars != 0 if labelValue is None else scalars == labelValue
+    # clip the image extent to the grid
+    lo = [max(extent[2 * a], 0) for a in range(3)]  # i, j, k
+    hi = [min(extent[2 * a + 1], grid.size_ijk[a] - 1) for a in range(3)]
+    if any(h < lo_ for lo_, h in zip(lo, hi)):
+        return out
+    out[lo[2] : hi[2] + 1, lo[1] : hi[1] + 1, lo[0] : hi[0] + 1] = block[
+        lo[2] - extent[4] : hi[2] - extent[4] + 1,
+        lo[1] - extent[2] : hi[1] - extent[2] + 1,
+        lo[0] - extent[0] : hi[0] - extent[0] + 1,
+    ]
+    return out
+
+
+def setReferenceGeometry(segmentationNode, grid: Grid, referenceVolumeNode=None) -> None:
+    """Make ``grid`` the segmentation's reference geometry (and reference the volume node, if given)."""
+    import slicer
+
+    if referenceVolumeNode is not None:
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
+        return
+    converter = slicer.vtkSegmentationConverter
+    geometry = converter.SerializeImageGeometry(gridToOrientedImage(grid))
+    segmentationNode.GetSegmentation().SetConversionParameter(
+        converter.GetReferenceImageGeometryParameterName(), geometry
+    )
+
+
+def referenceGrid(segmentationNode) -> Grid | None:
+    """The segmentation's reference image geometry as a core :class:`Grid` (None when unset)."""
+    import slicer
+
+    converter = slicer.vtkSegmentationConverter
+    text = segmentationNode.GetSegmentation().GetConversionParameter(converter.GetReferenceImageGeometryParameterName())
+    if not text:
+        return None
+    image = slicer.vtkOrientedImageData()
+    if not converter.DeserializeImageGeometry(text, image, False):
+        return None
+    extent = image.GetExtent()
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    ijkToRas = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    # shift the origin so that the grid starts at the extent's first voxel
+    ijkToRas[:3, 3] = ijkToRas[:3, :3] @ np.array([extent[0], extent[2], extent[4]], float) + ijkToRas[:3, 3]
+    spacing = np.linalg.norm(ijkToRas[:3, :3], axis=0)
+    shape = (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)
+    flip = np.diag([-1.0, -1.0, 1.0])
+    return Grid(shape, tuple(spacing), tuple(flip @ ijkToRas[:3, 3]), flip @ (ijkToRas[:3, :3] / spacing))
+
+
+# -- segments ----------------------------------------------------------------------------------
+def segmentStructureName(segment) -> str:
+    """Core structure name of a ``vtkSegment``: its :data:`STRUCTURE_TAG`, else the structure whose
+    display or machine name equals the segment name, else the segment name itself."""
+    import vtk
+
+    tag = vtk.reference("")
+    if segment.GetTag(STRUCTURE_TAG, tag) and str(tag):
+        return str(tag)
+    name = segment.GetName()
+    for structure in STRUCTURES.values():
+        if name in (structure.display, structure.name):
+            return structure.name
+    return name
+
+
+def findSegmentId(segmentationNode, name: str) -> str | None:
+    """ID of the segment called ``name`` (segment name, core structure name or display name)."""
+    segmentation = segmentationNode.GetSegmentation()
+    wanted = {name, get_structure(name).display} if name in STRUCTURES else {name}
+    for index in range(segmentation.GetNumberOfSegments()):
+        segmentId = segmentation.GetNthSegmentID(index)
+        segment = segmentation.GetSegment(segmentId)
+        if segment.GetName() in wanted or segmentStructureName(segment) == name:
+            return segmentId
+    return None
+
+
+def segmentMask(segmentationNode, segmentId: str, grid: Grid) -> np.ndarray:
+    """Bool ZYX mask of one segment on ``grid`` (nearest-neighbour resampling when the
+    segmentation's own geometry differs)."""
+    import slicer
+
+    segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+    if segment is None:
+        raise InputError(f"segmentation '{segmentationNode.GetName()}' has no segment with ID {segmentId!r}")
+    image = slicer.vtkOrientedImageData()
+    slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(segmentationNode, segmentId, image)
+    # segments may share one labelmap layer: keep only this segment's label value
+    return _orientedImageToMask(image, grid, segment.GetLabelValue())
+
+
+def setSegmentMask(segmentationNode, segmentId: str, mask: np.ndarray, grid: Grid) -> None:
+    """Replace a segment's voxels with ``mask`` (bool ZYX on ``grid``); other segments untouched."""
+    import slicer
+
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    image = maskToOrientedImage(mask, grid, crop=True)
+    if image.GetPointData().GetScalars() is None:  # empty: a zero image over the whole grid clears it
+        image = gridToOrientedImage(grid, allocate=True)
+    ni, nj, nk = grid.size_ijk
+    if not logic.SetBinaryLabelmapToSegment(
+        image, segmentationNode, segmentId, logic.MODE_REPLACE, [0, ni - 1, 0, nj - 1, 0, nk - 1]
+    ):
+        raise RuntimeError(f"could not write segment {segmentId!r} of '{segmentationNode.GetName()}'")
+
+
+def _styleSegment(segment, structureName: str) -> None:
+    structure = get_structure(structureName)
+    segment.SetName(structure.display)
+    segment.SetColor(*structure.color)
+    segment.SetTag(STRUCTURE_TAG, structure.name)
+    segment.SetTerminology(structure.terminology_string())
+
+
+def labelMapToSegmentation(
+    labels: Volume,
+    table: Mapping[int, str],
+    segmentationNode,
+    *,
+    referenceVolumeNode=None,
+    replaceExisting: bool = False,
+    includeEmpty: bool = True,
+) -> list[str]:
+    """Write a label map into a segmentation node, one segment per structure of ``table``.
+
+    Args:
+        labels: integer label map (ZYX, with its geometry).
+        table: label value -> core structure name (e.g. :data:`~lkseg.labels.PRODUCT_LABELS`).
+        segmentationNode: target ``vtkMRMLSegmentationNode`` (new or existing).
+        referenceVolumeNode: source image; becomes the segmentation's reference geometry.
+        replaceExisting: replace segments of the same names instead of raising.
+        includeEmpty: also create segments for structures absent from ``labels``.
+
+    Returns:
+        The segment IDs written, in label-value order.
+
+    Raises:
+        SegmentExistsError: a segment of the same name exists and ``replaceExisting`` is False
+            (nothing is modified then).
+    """
+    table = LabelTable(table) if not isinstance(table, LabelTable) else table
+    array = np.asarray(labels.array)
+    present = set(np.unique(array).tolist())
+    items = [(value, name) for value, name in table.items() if includeEmpty or value in present]
+    existing = {name: findSegmentId(segmentationNode, name) for _, name in items}
+    conflicts = [get_structure(name).display for name, segmentId in existing.items() if segmentId]
+    if conflicts and not replaceExisting:
+        raise SegmentExistsError(conflicts, segmentationNode.GetName())
+    segmentation = segmentationNode.GetSegmentation()
+    if (
+        referenceVolumeNode is not None
+        or referenceGrid(segmentationNode) is None
+        or segmentation.GetNumberOfSegments() == 0
+    ):
+        setReferenceGeometry(segmentationNode, labels.grid, referenceVolumeNode)
+    written = []
+    wasModifying = segmentationNode.StartModify()
+    try:
+        for value, name in items:
+            segmentId = existing[name]
+            if segmentId is None:
+                structure = get_structure(name)
+                segmentId = segmentation.AddEmptySegment(
+                    name if segmentation.GetSegment(name) is None else "", structure.display, list(structure.color)
+                )
+            _styleSegment(segmentation.GetSegment(segmentId), name)
+            setSegmentMask(segmentationNode, segmentId, array == value, labels.grid)
+            written.append(segmentId)
+    finally:
+        segmentationNode.EndModify(wasModifying)
+    if segmentationNode.GetDisplayNode() is None and segmentationNode.GetScene() is not None:
+        segmentationNode.CreateDefaultDisplayNodes()
+    log.info("wrote %d segment(s) into '%s'", len(written), segmentationNode.GetName())
+    return written
+
+
+def segmentationToLabelMap(
+    segmentationNode,
+    grid: Grid | None = None,
+    segmentIds: Iterable[str] | None = None,
+    table: Mapping[int, str] | None = None,
+) -> tuple[Volume, LabelTable]:
+    """Collapse segments into one label map on ``grid``.
+
+    Args:
+        segmentationNode: source segmentation node.
+        grid: output geometry (default: the segmentation's reference geometry).
+        segmentIds: segments to export, in painting order (default: all, in segmentation order);
+            where segments overlap, the later one wins.
+        table: value -> structure name for the output; default: :data:`PRODUCT_LABELS` values for
+            known product structures, then the next free values in segment order.
+
+    Returns:
+        ``(labels, table)``: uint8 (or uint16 beyond 255 labels) ZYX label volume and its table.
+    """
+    if grid is None:
+        grid = referenceGrid(segmentationNode)
+        if grid is None:
+            raise InputError(f"segmentation '{segmentationNode.GetName()}' has no reference geometry; pass a grid")
+    segmentation = segmentationNode.GetSegmentation()
+    ids = (
+        list(segmentIds)
+        if segmentIds is not None
+        else [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    )
+    names = {segmentId: segmentStructureName(segmentation.GetSegment(segmentId)) for segmentId in ids}
+    if table is None:
+        mapping: dict[int, str] = {}
+        for name in names.values():
+            if name in PRODUCT_LABELS.values() and name not in mapping.values():
+                mapping[PRODUCT_LABELS.value_of(name)] = name
+        nextValue = max([*mapping, max(PRODUCT_LABELS)]) + 1
+        for name in names.values():
+            if name not in mapping.values():
+                mapping[nextValue] = name
+                nextValue += 1
+        table = LabelTable(mapping)
+    elif not isinstance(table, LabelTable):
+        table = LabelTable(table)
+    dtype = np.uint8 if max(table, default=0) < 256 else np.uint16
+    out = np.zeros(grid.shape, dtype=dtype)
+    for segmentId in ids:
+        name = names[segmentId]
+        try:
+            value = table.value_of(name)
+        except KeyError:
+            log.warning("segment %r (%s) is not in the label table; skipped", segmentId, name)
+            continue
+        out[segmentMask(segmentationNode, segmentId, grid)] = value
+    return Volume(out, grid, {"name": segmentationNode.GetName()}), table
