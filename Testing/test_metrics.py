@@ -116,3 +116,21 @@ def test_cli_metrics_grid_mismatch_is_a_clean_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc != 0
     assert "pred.nii.gz" in err and "spacing" in err and "Traceback" not in err
+
+
+def test_cli_metrics_matches_seg_nrrd_segments_by_name(tmp_path, capsys):
+    from lkseg.io.segnrrd import write_seg_nrrd
+    from lkseg.segmentation import Segmentation
+
+    spacing = (1.0, 1.0, 1.5)
+    liver = _sphere((30, 40, 40), (20, 20, 22), 9, spacing)
+    kidney = _sphere((30, 40, 40), (8, 8, 10), 4, spacing)
+    pred = np.zeros(liver.shape, np.uint8)
+    pred[liver], pred[kidney] = 1, 3
+    ref = np.zeros(liver.shape, np.uint8)
+    ref[liver], ref[kidney] = 7, 2  # other values, same names
+    write_seg_nrrd(Segmentation.from_label_volume(Volume.from_array(pred, spacing), {1: "liver", 3: "kidney_right"}), tmp_path / "p.seg.nrrd")
+    write_seg_nrrd(Segmentation.from_label_volume(Volume.from_array(ref, spacing), {7: "liver", 2: "kidney_right"}), tmp_path / "r.seg.nrrd")
+    assert main(["metrics", str(tmp_path / "p.seg.nrrd"), str(tmp_path / "r.seg.nrrd")]) == 0
+    lines = {ln.split()[0]: ln.split() for ln in capsys.readouterr().out.splitlines() if ln and ln[0].isalpha()}
+    assert float(lines["liver"][1]) == 1.0 and float(lines["kidney_right"][1]) == 1.0

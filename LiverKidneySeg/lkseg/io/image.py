@@ -278,7 +278,10 @@ def read_label_map(path: str | Path, reference: Volume | None = None) -> Volume:
         or (suffix == ".nrrd" and _is_seg_nrrd(path))
         or (suffix not in IMAGE_SUFFIXES and _is_dicom(path))
     ):
-        volume = read_segmentation(path, reference=reference).to_label_volume()
+        seg = read_segmentation(path, reference=reference)
+        volume = seg.to_label_volume()
+        # keep the value -> structure names so callers (metrics, planning) can match by name
+        volume = volume.with_array(volume.array, meta={**volume.meta, "label_table": seg.label_table().to_json()})
     elif suffix in IMAGE_SUFFIXES:
         volume = Volume.from_sitk(_read_sitk(path), meta={"source": str(path), "format": suffix.lstrip(".")})
         if suffix in (".nii", ".nii.gz") and _verify_nifti(path):
