@@ -270,9 +270,10 @@ def test_run_summary_and_manifest(first_run, cohort):
         assert float(rows[cid]["liver_tumor_ml"]) == pytest.approx(ml["liver_tumor"], abs=1e-3)
         assert float(rows[cid]["kidney_right_ml"]) == pytest.approx(ml["kidney_right"], abs=1e-3)
         assert int(rows[cid]["liver_tumor_count"]) == (2 if cid == "case1" else 1)
-        assert float(rows[cid]["liver_tumor_burden_pct"]) == pytest.approx(
-            100 * ml["liver_tumor"] / ml["liver"], abs=0.01
-        )
+        tlv = ml["liver"] + ml["liver_tumor"]
+        assert float(rows[cid]["total_liver_volume_ml"]) == pytest.approx(tlv, abs=1e-3)
+        assert float(rows[cid]["liver_tumor_burden_pct"]) == pytest.approx(100 * ml["liver_tumor"] / tlv, abs=0.01)
+        assert float(rows[cid]["kidney_tumor_burden_pct"]) == 0.0
         assert rows[cid]["status"] == "done" and float(rows[cid]["total_s"]) >= float(rows[cid]["infer_s"])
         assert rows[cid]["spacing_mm"] == "x".join(f"{s:.4g}" for s in SPACING)
     assert rows["broken"]["status"] == "failed" and rows["broken"]["error"]
@@ -287,6 +288,47 @@ def test_run_summary_and_manifest(first_run, cohort):
     assert set(manifest["outputs"]) == {"seg_nrrd", "nifti"}
     log = (out / "logs" / "case0.log").read_text()
     assert "start (new)" in log and "inference" in log and "done in" in log
+
+
+def test_run_planning_and_meshes(tmp_path):
+    src = _small_cohort(tmp_path, 2)
+    empty = make_case(0)[0]
+    write_image(empty.with_array(np.full(empty.shape, -100, np.int16)), src / "empty.nii.gz")
+    lst = tmp_path / "cases.csv"
+    lst.write_text("path,height_cm,weight_kg\nin/case0.nii.gz,182,90\nin/case1.nii.gz,,\nin/empty.nii.gz,,\n")
+    opts = BatchOptions(
+        mesh_formats=("glb", "stl"), plan={"height_cm": "170", "weight_kg": "60", "liver_quality": "cirrhosis"}
+    )
+    report = run_batch(lst, tmp_path / "out", ThresholdEngine(), options=opts)
+    assert report.counts["done"] == 3
+    rows = {r["case_id"]: r for r in read_csv(tmp_path / "out" / "summary.csv")}
+    for cid, height in (("case0", 182.0), ("case1", 170.0)):
+        case_dir = tmp_path / "out" / "cases" / cid
+        plan = json.loads((case_dir / f"{cid}_plan.json").read_text())
+        manifest = json.loads((case_dir / "manifest.json").read_text())
+        assert plan["patient"]["height_cm"] == height and plan["patient"]["liver_quality"] == "cirrhosis"
+        assert plan["provenance"]["inputs"]["image"]["sha256"] == manifest["input"]["sha256"]
+        assert plan["provenance"]["model"]["model_id"] == "test-threshold"
+        volumes = plan["result"]["volumes"]
+        assert volumes["liver"]["volume_ml"] == pytest.approx(float(rows[cid]["liver_ml"]), abs=1e-3)
+        tumours = [les for les in plan["result"]["lesions"] if les["structure"] == "liver_tumor"]
+        assert len(tumours) == int(rows[cid]["liver_tumor_count"]) == (2 if cid == "case1" else 1)
+        assert float(rows[cid]["total_liver_volume_ml"]) == pytest.approx(
+            plan["result"]["total_liver_volume_ml"], abs=1e-3
+        )
+        glb = (case_dir / "meshes" / f"{cid}_scene.glb").read_bytes()
+        assert glb[:4] == b"glTF" and len(glb) > 1000
+        from vtkmodules.vtkIOGeometry import vtkSTLReader
+
+        reader = vtkSTLReader()
+        reader.SetFileName(str(case_dir / "meshes" / f"{cid}_liver.stl"))
+        reader.Update()
+        assert reader.GetOutput().GetNumberOfPoints() > 50
+        assert set(manifest["outputs"]) >= {"plan", "mesh:" + f"{cid}_scene.glb", "seg_nrrd", "nifti"}
+    # an empty result is a finished case with a warning, not a failure
+    empty_res = report.result("empty")
+    assert empty_res.status == "done" and "empty segmentation" in rows["empty"]["warnings"]
+    assert set(empty_res.outputs) == {"seg_nrrd", "nifti"}
 
 
 # -- resume -----------------------------------------------------------------------------------------
@@ -501,3 +543,12 @@ def test_cli_batch_bad_options(tmp_path, capsys):
     assert "unknown output kind" in capsys.readouterr().err
     assert main(["batch", str(tmp_path / "missing"), str(tmp_path / "o"), "--outputs", "nifti"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_ray_slots_and_gpu_request():
+    from lkseg.batch.ray_runner import _slots
+
+    assert _slots({"CPU": 2.0}, BatchOptions()) == (2, 0.0)
+    assert _slots({"CPU": 16.0, "GPU": 2.0}, BatchOptions()) == (2, 1.0)  # one GPU per case when there are GPUs
+    assert _slots({"CPU": 16.0, "GPU": 1.0}, BatchOptions(ray_gpus_per_task=0.5, ray_cpus_per_task=4)) == (2, 0.5)
+    assert _slots({"CPU": 1.0}, BatchOptions(ray_cpus_per_task=2)) == (1, 0.0)

@@ -184,7 +184,9 @@ def finish_case(loaded: LoadedCase, job: CaseJob) -> CaseResult:
         t0 = time.perf_counter()
         try:
             with atomic_dir(case_dir) as tmp:
-                outputs, extra = write_case_outputs(case, loaded.volume, pred, job.options, job.identity, tmp)
+                outputs, extra = write_case_outputs(
+                    case, loaded.volume, pred, job.options, job.identity, tmp, loaded.input_sha256
+                )
                 stats = label_statistics(pred.labels, pred.label_table)
                 loaded.timings["write_s"] = round(time.perf_counter() - t0, 3)
                 loaded.timings["total_s"] = round(sum(loaded.timings[k] for k in ("read_s", "infer_s", "write_s")), 3)
@@ -212,6 +214,10 @@ def _record(loaded: LoadedCase, job: CaseJob, stats: dict, extra: dict, case_dir
     grid = loaded.volume.grid
     extra = dict(extra)
     warnings = [str(w) for w in (getattr(loaded.prediction, "warnings", None) or [])] + list(extra.pop("warnings", []))
+    plan = extra.pop("plan", None)
+    if plan:  # the planning report's lesion counts and burden take precedence (one definition)
+        stats = {**stats, "lesions": {**stats["lesions"], **plan["lesions"]}, "burden_pct": plan["burden_pct"]}
+        stats["total_liver_volume_ml"] = plan["total_liver_volume_ml"]
     return {
         **stats,
         **extra,

@@ -6,14 +6,14 @@ Outputs (each optional, see :data:`~lkseg.batch.options.OUTPUT_KINDS`):
 * ``<case>_labels.nii.gz``: the label map (values of the model's label table);
 * ``<case>_seg.dcm``: DICOM SEG referencing the source series (DICOM inputs only), with the
   model as the segmentation algorithm (name and version);
-* ``meshes/<case>.<fmt>``: smoothed surfaces (``glb``: all structures coloured in one file;
-  other formats: one file per structure);
-* ``<case>_plan.json``: planning (volumetry, lesions, kidney tumour metrics).
+* ``meshes/<case>_scene.glb`` (all structures coloured in one file) and, for STL/OBJ/VTP/PLY,
+  ``meshes/<case>_<structure>.<fmt>``: smoothed surfaces in RAS mm;
+* ``<case>_plan.json``: the planning report (volumetry with the mesh cross-check, lesions, tumour
+  burden, R.E.N.A.L.) with its audit trail (input hash, model id and version, settings).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -39,47 +39,107 @@ def _segmentation(labels: Volume, table: LabelTable, case: CaseInput, drop_empty
     return Segmentation.from_label_volume(labels.with_array(labels.array, meta=meta), table, drop_empty=drop_empty)
 
 
-def _plan_settings(options: BatchOptions, case: CaseInput) -> dict[str, Any]:
-    settings: dict[str, Any] = dict(options.fingerprint(case.meta)["plan"])
-    for key in ("height_cm", "weight_kg"):
-        if key in settings:
-            settings[key] = float(settings[key])
-    return settings
+def _patient(options: BatchOptions, case: CaseInput, volume: Volume):
+    """Body size and liver quality: per-case CSV values, else ``--plan`` values, else the DICOM header."""
+    from lkseg.planning import Patient
 
-
-def write_plan(volume: Volume, labels: Volume, table: LabelTable, settings: dict, path: Path, provenance: dict) -> dict:
-    """Run planning on a case and write its JSON report; return a few numbers for the summary."""
-    from lkseg import planning
-
-    kwargs = {k: v for k, v in settings.items() if k in ("height_cm", "weight_kg", "liver_quality")}
-    height = kwargs.get("height_cm", volume.meta.get("height_cm"))
-    weight = kwargs.get("weight_kg", volume.meta.get("weight_kg"))
-    result = planning.plan_case(
-        labels,
-        table,
-        image=volume,
-        height_cm=height,
-        weight_kg=weight,
-        liver_quality=kwargs.get("liver_quality", "normal"),
+    settings = options.fingerprint(case.meta)["plan"]
+    height = settings.get("height_cm", volume.meta.get("height_cm"))
+    weight = settings.get("weight_kg", volume.meta.get("weight_kg"))
+    return Patient(
+        height_cm=float(height) if height not in (None, "") else None,
+        weight_kg=float(weight) if weight not in (None, "") else None,
+        liver_quality=settings.get("liver_quality", "normal"),
     )
-    payload = result.to_dict() if hasattr(result, "to_dict") else dict(result)
-    payload.setdefault("provenance", {}).update(provenance)
-    from lkseg.io.atomic import atomic_write_text
-
-    atomic_write_text(path, json.dumps(payload, indent=2, default=str))
-    return payload
 
 
-def write_meshes(labels: Volume, table: LabelTable, folder: Path, stem: str, formats: tuple[str, ...]) -> list[Path]:
-    """Surfaces of every non-empty structure, exported in ``formats`` under ``folder``."""
-    from lkseg import surfaces
+def _provenance(case: CaseInput, identity: dict, input_sha256: str, parameters: dict):
+    """The planning report's audit trail, reusing the input hash the manifest already computed."""
+    from lkseg.report import collect_provenance
 
-    meshes = surfaces.label_map_to_meshes(labels, table)
-    written: list[Path] = []
-    folder.mkdir(parents=True, exist_ok=True)
-    for fmt in formats:
-        written += [Path(p) for p in surfaces.export_meshes(meshes, folder / f"{stem}.{fmt}", fmt)]
-    return written
+    meta = {"model_id": identity.get("model_id"), "model_version": identity.get("model_version")}
+    prov = collect_provenance(labels_meta=meta, parameters=parameters)
+    prov.inputs["image"] = {
+        "path": str(case.path),
+        "sha256": input_sha256,
+        "kind": case.kind,
+        "series_uid": case.series_uid,
+    }
+    prov.model.update({k: v for k, v in identity.items() if k not in prov.model})
+    return prov
+
+
+def _plan_and_meshes(
+    case: CaseInput,
+    volume: Volume,
+    result: Any,
+    options: BatchOptions,
+    identity: dict,
+    folder: Path,
+    input_sha256: str,
+) -> tuple[dict[str, str], dict]:
+    """Planning (volumes, lesions, burden, R.E.N.A.L.) and surfaces, built once for both outputs."""
+    from lkseg.planning import PlanOptions, run_plan
+
+    labels, table = result.labels, _table(result)
+    wanted = set(options.outputs)
+    meshes = "meshes" in wanted and bool(options.mesh_formats)
+    outputs: dict[str, str] = {}
+    extra: dict = {"warnings": []}
+    if not labels.array.any():
+        extra["warnings"].append("empty segmentation: no planning report or meshes")
+        return outputs, extra
+    patient = _patient(options, case, volume)
+    plan = run_plan(labels, table, PlanOptions(patient=patient, surfaces=meshes), image=volume)
+    extra["warnings"] += [f"planning: {w}" for w in plan.warnings]
+    if "plan" in wanted:
+        from lkseg.report import write_json
+
+        params = {
+            "patient": dict(patient.__dict__),
+            "case_id": case.case_id,
+            "batch_options": options.fingerprint(case.meta),
+        }
+        write_json(plan, folder / f"{case.case_id}_plan.json", _provenance(case, identity, input_sha256, params))
+        outputs["plan"] = f"{case.case_id}_plan.json"
+    extra["plan"] = _plan_summary(plan)
+    if meshes:
+        surfaces = [m for m in plan.surfaces if m.n_triangles > 0]
+        if surfaces:
+            from lkseg.surfaces import export_surfaces
+
+            written = export_surfaces(surfaces, folder / "meshes", options.mesh_formats, prefix=f"{case.case_id}_")
+            for paths in written.values():
+                for path in paths:
+                    outputs[f"mesh:{path.name}"] = path.relative_to(folder).as_posix()
+        else:
+            extra["warnings"].append("no surface to export")
+    return outputs, extra
+
+
+def _plan_summary(plan: Any) -> dict:
+    """Planning numbers for the summary row: lesion counts, tumour burden (% of the organ, which
+    includes its lesions, as the planning report defines it) and the total liver volume."""
+    counts: dict[str, int] = {}
+    for les in plan.lesions:
+        counts[les.structure] = counts.get(les.structure, 0) + 1
+    tumour: dict[str, float] = {}
+    organ: dict[str, float] = {}
+    for b in plan.burden:
+        tumour[b.tumour_structure] = tumour.get(b.tumour_structure, 0.0) + b.tumour_volume_ml
+        organ[b.tumour_structure] = organ.get(b.tumour_structure, 0.0) + b.organ_volume_ml
+    burden = {k: round(100.0 * tumour[k] / organ[k], 3) for k in tumour if organ[k] > 0}
+    tlv = plan.total_liver_volume_ml()
+    return {
+        "lesions": counts,
+        "burden_pct": burden,
+        "total_liver_volume_ml": round(tlv, 3) if tlv is not None else None,
+    }
+
+
+def _table(result: Any) -> LabelTable:
+    table = result.label_table
+    return table if isinstance(table, LabelTable) else LabelTable(table)
 
 
 def write_case_outputs(
@@ -89,6 +149,7 @@ def write_case_outputs(
     options: BatchOptions,
     identity: dict,
     folder: Path,
+    input_sha256: str = "",
 ) -> tuple[dict[str, str], dict]:
     """Write the requested outputs of one case into ``folder``.
 
@@ -99,6 +160,7 @@ def write_case_outputs(
         options: which outputs and formats.
         identity: the engine identity (model id and version go into DICOM SEG and the plan JSON).
         folder: the case's temporary folder (renamed into place by the caller).
+        input_sha256: the input's hash, recorded in the planning report's audit trail.
 
     Returns:
         (outputs: kind -> path relative to ``folder``, extra summary values).
@@ -106,7 +168,7 @@ def write_case_outputs(
     from lkseg.io import write_label_map
 
     labels: Volume = result.labels
-    table = result.label_table if isinstance(result.label_table, LabelTable) else LabelTable(result.label_table)
+    table = _table(result)
     cid = case.case_id
     outputs: dict[str, str] = {}
     extra: dict = {}
@@ -135,24 +197,9 @@ def write_case_outputs(
             outputs["dicom_seg"] = f"{cid}_seg.dcm"
         else:
             extra.setdefault("warnings", []).append("empty segmentation: no DICOM SEG written")
-    if "meshes" in wanted and options.mesh_formats:
-        files = write_meshes(labels, table, folder / "meshes", cid, options.mesh_formats)
-        for i, path in enumerate(files):
-            outputs[f"mesh_{i}" if len(files) > 1 else "meshes"] = path.relative_to(folder).as_posix()
-    if "plan" in wanted:
-        provenance = {"case_id": cid, "input": str(case.path), "series_uid": case.series_uid, **identity}
-        payload = write_plan(
-            volume, labels, table, _plan_settings(options, case), folder / f"{cid}_plan.json", provenance
-        )
-        outputs["plan"] = f"{cid}_plan.json"
-        extra["plan"] = _plan_summary(payload)
+    if wanted & {"plan", "meshes"}:
+        more, plan_extra = _plan_and_meshes(case, volume, result, options, identity, folder, input_sha256)
+        outputs.update(more)
+        extra["warnings"] = extra.get("warnings", []) + plan_extra.pop("warnings", [])
+        extra.update(plan_extra)
     return outputs, extra
-
-
-def _plan_summary(payload: dict) -> dict:
-    """A few planning numbers worth a summary column (when the planning report has them)."""
-    out = {}
-    for key in ("tumour_burden_pct", "liver_tumor_burden_pct", "sflr_pct", "bsa_m2"):
-        if isinstance(payload.get(key), int | float):
-            out[key] = payload[key]
-    return out

@@ -28,6 +28,12 @@ STATUSES = ("done", "skipped", "failed", "cancelled", "pending")
 #: Structures counted as lesions (connected components) in the summary.
 LESION_STRUCTURES = ("liver_tumor", "kidney_tumor", "kidney_cyst")
 _TIMING_COLUMNS = ("read_s", "infer_s", "write_s", "total_s")
+#: Tumour burden = tumour volume / volume of the organ including its lesions (as the planning
+#: report defines it; its per-organ figures are used when planning ran).
+ORGAN_PARTS = {
+    "liver_tumor": ("liver", "liver_tumor", "liver_cyst"),
+    "kidney_tumor": ("kidney_right", "kidney_left", "kidney_tumor", "kidney_cyst"),
+}
 
 
 @dataclass
@@ -100,6 +106,11 @@ def _structure_columns(results: Iterable[CaseResult]) -> tuple[list[str], list[s
     return names, lesions
 
 
+def _sum(vols: dict, names: tuple[str, ...]):
+    present = [vols[n] for n in names if n in vols]
+    return round(sum(present), 3) if present else ""
+
+
 def _row(res: CaseResult, names: list[str], lesions: list[str]) -> dict:
     rec = res.record
     vols, counts, timings = rec.get("volume_ml", {}), rec.get("lesions", {}), rec.get("timings", {})
@@ -117,8 +128,12 @@ def _row(res: CaseResult, names: list[str], lesions: list[str]) -> dict:
         row[f"{name}_ml"] = vols.get(name, "")
     for name in lesions:
         row[f"{name}_count"] = counts.get(name, "")
-    liver, tumour = vols.get("liver"), vols.get("liver_tumor")
-    row["liver_tumor_burden_pct"] = round(100.0 * tumour / liver, 2) if liver and tumour is not None else ""
+    row["total_liver_volume_ml"] = rec.get("total_liver_volume_ml", _sum(vols, ORGAN_PARTS["liver_tumor"]))
+    burden = rec.get("burden_pct", {})
+    for tumour, parts in ORGAN_PARTS.items():
+        organ_ml = _sum(vols, parts)
+        fallback = round(100.0 * vols[tumour] / organ_ml, 3) if organ_ml and tumour in vols else ""
+        row[f"{tumour}_burden_pct"] = burden.get(tumour, fallback) if rec else ""
     for col in _TIMING_COLUMNS:
         row[col] = timings.get(col, "")
     row["warnings"] = " | ".join(rec.get("warnings", []))
