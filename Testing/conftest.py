@@ -75,3 +75,49 @@ def mrml_scene(headless_slicer):
     """The headless MRML scene; every node a test adds is removed afterwards."""
     yield headless_slicer.scene
     headless_slicer.clear()
+
+
+# -- planning (surgical planning helper) -------------------------------------------------------
+#: Label table of :func:`planning_abdomen` (product labels plus a renal pelvis of the right kidney).
+PLANNING_TABLE = {
+    1: "liver",
+    2: "liver_tumor",
+    3: "kidney_right",
+    4: "kidney_left",
+    5: "kidney_tumor",
+    6: "kidney_cyst",
+    7: "spleen",
+    8: "renal_pelvis",
+}
+
+
+def build_planning_abdomen(shape=(80, 128, 128), spacing=(1.5, 1.5, 2.5)):
+    """A small analytic abdomen of ellipsoids on an axial LPS grid centred on the origin:
+    liver (patient right, superior) with one tumour, two kidneys (the right one with a renal
+    pelvis and an exophytic tumour), spleen. Returns ``(labels Volume, LabelTable)``."""
+    from lkseg.labels import LabelTable
+    from lkseg.volume import Volume
+
+    nk, nj, ni = shape
+    origin = -np.array([ni * spacing[0], nj * spacing[1], nk * spacing[2]]) / 2
+    k, j, i = np.meshgrid(np.arange(nk), np.arange(nj), np.arange(ni), indexing="ij", sparse=True)
+    x, y, z = origin[0] + i * spacing[0], origin[1] + j * spacing[1], origin[2] + k * spacing[2]
+
+    def ell(c, r):
+        return ((x - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((z - c[2]) / r[2]) ** 2 <= 1
+
+    lab = np.zeros(shape, np.uint8)
+    lab[ell((-40, -10, 40), (55, 50, 45))] = 1  # liver, LPS x < 0 = patient right
+    lab[ell((-45, -15, 45), (12, 12, 12))] = 2  # liver tumour
+    lab[ell((-45, 40, -20), (25, 20, 45))] = 3  # right kidney (posterior)
+    lab[ell((45, 40, -25), (25, 20, 45))] = 4  # left kidney
+    lab[ell((-45, 40, -22), (6, 6, 12))] = 8  # renal pelvis of the right kidney
+    lab[ell((-68, 40, -40), (10, 10, 10))] = 5  # exophytic tumour of the right kidney
+    lab[ell((60, 10, 40), (25, 20, 35))] = 7  # spleen
+    return Volume.from_array(lab, spacing=spacing, origin=origin), LabelTable(PLANNING_TABLE)
+
+
+@pytest.fixture(scope="session")
+def planning_abdomen():
+    """``(labels, table)`` from :func:`build_planning_abdomen` (built once per session)."""
+    return build_planning_abdomen()
