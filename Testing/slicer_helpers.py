@@ -8,6 +8,7 @@ Importing this module puts ``LiverKidneySeg/`` (the scripted module folder, whic
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,7 @@ class FakePromptPredictor:
         self._volume = None
 
     def set_volume(self, volume) -> None:
+        self.calls.append({"kind": "set_volume", "thread": threading.get_ident()})
         self._volume = volume
         self.slicer = _FakeSlicer(volume)
         self.volumes_set += 1
@@ -62,15 +64,17 @@ class FakePromptPredictor:
         self, view, slice_index, points=None, labels=None, box=None, mask_prior=None, coords="voxel", structure=None
     ):
         self.calls.append(
-            (
-                "predict",
-                view,
-                slice_index,
-                None if points is None else np.array(points),
-                None if labels is None else np.array(labels),
-                None if box is None else np.array(box),
-                structure,
-            )
+            {
+                "kind": "predict",
+                "view": view,
+                "slice": slice_index,
+                "points": None if points is None else np.array(points),
+                "labels": None if labels is None else np.array(labels),
+                "box": None if box is None else np.array(box),
+                "prior": None if mask_prior is None else np.array(mask_prior),
+                "structure": structure,
+                "thread": threading.get_ident(),
+            }
         )
         axis = 2 - self.slicer.user_slice_axis(view)  # index axis (0=i,1=j,2=k)
         shape2d = tuple(n for a, n in enumerate(self._volume.shape) if a != 2 - axis)
@@ -92,7 +96,15 @@ class FakePromptPredictor:
         return mask
 
     def propagate(self, view, slice_index, mask2d, structure=None, max_slices=None, progress=None, cancel=None):
-        self.calls.append(("propagate", view, slice_index, structure))
+        self.calls.append(
+            {
+                "kind": "propagate",
+                "view": view,
+                "slice": slice_index,
+                "structure": structure,
+                "thread": threading.get_ident(),
+            }
+        )
         axis_np = self.slicer.user_slice_axis(view)
         image = np.asarray(self._volume.array)
         out = np.zeros(image.shape, bool)

@@ -49,7 +49,7 @@ class SegmentOptions:
         if self.modelId:
             args += ["--model", str(self.modelId)]
         if self.structures:
-            args += ["--structures", ",".join(self.structures)]
+            args += ["--structures", *self.structures]
         return args + list(self.extraArgs)
 
 

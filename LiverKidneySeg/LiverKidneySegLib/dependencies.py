@@ -95,14 +95,14 @@ def ensureDependencies(
     Args:
         requester: name shown in Slicer's dialogs.
         requirements: default ``Resources/requirements.txt``.
-        confirm: ``confirm(message) -> bool`` used on Slicer versions without
-            ``slicer.packaging`` (default ``slicer.util.confirmOkCancelDisplay``).
+        confirm: ``confirm(message) -> bool`` asking the user; needed on Slicer versions without
+            ``slicer.packaging`` (the widget passes a dialog; this module never shows one).
 
     Returns:
         The requirements that were missing before the call (empty when nothing was needed).
 
     Raises:
-        RuntimeError: called from a worker thread, or the user declined.
+        RuntimeError: called from a worker thread, the user declined, or nobody can be asked.
     """
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("ensureDependencies() must run on the main thread (pip is never run from a worker)")
@@ -121,12 +121,13 @@ def ensureDependencies(
     except ImportError:
         packaging = None
     if packaging is not None and hasattr(packaging, "pip_ensure"):
-        packaging.pip_ensure(missing, requester=requester)
+        packaging.pip_ensure(missing, requester=requester)  # asks the user itself
     else:
-        ask = confirm or (
-            lambda message: slicer.util.confirmOkCancelDisplay(message, f"{requester} - Install Python Packages")
-        )
-        if not ask(f"{requester} needs these Python packages:\n\n" + "\n".join(missing) + "\n\nInstall them now?"):
+        if confirm is None:
+            raise RuntimeError(
+                f"{requester} needs {', '.join(missing)}; pass confirm= to ask the user before installing"
+            )
+        if not confirm(f"{requester} needs these Python packages:\n\n" + "\n".join(missing) + "\n\nInstall them now?"):
             raise RuntimeError(f"{requester} cannot run without: {', '.join(missing)}")
         slicer.util.pip_install(missing)
     return missing

@@ -32,11 +32,11 @@ from LiverKidneySegLib.refinement import (
     sliceRegion,
 )
 from LiverKidneySegLib.segmentations import (
-    STRUCTURE_TAG,
     findSegmentId,
     segmentMask,
     segmentStructureName,
     setReferenceGeometry,
+    styleSegment,
 )
 from LiverKidneySegLib.surfaces import createClosedSurface, exportSegmentsToFiles, exportSegmentsToModels
 from LiverKidneySegLib.tables import tableFromRows
@@ -205,12 +205,14 @@ class LiverKidneySegLogicBase:
         if segmentId is None:
             if not create:
                 raise InputError(f"segmentation '{segmentationNode.GetName()}' has no segment {segmentName!r}")
-            structure = get_structure(segmentName)
+            from lkseg.segmentation import find_structure
+
+            known = find_structure(segmentName)
+            structure = get_structure(known or segmentName)
             segmentation = segmentationNode.GetSegmentation()
-            segmentId = segmentation.AddEmptySegment(
-                "", structure.display if segmentName == structure.name else segmentName, list(structure.color)
-            )
-            segmentation.GetSegment(segmentId).SetTag(STRUCTURE_TAG, structure.name)
+            wantedId = structure.name if known and segmentation.GetSegment(structure.name) is None else ""
+            segmentId = segmentation.AddEmptySegment(wantedId, segmentName, list(structure.color))
+            styleSegment(segmentation.GetSegment(segmentId), structure.name, None if known else segmentName)
         return segmentId
 
     def _prompts(self, volumeNode, positive, negative, box, axis: int, sliceIndex: int | None) -> SlicePrompts:
@@ -440,6 +442,68 @@ class LiverKidneySegLogicBase:
             units={"Volume": "mL", "Mean": "HU"},
             descriptions={"Volume": "segment volume", "Mean": "mean intensity inside the segment"},
         )
+
+    # -- planning -------------------------------------------------------------------------------
+    def plan(
+        self,
+        volumeNode,
+        segmentationNode,
+        *,
+        heightCm: float | None = None,
+        weightKg: float | None = None,
+        resectionPlaneNode=None,
+        resectionSegmentName: str | None = None,
+        tableNode=None,
+    ):
+        """Volumes, lesions, tumour burden, FLR (with a resection plane or segment), R.E.N.A.L.
+
+        Args:
+            volumeNode: the CT; segmentationNode: its segmentation (liver, kidneys, tumours...).
+            heightCm, weightKg: patient size for the BSA-standardised FLR (None = unknown).
+            resectionPlaneNode: markups plane; the side its normal points to is resected.
+            resectionSegmentName: or a segment whose voxels are resected.
+            tableNode: table to fill (created when None).
+
+        Returns:
+            ``(result, tableNode)``: the core ``PlanResult`` and the results table (one row per
+            structure, lesion and summary measure; volumes in mL, lengths in mm).
+        """
+        from LiverKidneySegLib.planning import PlanInputs, planCase, planRows
+
+        inputs = PlanInputs(heightCm, weightKg, resectionPlaneNode, resectionSegmentName)
+        result, _, _, _ = planCase(volumeNode, segmentationNode, inputs)
+        units = {
+            "volume_ml": "mL",
+            "mesh_volume_ml": "mL",
+            "axial_long_mm": "mm",
+            "axial_short_mm": "mm",
+            "max_3d_diameter_mm": "mm",
+        }
+        table = tableFromRows(
+            planRows(result), tableNode, scene=self.scene, name=f"{segmentationNode.GetName()} planning", units=units
+        )
+        return result, table
+
+    def saveReport(
+        self,
+        volumeNode,
+        segmentationNode,
+        folder: str | Path,
+        *,
+        heightCm: float | None = None,
+        weightKg: float | None = None,
+        resectionPlaneNode=None,
+        resectionSegmentName: str | None = None,
+    ) -> Path:
+        """Plan and write the JSON, CSV and HTML reports into ``folder``; returns the HTML path."""
+        from LiverKidneySegLib.planning import PlanInputs, planCase, writeReport
+
+        inputs = PlanInputs(heightCm, weightKg, resectionPlaneNode, resectionSegmentName, surfaces=True)
+        result, labels, table, image = planCase(volumeNode, segmentationNode, inputs)
+        written = writeReport(
+            result, labels, table, image, folder, stem=f"{segmentationNode.GetName()}_report".replace(" ", "_")
+        )
+        return written.get("html") or next(iter(written.values()))
 
     def cleanup(self) -> None:
         """Cancel running work and stop the refinement worker thread."""

@@ -24,11 +24,13 @@ __all__ = [
     "SlicePrompts",
     "boxToRoi",
     "controlPointsWorld",
+    "createPromptNode",
     "pointPrompts",
     "pointsToMarkups",
     "roiCornersWorld",
     "roiIjkBox",
     "sliceAxisForNormal",
+    "sliceAxisForPoint",
     "slicePrompts",
 ]
 
@@ -113,6 +115,27 @@ def sliceAxisForNormal(volumeNode, normalRas) -> int:
     return int(np.argmax(np.abs(normal @ axes)))
 
 
+def sliceAxisForPoint(volumeNode, rasWorld, sliceNodes, default: int = 2) -> int:
+    """Index axis of the slice view a point was placed in.
+
+    The view is the slice node (``vtkMRMLSliceNode``, visible in the layout when that is known)
+    whose plane passes closest to the point; its normal is mapped with
+    :func:`sliceAxisForNormal`. ``default`` when no slice node is given.
+    """
+    point = np.asarray(rasWorld, dtype=np.float64).reshape(3)
+    best, bestDistance = None, np.inf
+    for sliceNode in sliceNodes:
+        if hasattr(sliceNode, "IsMappedInLayout") and not sliceNode.IsMappedInLayout():
+            continue
+        matrix = sliceNode.GetSliceToRAS()
+        sliceToRas = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+        normal = sliceToRas[:3, 2] / np.linalg.norm(sliceToRas[:3, 2])
+        distance = abs(float(np.dot(point - sliceToRas[:3, 3], normal)))
+        if distance < bestDistance:
+            best, bestDistance = normal, distance
+    return default if best is None else sliceAxisForNormal(volumeNode, best)
+
+
 def slicePrompts(
     volumeNode,
     axis: int,
@@ -161,6 +184,26 @@ def slicePrompts(
     if box is not None and not box[0][axis] - 0.5 <= sliceIndex <= box[1][axis] + 0.5:
         box = None
     return SlicePrompts(axis, int(sliceIndex), ijk[onSlice], labels[onSlice], box)
+
+
+#: Prompt roles -> (markups class, node name, colour RGB 0..1).
+PROMPT_ROLES = {
+    "positivePoints": ("vtkMRMLMarkupsFiducialNode", "LKS positive", (0.1, 0.9, 0.2)),
+    "negativePoints": ("vtkMRMLMarkupsFiducialNode", "LKS negative", (0.95, 0.15, 0.15)),
+    "promptBox": ("vtkMRMLMarkupsROINode", "LKS box", (1.0, 0.85, 0.1)),
+}
+
+
+def createPromptNode(scene, role: str):
+    """A new, coloured point list ("positivePoints", "negativePoints") or ROI ("promptBox")."""
+    className, name, color = PROMPT_ROLES[role]
+    node = scene.AddNewNodeByClass(className, name)
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    if display is not None:
+        display.SetSelectedColor(color)
+        display.SetColor(color)
+    return node
 
 
 def pointsToMarkups(volumeNode, ijk: np.ndarray, markupsNode=None, *, scene=None, name: str = "Points"):

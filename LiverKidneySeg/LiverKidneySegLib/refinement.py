@@ -209,6 +209,8 @@ class RefineEngine:
         """Stop the worker thread (waits for the running job) and drop the predictor."""
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._predictor is not None and hasattr(self._predictor, "close"):
+            self._predictor.close()  # stops the predictor's own prefetch thread (the worker is gone)
         self._executor, self._predictor, self._volumeKey = None, None, None
 
 
@@ -237,7 +239,7 @@ class Refiner:
 
     def __init__(self, engine: RefineEngine, history: EditHistory | None = None):
         self.engine = engine
-        self.history = history or EditHistory()
+        self.history = history if history is not None else EditHistory()
         self._interaction: tuple | None = None
         self._base: np.ndarray | None = None
 

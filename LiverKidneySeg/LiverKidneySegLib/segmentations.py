@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from lkseg.errors import InputError
-from lkseg.labels import PRODUCT_LABELS, STRUCTURES, LabelTable, get_structure
+from lkseg.labels import PRODUCT_LABELS, LabelTable, get_structure
 from lkseg.volume import Grid, Volume
 
 __all__ = [
@@ -30,11 +30,13 @@ __all__ = [
     "labelMapToSegmentation",
     "maskToOrientedImage",
     "referenceGrid",
+    "segmentChoices",
     "segmentMask",
     "segmentStructureName",
     "segmentationToLabelMap",
     "setReferenceGeometry",
     "setSegmentMask",
+    "styleSegment",
 ]
 
 log = logging.getLogger(__name__)
@@ -199,30 +201,48 @@ def referenceGrid(segmentationNode) -> Grid | None:
 
 # -- segments ----------------------------------------------------------------------------------
 def segmentStructureName(segment) -> str:
-    """Core structure name of a ``vtkSegment``: its :data:`STRUCTURE_TAG`, else the structure whose
-    display or machine name equals the segment name, else the segment name itself."""
+    """Core structure name of a ``vtkSegment``: its :data:`STRUCTURE_TAG`, else the structure
+    whose machine or display name matches the segment name (case/space-insensitive), else the one
+    its terminology codes name, else the segment name itself."""
     import vtk
+
+    from lkseg.segmentation import find_structure, parse_terminology
 
     tag = vtk.reference("")
     if segment.GetTag(STRUCTURE_TAG, tag) and str(tag):
         return str(tag)
     name = segment.GetName()
-    for structure in STRUCTURES.values():
-        if name in (structure.display, structure.name):
-            return structure.name
-    return name
+    found = find_structure(name)
+    if found is None and segment.HasTerminology():
+        codes = parse_terminology(segment.GetTerminology())
+        generic = codes.get("type") is None or codes["type"].value == "85756007"  # "Tissue" says nothing
+        found = None if generic else find_structure(None, codes.get("type"), codes.get("region"))
+    return found or name
 
 
 def findSegmentId(segmentationNode, name: str) -> str | None:
-    """ID of the segment called ``name`` (segment name, core structure name or display name)."""
+    """ID of the segment called ``name`` (segment name, or core structure / display name)."""
+    from lkseg.segmentation import find_structure
+
     segmentation = segmentationNode.GetSegmentation()
-    wanted = {name, get_structure(name).display} if name in STRUCTURES else {name}
+    structure = find_structure(name)
     for index in range(segmentation.GetNumberOfSegments()):
         segmentId = segmentation.GetNthSegmentID(index)
         segment = segmentation.GetSegment(segmentId)
-        if segment.GetName() in wanted or segmentStructureName(segment) == name:
+        if segment.GetName() == name or (structure is not None and segmentStructureName(segment) == structure):
             return segmentId
     return None
+
+
+def segmentChoices(segmentationNode, structures: Iterable[str] = PRODUCT_LABELS.values()) -> list[tuple[str, bool]]:
+    """Names to offer in a segment picker: ``(name, exists)`` for every existing segment, then the
+    display names of ``structures`` that do not exist yet (created on first use)."""
+    names = []
+    if segmentationNode is not None:
+        segmentation = segmentationNode.GetSegmentation()
+        names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    missing = [get_structure(s).display for s in structures if get_structure(s).display not in names]
+    return [(n, True) for n in names] + [(n, False) for n in missing]
 
 
 def segmentMask(segmentationNode, segmentId: str, grid: Grid) -> np.ndarray:
@@ -254,9 +274,10 @@ def setSegmentMask(segmentationNode, segmentId: str, mask: np.ndarray, grid: Gri
         raise RuntimeError(f"could not write segment {segmentId!r} of '{segmentationNode.GetName()}'")
 
 
-def _styleSegment(segment, structureName: str) -> None:
+def styleSegment(segment, structureName: str, name: str | None = None) -> None:
+    """Name (default: the structure's display name), colour, terminology and structure tag of a segment."""
     structure = get_structure(structureName)
-    segment.SetName(structure.display)
+    segment.SetName(name or structure.display)
     segment.SetColor(*structure.color)
     segment.SetTag(STRUCTURE_TAG, structure.name)
     segment.SetTerminology(structure.terminology_string())
@@ -313,7 +334,7 @@ def labelMapToSegmentation(
                 segmentId = segmentation.AddEmptySegment(
                     name if segmentation.GetSegment(name) is None else "", structure.display, list(structure.color)
                 )
-            _styleSegment(segmentation.GetSegment(segmentId), name)
+            styleSegment(segmentation.GetSegment(segmentId), name)
             setSegmentMask(segmentationNode, segmentId, array == value, labels.grid)
             written.append(segmentId)
     finally:

@@ -1,0 +1,684 @@
+"""LiverKidneySeg: automatic and interactive segmentation of the liver, kidneys and their tumours
+on CT, with surgical planning, as a 3D Slicer scripted module.
+
+Module, parameter node, Widget, Logic and Test follow Slicer's scripted-module template. The
+computations live in the core package ``lkseg`` (shipped in this folder); ``LiverKidneySegLib``
+moves data between MRML nodes and the core. The Logic works without the GUI (Python console,
+batch scripts); the Widget only wires the .ui to the Logic.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import (
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsPlaneNode,
+    vtkMRMLMarkupsROINode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLTableNode,
+)
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, Default, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from LiverKidneySegLib.logic import LiverKidneySegLogicBase
+
+PRODUCT_STRUCTURES = ["liver", "liver_tumor", "kidney_right", "kidney_left", "kidney_tumor", "kidney_cyst", "spleen"]
+DEVICES = ["auto", "cpu", "cuda"]
+COMBINE_MODES = ["add", "subtract", "replace"]
+MESH_FORMATS = ["STL", "OBJ"]
+
+
+#
+# LiverKidneySeg
+#
+
+
+class LiverKidneySeg(ScriptedLoadableModule):
+    """Module description shown in Slicer (title, category, help, acknowledgement)."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Liver Kidney Seg")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["Segmentations", "Markups"]
+        self.parent.contributors = ["LiverKidneySeg developers"]
+        self.parent.helpText = _("""
+Segmentation of the <b>liver, kidneys and their tumours</b> on CT, with surgical planning.
+<ol>
+<li><b>Automatic</b>: choose the CT, a model (its licence and intended use are shown), the structures and the
+device, then <i>Apply</i> (it becomes <i>Cancel</i> while running). Results go to a new segmentation or to the
+chosen one: segments of other names are kept; a segment of the same name is replaced only after you confirm
+(or with <i>Replace segments of the same name</i>).</li>
+<li><b>Refine</b>: pick a segment, then place <i>+ points</i>, <i>- points</i> or a <i>box</i> in any slice view;
+each placement updates the segment at once. <i>Propagate in 3D</i> grows it through the volume. Edit modes:
+add / subtract / replace. Undo/Redo every edit. Shortcuts: Ctrl+Shift+P/N/B (place +/-/box),
+Ctrl+Shift+X (clear prompts), Ctrl+Shift+G (propagate), Ctrl+Shift+Z / Ctrl+Shift+Y (undo / redo).</li>
+<li><b>Planning</b>: volumes, tumour burden, future liver remnant (standardised by body surface area when
+height and weight are known; prefilled from the DICOM tags), R.E.N.A.L. score; 3D models and report export.</li>
+</ol>
+<b>Limits of the demo models</b>: the bundled models are small demonstration networks (trained on limited data,
+partly synthetic phantoms); they are not validated for clinical use. Check every segmentation, especially
+small tumours, cysts and kidneys with unusual anatomy. The prompt model (LiteMedSAM) segments what it is pointed at
+on one slice at a time; review propagated results slice by slice.
+Batch use from the Python console is described in the
+<a href="https://github.com/liverkidneyseg/LiverKidneySeg#use-it-in-3d-slicer">README</a>.
+""")
+        self.parent.acknowledgementText = _("""
+Built on 3D Slicer, MONAI, PyTorch, SimpleITK and LiteMedSAM (Ma et al., MedSAM, Nature Communications 2024).
+Terminology codes are from SNOMED CT as used by DICOM and 3D Slicer.
+""")
+
+
+#
+# LiverKidneySegParameterNode
+#
+
+
+@parameterNodeWrapper
+class LiverKidneySegParameterNode:
+    """The module's choices, saved with the scene.
+
+    inputVolume - the CT to segment (HU).
+    outputSegmentation - where results go (None: a new segmentation is created on Apply).
+    modelId - automatic model package id ("" = default model).
+    device - "auto", "cpu" or "cuda".
+    structures - core structure names to segment.
+    replaceExisting - replace same-name segments without asking.
+    refineModel - prompt model for refinement.
+    refineSegment - name of the segment being refined.
+    combineMode - how a refinement changes the segment: add, subtract, replace.
+    positivePoints / negativePoints / promptBox - the refinement prompts.
+    patientHeight / patientWeight - cm / kg, 0 = unknown (for the standardised FLR).
+    resectionMode - "plane" or "segment"; resectionPlane / resectionSegment - the resection.
+    resultsTable - planning results.
+    exportFolder / exportFormat - where and how models and reports are saved.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    modelId: str = ""
+    device: Annotated[str, Choice(DEVICES)] = "auto"
+    structures: Annotated[list[str], Default(generator=lambda: list(PRODUCT_STRUCTURES))]
+    replaceExisting: bool = False
+    refineModel: str = "litemedsam"
+    refineSegment: str = ""
+    combineMode: Annotated[str, Choice(COMBINE_MODES)] = "add"
+    positivePoints: vtkMRMLMarkupsFiducialNode
+    negativePoints: vtkMRMLMarkupsFiducialNode
+    promptBox: vtkMRMLMarkupsROINode
+    patientHeight: Annotated[float, WithinRange(0.0, 250.0)] = 0.0
+    patientWeight: Annotated[float, WithinRange(0.0, 400.0)] = 0.0
+    resectionMode: Annotated[str, Choice(["plane", "segment"])] = "plane"
+    resectionPlane: vtkMRMLMarkupsPlaneNode
+    resectionSegment: str = ""
+    resultsTable: vtkMRMLTableNode
+    exportFolder: pathlib.Path
+    exportFormat: Annotated[str, Choice(MESH_FORMATS)] = "STL"
+
+
+#
+# LiverKidneySegWidget
+#
+
+
+class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The GUI: wires the .ui to the Logic. Qt and slicer.util GUI helpers are used only here."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._pendingEdit = None
+        self._refineQueued = False
+        self._lastPromptRas = None
+        self._workerProgress = None
+        self._shortcuts = []
+        self._updatingGui = False
+        self._prefilledFor = None
+        self._models = {}
+
+    # -- set-up ------------------------------------------------------------------------------
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/LiverKidneySeg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = LiverKidneySegLogic()
+        self.ui.progressBar.hide()
+        self._structureBoxes = {
+            box.property("structureName"): box for box in self.ui.structuresGroupBox.findChildren(qt.QCheckBox)
+        }
+        self._placeButtons = {
+            "positivePoints": self.ui.positivePointsButton,
+            "negativePoints": self.ui.negativePointsButton,
+            "promptBox": self.ui.boxButton,
+        }
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        # widgets without a SlicerParameterName are synced by hand
+        for combo, name in (
+            (self.ui.modelComboBox, "modelId"),
+            (self.ui.segmentComboBox, "refineSegment"),
+            (self.ui.refineModelComboBox, "refineModel"),
+            (self.ui.resectionSegmentComboBox, "resectionSegment"),
+        ):
+            combo.connect(
+                "currentIndexChanged(int)", lambda i, c=combo, n=name: self._setParameter(n, c.currentData or "")
+            )
+        self.ui.resectionPlaneRadioButton.connect(
+            "toggled(bool)", lambda on: self._setParameter("resectionMode", "plane" if on else "segment")
+        )
+        for box in self._structureBoxes.values():
+            box.connect(
+                "toggled(bool)",
+                lambda on: self._setParameter("structures", [n for n, b in self._structureBoxes.items() if b.checked]),
+            )
+        for role, button in self._placeButtons.items():
+            button.connect("toggled(bool)", lambda on, role=role: self.onPlaceToggled(role, on))
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.clearPromptsButton.connect("clicked()", self.onClearPrompts)
+        self.ui.propagateButton.connect("clicked()", self.onPropagate)
+        self.ui.undoButton.connect("clicked()", lambda: self.onHistory("undo"))
+        self.ui.redoButton.connect("clicked()", lambda: self.onHistory("redo"))
+        self.ui.computePlanButton.connect("clicked()", self.onComputePlan)
+        self.ui.createModelsButton.connect("clicked()", self.onCreateModels)
+        self.ui.exportModelsButton.connect("clicked()", self.onExportModels)
+        self.ui.exportReportButton.connect("clicked()", self.onExportReport)
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(150)
+        self._timer.connect("timeout()", self.onTimer)
+        for keys, callback in [
+            ("Ctrl+Shift+P", self.ui.positivePointsButton.toggle),
+            ("Ctrl+Shift+N", self.ui.negativePointsButton.toggle),
+            ("Ctrl+Shift+B", self.ui.boxButton.toggle),
+            ("Ctrl+Shift+X", self.onClearPrompts),
+            ("Ctrl+Shift+G", self.onPropagate),
+            ("Ctrl+Shift+Z", lambda: self.onHistory("undo")),
+            ("Ctrl+Shift+Y", lambda: self.onHistory("redo")),
+        ]:
+            shortcut = qt.QShortcut(qt.QKeySequence(keys), slicer.util.mainWindow())
+            shortcut.setEnabled(False)  # only while the module is shown (enter/exit)
+            shortcut.connect("activated()", callback)
+            self._shortcuts.append(shortcut)
+        self._populateModels()
+        self.ui.refineModelComboBox.addItem("LiteMedSAM", "litemedsam")
+        self.initializeParameterNode()
+
+    def _populateModels(self) -> None:
+        self.ui.modelComboBox.clear()
+        try:
+            self._models = {f"{m.id}@{m.version}": m for m in self.logic.availableModels()}
+        except Exception as exc:  # a broken model folder must not break the GUI
+            logging.warning(f"LiverKidneySeg: cannot list models: {exc}")
+        self.ui.modelComboBox.addItem(_("Default model"), "")
+        for key, manifest in self._models.items():
+            self.ui.modelComboBox.addItem(f"{manifest.name or manifest.id} ({manifest.version})", key)
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        self._timer.stop()
+        for shortcut in self._shortcuts:
+            shortcut.setEnabled(False)
+        if self.logic:
+            self.logic.cleanup()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+        for shortcut in self._shortcuts:
+            shortcut.setEnabled(True)
+
+    def exit(self) -> None:
+        for shortcut in self._shortcuts:
+            shortcut.setEnabled(False)
+        self._setPlaceMode(None)
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        self.logic.history.clear()
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # -- parameter node ------------------------------------------------------------------------
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode: LiverKidneySegParameterNode | None) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # widgets with the "SlicerParameterName" property in the .ui are bound automatically
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+            self._updateGui()
+
+    def _setParameter(self, name: str, value) -> None:
+        if self._parameterNode is not None and not self._updatingGui:
+            setattr(self._parameterNode, name, value)
+            if name == "refineSegment":
+                self.logic.endRefineInteraction()
+
+    def _updateGui(self, caller=None, event=None) -> None:
+        """Sync the widgets that are not bound by SlicerParameterName, and button states."""
+        pn = self._parameterNode
+        if pn is None or self._updatingGui:
+            return
+        self._updatingGui = True
+        try:
+            self.ui.modelComboBox.currentIndex = max(self.ui.modelComboBox.findData(pn.modelId), 0)
+            manifest = self._models.get(pn.modelId) or next(
+                (m for k, m in self._models.items() if k.split("@")[0] == pn.modelId), None
+            )
+            self.ui.modelInfoLabel.text = (
+                _("{id} {version} - licence: {licence}. {use}").format(
+                    id=manifest.id,
+                    version=manifest.version,
+                    licence=manifest.license or "?",
+                    use=manifest.intended_use or manifest.description,
+                )
+                if manifest
+                else _("The default model of the installed packages.")
+            )
+            for name, box in self._structureBoxes.items():
+                box.checked = name in pn.structures
+                box.enabled = manifest is None or name in manifest.structures
+            self._prefillPatient()
+            self._refreshSegmentLists()
+            self.ui.resectionPlaneRadioButton.checked = pn.resectionMode == "plane"
+            self.ui.resectionSegmentRadioButton.checked = pn.resectionMode == "segment"
+            self.ui.resectionPlaneSelector.enabled = pn.resectionMode == "plane"
+            self.ui.resectionSegmentComboBox.enabled = pn.resectionMode == "segment"
+            for role in self._placeButtons:
+                node = getattr(pn, role)
+                if node is not None and not self.hasObserver(
+                    node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPromptPlaced
+                ):
+                    self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPromptPlaced)
+                    self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self.onPromptPlaced)
+        finally:
+            self._updatingGui = False
+        self._updateButtons()
+
+    def _updateButtons(self) -> None:
+        pn = self._parameterNode
+        running = self.logic.job is not None and not self.logic.job.finished
+        ready = bool(pn and pn.inputVolume and pn.outputSegmentation) and not running
+        self.ui.applyButton.enabled = bool(pn and pn.inputVolume) or running
+        self.ui.applyButton.text = _("Cancel") if running else _("Apply")
+        for button in self._placeButtons.values():
+            button.enabled = ready
+        self.ui.propagateButton.enabled = ready and bool(pn.refineSegment) and self._pendingEdit is None
+        self.ui.undoButton.enabled = self.logic.canUndo and self._pendingEdit is None
+        self.ui.redoButton.enabled = self.logic.canRedo and self._pendingEdit is None
+        for button in (
+            self.ui.computePlanButton,
+            self.ui.createModelsButton,
+            self.ui.exportModelsButton,
+            self.ui.exportReportButton,
+        ):
+            button.enabled = ready
+
+    def _prefillPatient(self) -> None:
+        """Height/weight from the DICOM tags of the input, once per input volume, when still unknown."""
+        pn = self._parameterNode
+        if pn.inputVolume is None or pn.inputVolume.GetID() == self._prefilledFor:
+            return
+        self._prefilledFor = pn.inputVolume.GetID()
+        from LiverKidneySegLib.patient import heightWeightFromNode
+
+        height, weight = heightWeightFromNode(pn.inputVolume)
+        if height and not pn.patientHeight:
+            pn.patientHeight = height
+        if weight and not pn.patientWeight:
+            pn.patientWeight = weight
+
+    def _refreshSegmentLists(self) -> None:
+        from LiverKidneySegLib.segmentations import segmentChoices
+
+        pn = self._parameterNode
+        choices = segmentChoices(pn.outputSegmentation)
+        for combo, current in (
+            (self.ui.segmentComboBox, pn.refineSegment),
+            (self.ui.resectionSegmentComboBox, pn.resectionSegment),
+        ):
+            combo.clear()
+            for name, exists in choices:
+                combo.addItem(name if exists else _("{name} (new)").format(name=name), name)
+            combo.currentIndex = max(combo.findData(current), 0)
+        if not pn.refineSegment and choices:
+            pn.refineSegment = choices[0][0]
+
+    # -- automatic -------------------------------------------------------------------------------
+    def appendLog(self, text: str) -> None:
+        self.ui.logTextEdit.appendPlainText(text)
+
+    def onProgress(self, fraction: float, message: str) -> None:
+        self.ui.progressBar.value = round(100 * fraction)
+        self.ui.progressBar.format = f"%p% {message}"
+
+    def onApplyButton(self) -> None:
+        job = self.logic.job
+        if job is not None and not job.finished:
+            self.appendLog(_("Cancelling..."))
+            self.logic.cancel()
+            return
+        pn = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the automatic segmentation."), waitCursor=True):
+            from LiverKidneySegLib.dependencies import ensureDependencies
+            from LiverKidneySegLib.segmentations import findSegmentId
+            from lkseg.labels import get_structure
+
+            # asks before installing anything (pip_ensure's dialog, or ours on older Slicer)
+            ensureDependencies("LiverKidneySeg", confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "LiverKidneySeg"))
+            replace = pn.replaceExisting
+            if pn.outputSegmentation is not None and not replace:
+                conflicts = [get_structure(s).display for s in pn.structures if findSegmentId(pn.outputSegmentation, s)]
+                if conflicts:
+                    question = _("'{seg}' already has {names}. Replace them? Other segments are kept.")
+                    if not slicer.util.confirmYesNoDisplay(
+                        question.format(seg=pn.outputSegmentation.GetName(), names=", ".join(conflicts))
+                    ):
+                        return
+                    replace = True
+            self.ui.logTextEdit.clear()
+            job = self.logic.segment(
+                pn.inputVolume,
+                pn.outputSegmentation,
+                modelId=pn.modelId or None,
+                device=pn.device,
+                structures=list(pn.structures),
+                replaceExisting=replace,
+                waitForCompletion=False,
+                progressCallback=self.onProgress,
+            )
+            job.logCallback = self.appendLog
+            pn.outputSegmentation = job.segmentationNode
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.show()
+            self._timer.start()
+        self._updateButtons()
+
+    def _jobFinished(self, job) -> None:
+        self.ui.progressBar.hide()
+        if job.state == "done":
+            self.appendLog(_("Done: {n} segment(s).").format(n=len(job.segmentIds)))
+            job.segmentationNode.CreateClosedSurfaceRepresentation()
+            self._refreshSegmentLists()
+        elif job.state == "cancelled":
+            self.appendLog(_("Cancelled."))
+        else:
+            self.appendLog(str(job.error))
+            slicer.util.errorDisplay(_("Automatic segmentation failed."), detailedText=str(job.error))
+        self._updateButtons()
+
+    # -- refinement ---------------------------------------------------------------------------------
+    def _setPlaceMode(self, role) -> None:
+        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
+        if role is None:
+            if interactionNode.GetCurrentInteractionMode() == interactionNode.Place:
+                interactionNode.SetCurrentInteractionMode(interactionNode.ViewTransform)
+            return
+        node = getattr(self._parameterNode, role)
+        if node is None:
+            from LiverKidneySegLib.markups import createPromptNode
+
+            node = createPromptNode(slicer.mrmlScene, role)
+            setattr(self._parameterNode, role, node)  # _updateGui observes it
+        selectionNode = slicer.app.applicationLogic().GetSelectionNode()
+        selectionNode.SetReferenceActivePlaceNodeClassName(node.GetClassName())
+        selectionNode.SetActivePlaceNodeID(node.GetID())
+        interactionNode.SetPlaceModePersistence(role != "promptBox")
+        interactionNode.SetCurrentInteractionMode(interactionNode.Place)
+
+    def onPlaceToggled(self, role: str, on: bool) -> None:
+        if on:
+            for other, button in self._placeButtons.items():
+                if other != role and button.checked:
+                    button.blockSignals(True)
+                    button.checked = False
+                    button.blockSignals(False)
+        self._setPlaceMode(role if on else None)
+
+    def onPromptPlaced(self, caller, event) -> None:
+        from LiverKidneySegLib.markups import controlPointsWorld
+
+        points = controlPointsWorld(caller)
+        if len(points):
+            self._lastPromptRas = points[-1]
+        if caller.IsA("vtkMRMLMarkupsROINode"):
+            self.ui.boxButton.checked = False
+        self._requestRefine()
+
+    def _sliceAxis(self) -> int:
+        """Index axis of the slice view the last prompt was placed in (k when unknown)."""
+        from LiverKidneySegLib.markups import sliceAxisForPoint
+
+        if self._lastPromptRas is None:
+            return 2
+        return sliceAxisForPoint(
+            self._parameterNode.inputVolume, self._lastPromptRas, slicer.util.getNodesByClass("vtkMRMLSliceNode")
+        )
+
+    def _requestRefine(self) -> None:
+        if self._pendingEdit is not None:
+            self._refineQueued = True  # coalesce: one more prediction with all prompts when done
+            return
+        pn = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Refinement failed."), waitCursor=False):
+            self.logic.setRefineModel(pn.refineModel or "litemedsam", pn.device)
+            self._pendingEdit = self.logic.refine(
+                pn.inputVolume,
+                pn.outputSegmentation,
+                pn.refineSegment,
+                positive=pn.positivePoints,
+                negative=pn.negativePoints,
+                box=pn.promptBox,
+                axis=self._sliceAxis(),
+                mode=pn.combineMode,
+                waitForCompletion=False,
+            )
+            self.ui.refineStatusLabel.text = _("Predicting...")
+            self._timer.start()
+        self._updateButtons()
+
+    def onClearPrompts(self) -> None:
+        for role in self._placeButtons:
+            node = getattr(self._parameterNode, role)
+            if node is not None:
+                node.RemoveAllControlPoints()
+        self._lastPromptRas = None
+        self.logic.endRefineInteraction()
+        self.ui.refineStatusLabel.text = _("Prompts cleared.")
+
+    def onPropagate(self) -> None:
+        pn = self._parameterNode
+        if self._pendingEdit is not None or not (pn and pn.inputVolume and pn.outputSegmentation and pn.refineSegment):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Propagation failed."), waitCursor=False):
+            self._workerProgress = (0.0, _("Propagating"))
+            self._pendingEdit = self.logic.propagate(
+                pn.inputVolume,
+                pn.outputSegmentation,
+                pn.refineSegment,
+                axis=self._sliceAxis(),
+                mode=pn.combineMode,
+                waitForCompletion=False,
+                progressCallback=self._storeWorkerProgress,
+            )
+            self._timer.start()
+        self._updateButtons()
+
+    def _storeWorkerProgress(self, fraction, message) -> None:
+        self._workerProgress = (fraction, message)  # called on the worker thread: no Qt here
+
+    def _editFinished(self) -> None:
+        pending, self._pendingEdit = self._pendingEdit, None
+        with slicer.util.tryWithErrorDisplay(_("Refinement failed."), waitCursor=False):
+            result = pending.finish()
+            self.ui.refineStatusLabel.text = _("{what}: {n} voxel(s) changed.").format(
+                what=result.description, n=result.changedVoxels
+            )
+            self._refreshSegmentLists()
+        if self._refineQueued:
+            self._refineQueued = False
+            self._requestRefine()
+        self._updateButtons()
+
+    def onHistory(self, action: str) -> None:
+        if self._pendingEdit is None:
+            with slicer.util.tryWithErrorDisplay(_("Undo/redo failed."), waitCursor=True):
+                edit = self.logic.undo() if action == "undo" else self.logic.redo()
+                self.ui.refineStatusLabel.text = (
+                    f"{action}: {edit.description}" if edit else _("Nothing to {action}.").format(action=action)
+                )
+        self._updateButtons()
+
+    def onTimer(self) -> None:
+        job = self.logic.job
+        if job is not None and job.state == "running" and job.poll():
+            self._jobFinished(job)
+        if self._pendingEdit is not None:
+            if self._workerProgress is not None:
+                fraction, message = self._workerProgress
+                self.ui.refineStatusLabel.text = f"{message} {int(100 * fraction)}%"
+            if self._pendingEdit.done():
+                self._workerProgress = None
+                self._editFinished()
+        if (job is None or job.finished) and self._pendingEdit is None:
+            self._timer.stop()
+
+    # -- planning and export -----------------------------------------------------------------------
+    def _planArgs(self) -> dict:
+        pn = self._parameterNode
+        return {
+            "heightCm": pn.patientHeight or None,
+            "weightKg": pn.patientWeight or None,
+            "resectionPlaneNode": pn.resectionPlane if pn.resectionMode == "plane" else None,
+            "resectionSegmentName": pn.resectionSegment if pn.resectionMode == "segment" else None,
+        }
+
+    def _exportFolder(self) -> pathlib.Path:
+        folder = str(self._parameterNode.exportFolder or "")
+        if folder in ("", "."):
+            raise ValueError(_("Choose an export folder first."))
+        return pathlib.Path(folder)
+
+    def onComputePlan(self) -> None:
+        pn = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Planning failed."), waitCursor=True):
+            _result, table = self.logic.plan(
+                pn.inputVolume, pn.outputSegmentation, tableNode=pn.resultsTable, **self._planArgs()
+            )
+            pn.resultsTable = table
+            self.ui.resultsTableView.setMRMLTableNode(table)
+
+    def onCreateModels(self) -> None:
+        pn = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Creating models failed."), waitCursor=True):
+            self.logic.createSurfaces(pn.outputSegmentation)
+            self.logic.exportModels(pn.outputSegmentation)
+
+    def onExportModels(self) -> None:
+        pn = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Exporting models failed."), waitCursor=True):
+            files = self.logic.exportModels(pn.outputSegmentation, self._exportFolder(), pn.exportFormat)
+            slicer.util.showStatusMessage(
+                _("Wrote {n} file(s) to {folder}").format(n=len(files), folder=files[0].parent), 5000
+            )
+
+    def onExportReport(self) -> None:
+        pn = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Saving the report failed."), waitCursor=True):
+            path = self.logic.saveReport(
+                pn.inputVolume, pn.outputSegmentation, self._exportFolder(), **self._planArgs()
+            )
+            slicer.util.showStatusMessage(_("Report saved: {path}").format(path=path), 5000)
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(path)))
+
+
+#
+# LiverKidneySegLogic
+#
+
+
+class LiverKidneySegLogic(ScriptedLoadableModuleLogic, LiverKidneySegLogicBase):
+    """All computation, usable without the GUI (see ``LiverKidneySegLib.logic`` for the API):
+    ``segment``, ``refine``, ``propagate``, ``undo``/``redo``, ``plan``, ``saveReport``,
+    ``createSurfaces``, ``exportModels``, ``volumesTable``."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        LiverKidneySegLogicBase.__init__(self)
+
+    def getParameterNode(self):
+        return LiverKidneySegParameterNode(super().getParameterNode())
+
+
+#
+# LiverKidneySegTest
+#
+
+
+class LiverKidneySegTest(ScriptedLoadableModuleTest):
+    """Tests run inside 3D Slicer (Reload and Test, or ctest): segment, refine and undo on a phantom.
+
+    The checks themselves are in ``LiverKidneySegLib.selftest`` (the pytest suite runs them too).
+    """
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_segment_phantom()
+        self.setUp()
+        self.test_refine_and_undo()
+
+    def test_segment_phantom(self):
+        from LiverKidneySegLib.selftest import checkSegmentPhantom, phantomVolumeNode
+
+        self.delayDisplay("Automatic segmentation of a phantom")
+        phantom, volumeNode = phantomVolumeNode(slicer.mrmlScene)
+        outcome = checkSegmentPhantom(LiverKidneySegLogic(), volumeNode, phantom)
+        self.delayDisplay(f"Dice: {outcome['dice']}")
+
+    def test_refine_and_undo(self):
+        from LiverKidneySegLib.selftest import checkRefineUndo, phantomVolumeNode
+
+        self.delayDisplay("Refine a segment with a click, then undo and redo")
+        phantom, volumeNode = phantomVolumeNode(slicer.mrmlScene)
+        outcome = checkRefineUndo(LiverKidneySegLogic(), volumeNode, phantom)
+        self.delayDisplay(f"Refined slice {outcome['slice']}, 2D Dice {outcome['dice2d']:.2f}")

@@ -1,0 +1,111 @@
+"""Surgical planning from MRML nodes: segmentation + CT + resection (plane or segment) -> the
+core's :func:`lkseg.planning.run_plan`, its rows as a table node, and the core's reports.
+
+Coordinates: the core plans in the **volume's own RAS** (its ``IJKToRAS``); a resection plane
+placed in world coordinates is brought into that frame through the inverse of the volume's parent
+transform. Volumes are mL, lengths mm.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from LiverKidneySegLib.segmentations import findSegmentId, segmentationToLabelMap, segmentMask
+from LiverKidneySegLib.volumes import parentTransformMatrix, volumeFromNode
+from lkseg.errors import InputError
+
+__all__ = ["PlanInputs", "planCase", "planRows", "resectionFromNodes", "writeReport"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PlanInputs:
+    """What a planning run needs besides the nodes.
+
+    Attributes:
+        heightCm / weightKg: patient size (None = unknown: BSA-standardised values not available).
+        resectionPlaneNode: a ``vtkMRMLMarkupsPlaneNode``; the side its normal points to is resected.
+        resectionSegmentName: a segment whose voxels are resected (instead of a plane).
+        surfaces: build 3D surfaces in the core (mesh-volume cross-check, report picture).
+    """
+
+    heightCm: float | None = None
+    weightKg: float | None = None
+    resectionPlaneNode: object | None = None
+    resectionSegmentName: str | None = None
+    surfaces: bool = False
+
+
+def resectionFromNodes(volumeNode, segmentationNode, inputs: PlanInputs, grid):
+    """The core :class:`~lkseg.planning.Resection` of ``inputs`` (None when none is given)."""
+    from lkseg.planning import Resection, ResectionPlane
+    from lkseg.volume import Volume
+
+    if inputs.resectionPlaneNode is not None and inputs.resectionSegmentName:
+        raise InputError("give either a resection plane or a resection segment, not both")
+    if inputs.resectionPlaneNode is not None:
+        plane = inputs.resectionPlaneNode
+        if plane.GetNumberOfDefinedControlPoints() < 3 and not plane.GetIsPlaneValid():
+            raise InputError(f"the resection plane '{plane.GetName()}' is not placed yet")
+        origin, normal = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+        plane.GetOriginWorld(origin)
+        plane.GetNormalWorld(normal)
+        worldToLocal = np.linalg.inv(parentTransformMatrix(volumeNode))
+        point = (worldToLocal @ np.r_[origin, 1.0])[:3]
+        direction = worldToLocal[:3, :3] @ np.asarray(normal)
+        return Resection(planes=(ResectionPlane(tuple(point), tuple(direction)),))
+    if inputs.resectionSegmentName:
+        segmentId = findSegmentId(segmentationNode, inputs.resectionSegmentName)
+        if segmentId is None:
+            raise InputError(
+                f"segmentation '{segmentationNode.GetName()}' has no segment {inputs.resectionSegmentName!r}"
+            )
+        mask = segmentMask(segmentationNode, segmentId, grid)
+        if not mask.any():
+            raise InputError(f"the resection segment {inputs.resectionSegmentName!r} is empty")
+        return Resection(mask=Volume(mask.astype(np.uint8), grid, {"source": inputs.resectionSegmentName}))
+    return None
+
+
+def planCase(volumeNode, segmentationNode, inputs: PlanInputs | None = None):
+    """Run the core planning on a CT and its segmentation.
+
+    Returns:
+        ``(result, labels, table, image)``: the :class:`~lkseg.planning.PlanResult`, the label map
+        and table it was computed on (the resection segment left out), and the CT Volume.
+    """
+    from lkseg.planning import Patient, PlanOptions, run_plan
+
+    inputs = inputs or PlanInputs()
+    image = volumeFromNode(volumeNode)
+    segmentation = segmentationNode.GetSegmentation()
+    resectionId = findSegmentId(segmentationNode, inputs.resectionSegmentName) if inputs.resectionSegmentName else None
+    ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    labels, table = segmentationToLabelMap(segmentationNode, image.grid, [s for s in ids if s != resectionId])
+    options = PlanOptions(
+        resection=resectionFromNodes(volumeNode, segmentationNode, inputs, image.grid),
+        patient=Patient(inputs.heightCm or None, inputs.weightKg or None),
+        surfaces=inputs.surfaces,
+    )
+    result = run_plan(labels, table, options, image=image)
+    return result, labels, table, image
+
+
+def planRows(result) -> list[dict]:
+    """Rows of the core's CSV report (one per structure, lesion and summary measure), with every
+    column of :data:`lkseg.report.CSV_COLUMNS`."""
+    from lkseg.report import CSV_COLUMNS, csv_rows
+
+    return [{column: row.get(column) for column in CSV_COLUMNS} for row in csv_rows(result)]
+
+
+def writeReport(result, labels, table, image, folder: str | Path, stem: str = "report") -> dict[str, Path]:
+    """JSON, CSV and HTML reports of a planning result into ``folder`` (the core's writers)."""
+    from lkseg.report import write_report
+
+    return write_report(result, folder, labels, table, image=image, stem=stem)
