@@ -43,6 +43,11 @@ COMBINE_MODES = ["add", "subtract", "replace"]
 MESH_FORMATS = ["STL", "OBJ"]
 
 
+def defaultStructures() -> list[str]:
+    """Default of the parameter node's ``structures`` (a fresh list each time)."""
+    return list(PRODUCT_STRUCTURES)
+
+
 #
 # LiverKidneySeg
 #
@@ -113,7 +118,7 @@ class LiverKidneySegParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     modelId: str = ""
     device: Annotated[str, Choice(DEVICES)] = "auto"
-    structures: Annotated[list[str], Default(generator=lambda: list(PRODUCT_STRUCTURES))]
+    structures: Annotated[list[str], Default(generator=defaultStructures)]
     replaceExisting: bool = False
     refineModel: str = "litemedsam"
     refineSegment: str = ""
@@ -402,7 +407,9 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             from lkseg.labels import get_structure
 
             # asks before installing anything (pip_ensure's dialog, or ours on older Slicer)
-            ensureDependencies("LiverKidneySeg", confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "LiverKidneySeg"))
+            ensureDependencies(
+                "LiverKidneySeg", confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "LiverKidneySeg")
+            )
             replace = pn.replaceExisting
             if pn.outputSegmentation is not None and not replace:
                 conflicts = [get_structure(s).display for s in pn.structures if findSegmentId(pn.outputSegmentation, s)]

@@ -85,9 +85,9 @@ def pythonExecutable() -> str:
     return sys.executable
 
 
-def coreCommand(args: Sequence[str], python: str | None = None) -> list[str]:
+def coreCommand(args: Sequence[str], python: str | None = None, module: str = "lkseg") -> list[str]:
     """The command line ``[python, "-u", "-m", "lkseg", *args]``."""
-    return [python or pythonExecutable(), "-u", "-m", "lkseg", *[str(a) for a in args]]
+    return [python or pythonExecutable(), "-u", "-m", module, *[str(a) for a in args]]
 
 
 def coreEnvironment(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -157,6 +157,7 @@ class CoreProcess:
         logCallback: called with every other output line, stdout and stderr (from :meth:`poll`).
         python: interpreter (default :func:`pythonExecutable`).
         env: extra environment variables.
+        module: the module run with ``-m`` (the core CLI; tests use a stand-in).
 
     Usage::
 
@@ -173,8 +174,9 @@ class CoreProcess:
         logCallback: Callable[[str], None] | None = None,
         python: str | None = None,
         env: dict[str, str] | None = None,
+        module: str = "lkseg",
     ):
-        self.command = coreCommand(args, python)
+        self.command = coreCommand(args, python, module)
         self.progress = progress
         self.logCallback = logCallback
         self._env = coreEnvironment(env)

@@ -99,7 +99,9 @@ def checkRefineUndo(logic, volumeNode, phantom, structure: str = "liver", minDic
     steps = 2 if second.changedVoxels else 1  # a click that changes nothing is not an undo step
     if steps == 2:
         logic.undo()
-        assert np.array_equal(segmentMask(segmentationNode, segmentId, grid), boxed), "undo did not restore the box result"
+        assert np.array_equal(segmentMask(segmentationNode, segmentId, grid), boxed), (
+            "undo did not restore the box result"
+        )
     logic.undo()
     assert not segmentMask(segmentationNode, segmentId, grid).any(), "undo did not restore the empty segment"
     for _ in range(steps):
