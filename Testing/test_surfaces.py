@@ -12,7 +12,7 @@ import pytest
 from conftest import DIRECTIONS
 from lkseg.errors import InputError
 from lkseg.labels import LabelTable
-from lkseg.surfaces import SurfaceOptions, build_surfaces, export_surfaces, render_png_bytes, write_gltf
+from lkseg.surfaces import SurfaceOptions, build_surfaces, export_surfaces, is_closed, render_png_bytes, write_gltf
 from lkseg.volume import Grid, Volume
 
 CENTRE = np.array([12.0, -30.0, 45.0])  # RAS mm
@@ -76,6 +76,27 @@ def test_marching_cubes_and_no_smoothing_options():
         SurfaceOptions(decimation=1.0)
     with pytest.raises(InputError):
         SurfaceOptions(method="dual_contouring")  # type: ignore[arg-type]
+
+
+def test_decimated_meshes_stay_closed(meshes, monkeypatch):
+    import builtins
+
+    assert all(is_closed(m.triangles) for m in meshes)
+    vol = two_spheres(np.eye(3), spacing=(1.0, 1.0, 1.0))
+    fast = build_surfaces(vol, TABLE, names=["liver"], options=SurfaceOptions(decimation=0.6))[0]
+    real_import = builtins.__import__
+
+    def no_fast(name, *args, **kwargs):
+        if name == "fast_simplification":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_fast)  # the VTK fallback
+    slow = build_surfaces(vol, TABLE, names=["liver"], options=SurfaceOptions(decimation=0.6))[0]
+    for m in (fast, slow):
+        assert is_closed(m.triangles)
+        assert m.volume_ml == pytest.approx(m.voxel_volume_ml, rel=0.01)
+    assert abs(fast.n_triangles - slow.n_triangles) < 0.05 * slow.n_triangles
 
 
 def test_structure_at_image_edge_is_closed():
@@ -180,3 +201,16 @@ def test_offscreen_render_png(meshes):
     img = np.asarray(Image.open(BytesIO(png)).convert("RGB"))
     assert img.shape == (240, 320, 3)
     assert (img != 255).any(axis=2).mean() > 0.05  # something was drawn on the white background
+
+
+def test_concurrent_builds_do_not_mix_meshes():
+    """Batch runners may mesh cases in threads: the decimator's global state is locked."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    small = two_spheres(np.eye(3), spacing=(1.2, 1.2, 1.2))
+    big = two_spheres(np.eye(3), spacing=(1.2, 1.2, 1.2), r_big=25.0, r_small=7.0)
+    expected = [[m.volume_ml for m in build_surfaces(v, TABLE)] for v in (small, big)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda v: build_surfaces(v, TABLE), [small, big, small, big]))
+    for n, meshes in enumerate(results):
+        assert [m.volume_ml for m in meshes] == pytest.approx(expected[n % 2], rel=1e-9)

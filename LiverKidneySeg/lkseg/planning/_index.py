@@ -147,7 +147,15 @@ class LabelIndex:
             return np.zeros(crop.shape, dtype=bool)
         if len(values) == 1:
             return crop == values[0]
-        return np.isin(crop, values)
+        return self.lut(values)[crop]
+
+    def lut(self, values: Iterable[int]) -> np.ndarray:
+        """Boolean lookup table over label values: ``index.lut(v)[array]`` == ``np.isin(array, v)``
+        (several times faster on large crops)."""
+        size = max(max(self.counts, default=0), max(self.table, default=0)) + 1
+        table = np.zeros(size, dtype=bool)
+        table[[v for v in values if 0 <= v < size]] = True
+        return table
 
 
 def union_box(a: Box | None, b: Box | None) -> Box | None:

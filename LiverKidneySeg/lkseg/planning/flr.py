@@ -292,11 +292,11 @@ def compute_flr(index: LabelIndex, resection: Resection, patient: Patient | None
     # A resection label painted into a flat label map replaces the liver label there, so its
     # voxels are resected liver parenchyma (paint it inside the liver, as Slicer's editor does
     # with "masking: inside liver"; use a separate mask when it overlaps other segments).
-    parenchyma = np.isin(crop, liver_values + painted)
-    lesion = np.isin(crop, lesion_values) if lesion_values else np.zeros_like(parenchyma)
-    cut = np.isin(crop, painted) if painted else _resected(index, resection, box)
+    parenchyma = index.lut(liver_values + painted)[crop]
+    lesion = index.lut(lesion_values)[crop]
+    cut = index.lut(painted)[crop] if painted else _resected(index, resection, box)
     lesion = _attached(parenchyma, lesion)
-    tumour = lesion & np.isin(crop, tumour_values) if tumour_values else np.zeros_like(lesion)
+    tumour = lesion & index.lut(tumour_values)[crop]
     vml = grid.voxel_volume_ml
     tlv = float((parenchyma.sum() + lesion.sum()) * vml)
     lesion_ml = float(lesion.sum() * vml)
@@ -356,9 +356,11 @@ def _attached(parenchyma: np.ndarray, lesion: np.ndarray) -> np.ndarray:
         return lesion
     from scipy import ndimage
 
-    comps, _n = ndimage.label(lesion | parenchyma, structure=np.ones((3, 3, 3), dtype=bool))
-    keep = np.unique(comps[parenchyma])
-    attached = lesion & np.isin(comps, keep[keep > 0])
+    comps, _ = ndimage.label(lesion | parenchyma, structure=np.ones((3, 3, 3), dtype=bool))
+    keep = np.zeros(int(comps.max()) + 1, dtype=bool)
+    keep[np.unique(comps[parenchyma])] = True
+    keep[0] = False
+    attached = lesion & keep[comps]
     if attached.sum() < lesion.sum():
         log.warning(
             "%d liver-lesion voxels do not touch the liver and are left out of the TLV",

@@ -152,29 +152,28 @@ def _region_names(organ_names: Sequence[str]) -> tuple[str, ...]:
     return ()
 
 
-def _organ_region(crop: np.ndarray, organ_value: int, extra_values: list[int]) -> np.ndarray:
-    """The organ plus the attached extra segments (its lesions), internal holes filled."""
+def _organ_region(crop: np.ndarray, organ_value: int, extra: np.ndarray | None) -> np.ndarray:
+    """The organ plus the extra segments (``extra``: boolean LUT of their label values; its
+    lesions, vessels) attached to it, internal holes filled."""
     organ = crop == organ_value
-    union = organ | np.isin(crop, extra_values) if extra_values else organ
-    comps, _ = ndimage.label(union, structure=_FULL)
-    keep = np.unique(comps[organ])
-    region = np.isin(comps, keep[keep > 0])
+    if extra is not None:
+        union = organ | extra[crop]
+        comps, n = ndimage.label(union, structure=_FULL)
+        keep = np.zeros(n + 1, dtype=bool)
+        keep[np.unique(comps[organ])] = True
+        keep[0] = False
+        region = keep[comps]
+    else:
+        region = organ
     # fill holes: background components that do not touch the crop border
     bg, n = ndimage.label(~region)
     if n > 1:
-        border = np.unique(
-            np.concatenate(
-                [
-                    bg[0].ravel(),
-                    bg[-1].ravel(),
-                    bg[:, 0].ravel(),
-                    bg[:, -1].ravel(),
-                    bg[:, :, 0].ravel(),
-                    bg[:, :, -1].ravel(),
-                ]
-            )
-        )
-        region |= (bg > 0) & ~np.isin(bg, border)
+        faces = [bg[0], bg[-1], bg[:, 0], bg[:, -1], bg[:, :, 0], bg[:, :, -1]]
+        border = np.unique(np.concatenate([f.ravel() for f in faces]))
+        inner = np.ones(n + 1, dtype=bool)
+        inner[border] = False
+        inner[0] = False
+        region |= inner[bg]
     return region
 
 
@@ -204,18 +203,16 @@ def find_lesions(
     shape = index.labels.shape
     organ_names = organ_names_for(structure)
     organ_values = index.present(organ_names)
-    region_values = index.present(_region_names(organ_names))
-    box = grow_box(union_box(index.bbox(values), index.bbox(organ_values)), 2, shape)
+    box = grow_box(index.bbox(values), 1, shape)  # type: ignore[arg-type]
     offset = np.array([s.start for s in box])
     crop = index.labels.array[box]
-    comps, _n = ndimage.label(np.isin(crop, values), structure=_FULL)
-    objects = ndimage.find_objects(comps)
+    comps, _n = ndimage.label(index.lut(values)[crop], structure=_FULL)
     sp = spacing_zyx(grid)
     voxel_ml = grid.voxel_volume_ml
 
-    trees: dict[int, cKDTree] = {}
     lesions: list[Lesion] = []
-    for lab, obj in enumerate(objects, start=1):
+    organ_of: dict[int, int] = {}  # id(lesion) -> organ value
+    for lab, obj in enumerate(ndimage.find_objects(comps), start=1):
         if cancel is not None:
             cancel.raise_if_cancelled()
         if obj is None:
@@ -226,8 +223,7 @@ def find_lesions(
         if count * voxel_ml < min_volume_ml:
             log.info("%s component of %d voxels is below %.3f mL and is skipped", structure, count, min_volume_ml)
             continue
-        sub_off = offset + np.array([s.start for s in sub_box])
-        lesion = _measure(grid, structure, comp, sub_off, sp, voxel_ml)
+        lesion = _measure(grid, structure, comp, offset + np.array([s.start for s in sub_box]), sp, voxel_ml)
         organ_value, faces = _contact(crop[sub_box], comp, organ_values)
         if organ_value is None:
             lesion.notes["organ"] = f"touches no {'/'.join(organ_names) or 'organ'} segment: outside its organ"
@@ -241,18 +237,38 @@ def find_lesions(
         else:
             lesion.organ = index.name_of(organ_value)
             lesion.organ_contact_faces = faces
-            if organ_value not in trees:
-                region = _organ_region(crop, organ_value, region_values)
-                pts = np.argwhere(boundary_voxels(region)) * sp
-                trees[organ_value] = cKDTree(pts)
-            lesion_pts = (np.argwhere(boundary_voxels(comp)) + (sub_off - offset)) * sp
-            dist, _ = trees[organ_value].query(lesion_pts, k=1)
-            lesion.distance_to_surface_mm = float(dist.min())
+            organ_of[id(lesion)] = organ_value
         lesions.append(lesion)
+    _surface_distances(index, [les for les in lesions if id(les) in organ_of], organ_of, sp, cancel)
     lesions.sort(key=lambda les: -les.voxels)
     for i, lesion in enumerate(lesions, start=1):
         lesion.index = i
     return lesions
+
+
+def _surface_distances(
+    index: LabelIndex, lesions: list[Lesion], organ_of: dict[int, int], sp: np.ndarray, cancel
+) -> None:
+    """Distance from each lesion to the outer surface of its organ region (one region per organ)."""
+    shape = index.labels.shape
+    for organ_value in sorted(set(organ_of.values())):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        mine = [les for les in lesions if organ_of[id(les)] == organ_value]
+        organ_name = index.name_of(organ_value)
+        extra_values = index.present(_region_names(organ_names_for(organ_name) or (organ_name,)))
+        extra = index.lut(extra_values) if extra_values else None
+        box = index.bbox([organ_value])
+        for les in mine:  # exophytic lesions may reach beyond the organ's box
+            box = union_box(box, tuple(slice(int(o), int(o) + n) for o, n in zip(les.offset, les.mask.shape)))  # type: ignore[union-attr]
+        box = grow_box(box, 2, shape)  # type: ignore[arg-type]
+        start = np.array([s.start for s in box])
+        region = _organ_region(index.labels.array[box], organ_value, extra)
+        tree = cKDTree((np.argwhere(boundary_voxels(region)) + start) * sp)
+        for les in mine:
+            pts = (np.argwhere(boundary_voxels(les.mask)) + les.offset) * sp
+            dist, _ = tree.query(pts, k=1)
+            les.distance_to_surface_mm = float(dist.min())
 
 
 def _contact(crop: np.ndarray, comp: np.ndarray, organ_values: list[int]) -> tuple[int | None, int]:

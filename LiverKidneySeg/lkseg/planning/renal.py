@@ -209,7 +209,9 @@ def _exophytic(score: RenalScore, kidney: dict, tum_zyx: np.ndarray, sp: np.ndar
     score.E = score_e(score.exophytic_fraction)
 
 
-def outside_hull(equations: np.ndarray, points_zyx: np.ndarray, spacing_zyx: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+def outside_hull(
+    equations: np.ndarray, points_zyx: np.ndarray, spacing_zyx: np.ndarray, tol: float = 1e-6
+) -> np.ndarray:
     """Which voxels (integer (k, j, i) indices, (N, 3)) have their centre outside the convex hull
     given by Qhull ``equations`` (F, 4) in mm (``normal . (idx x spacing) + offset <= 0`` inside).
 

@@ -14,7 +14,7 @@ VTK is imported only inside the functions that need it.
 from __future__ import annotations
 
 from lkseg.surfaces.export import MESH_FORMATS, export_surfaces, write_gltf, write_mesh
-from lkseg.surfaces.mesh import SurfaceMesh, SurfaceOptions, build_surfaces, mesh_from_mask
+from lkseg.surfaces.mesh import SurfaceMesh, SurfaceOptions, build_surfaces, decimate, is_closed, mesh_from_mask
 from lkseg.surfaces.render import RenderError, render_png, render_png_bytes
 
 __all__ = [
@@ -23,7 +23,9 @@ __all__ = [
     "SurfaceMesh",
     "SurfaceOptions",
     "build_surfaces",
+    "decimate",
     "export_surfaces",
+    "is_closed",
     "mesh_from_mask",
     "render_png",
     "render_png_bytes",
