@@ -552,3 +552,15 @@ def test_ray_slots_and_gpu_request():
     assert _slots({"CPU": 16.0, "GPU": 2.0}, BatchOptions()) == (2, 1.0)  # one GPU per case when there are GPUs
     assert _slots({"CPU": 16.0, "GPU": 1.0}, BatchOptions(ray_gpus_per_task=0.5, ray_cpus_per_task=4)) == (2, 0.5)
     assert _slots({"CPU": 1.0}, BatchOptions(ray_cpus_per_task=2)) == (1, 0.0)
+
+
+def test_worker_with_another_model_refuses(tmp_path):
+    from lkseg.batch import CaseJob, Layout, process_case
+
+    src = _small_cohort(tmp_path, 1)
+    case = discover_cases(src)[0]
+    job = CaseJob(Layout(tmp_path / "out"), engine_identity(ThresholdEngine("2.0")), BatchOptions(outputs=("nifti",)))
+    res = process_case(case, ThresholdEngine("1.0"), job)
+    assert res.status == "failed" and res.stage == "load model" and "install the same model" in res.error
+    assert not (tmp_path / "out" / "cases" / case.case_id).exists()
+    assert process_case(case, ThresholdEngine("2.0"), job).status == "done"

@@ -21,12 +21,12 @@ from typing import Any
 
 from lkseg.batch.caselog import case_context, case_log
 from lkseg.batch.discovery import CaseInput
-from lkseg.batch.engine import Engine, EngineSpec, get_engine, predict_with
+from lkseg.batch.engine import Engine, EngineSpec, engine_identity, get_engine, predict_with
 from lkseg.batch.manifest import MANIFEST_NAME, DoneCheck, build_manifest, check_case, hash_inputs
 from lkseg.batch.options import BatchOptions, Layout
 from lkseg.batch.outputs import write_case_outputs
 from lkseg.batch.summary import CaseResult, label_statistics
-from lkseg.errors import CancelledError, InputError
+from lkseg.errors import CancelledError, InputError, ModelError
 from lkseg.io.atomic import atomic_dir, atomic_write_text
 from lkseg.progress import CancelToken, ProgressCallback
 from lkseg.volume import Volume
@@ -34,6 +34,8 @@ from lkseg.volume import Volume
 __all__ = ["CaseJob", "LoadedCase", "finish_case", "infer_case", "prepare_case", "process_case", "skipped_result"]
 
 log = logging.getLogger(__name__)
+
+_MAX_WARNINGS = 20  # in the manifest and summary; the case log has all
 
 
 @dataclass(frozen=True)
@@ -165,8 +167,6 @@ def infer_case(
         loaded.timings["infer_s"] = round(time.perf_counter() - t0, 3)
         stages = ", ".join(f"{k} {v:.2f} s" for k, v in (getattr(loaded.prediction, "timings", None) or {}).items())
         case_log(log_path, f"inference {loaded.timings['infer_s']:.2f} s" + (f" ({stages})" if stages else ""))
-        for warning in getattr(loaded.prediction, "warnings", None) or []:
-            case_log(log_path, f"engine warning: {warning}")
         return loaded
 
 
@@ -214,6 +214,10 @@ def _record(loaded: LoadedCase, job: CaseJob, stats: dict, extra: dict, case_dir
     grid = loaded.volume.grid
     extra = dict(extra)
     warnings = [str(w) for w in (getattr(loaded.prediction, "warnings", None) or [])] + list(extra.pop("warnings", []))
+    for w in warnings:
+        case_log(job.layout.log_path(loaded.case.case_id), f"warning: {w}")
+    if len(warnings) > _MAX_WARNINGS:  # all of them are in the case log
+        warnings = [*warnings[:_MAX_WARNINGS], f"... and {len(warnings) - _MAX_WARNINGS} more (see the case log)"]
     plan = extra.pop("plan", None)
     if plan:  # the planning report's lesion counts and burden take precedence (one definition)
         stats = {**stats, "lesions": {**stats["lesions"], **plan["lesions"]}, "burden_pct": plan["burden_pct"]}
@@ -232,6 +236,19 @@ def _record(loaded: LoadedCase, job: CaseJob, stats: dict, extra: dict, case_dir
         "warnings": warnings,
         "case_dir": str(case_dir),
     }
+
+
+def _require_identity(engine: Engine, expected: dict) -> None:
+    """A worker must run the model the manifests will name (a cluster node with another model
+    version installed would otherwise write outputs under the wrong identity)."""
+    actual = engine_identity(engine)
+    keys = ("model_id", "model_version", "weights")
+    if any(actual.get(k) != expected.get(k) for k in keys):
+        raise ModelError(
+            f"this worker's model is {actual.get('model_id')} {actual.get('model_version')} "
+            f"(weights {actual.get('weights', '?')}), the batch runs {expected.get('model_id')} "
+            f"{expected.get('model_version')} (weights {expected.get('weights', '?')}); install the same model on every node"
+        )
 
 
 def process_case(
@@ -256,6 +273,7 @@ def process_case(
         return loaded
     try:
         engine_obj = get_engine(engine)
+        _require_identity(engine_obj, job.identity)
     except Exception as exc:
         return _failure(case, job, "load model", exc, loaded.check.reason)
     loaded_or_result = infer_case(loaded, engine_obj, job, progress, cancel)

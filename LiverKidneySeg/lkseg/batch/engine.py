@@ -71,10 +71,13 @@ class EngineSpec:
     Attributes:
         model: a model id from the registry, a model package folder, or ``None`` for the default.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        threads: torch CPU threads (``None``: every CPU the process may use; the Ray runner sets
+            the CPUs reserved per task so parallel tasks do not oversubscribe a node).
     """
 
     model: str | None = None
     device: str = "auto"
+    threads: int | None = None
 
     def build(self) -> Engine:
         """Load the engine (verifies the model's checksums)."""
@@ -82,9 +85,7 @@ class EngineSpec:
             from lkseg.auto import AutoSegmenter
         except ImportError as exc:  # pragma: no cover - depends on the installed core
             raise ModelError(f"the automatic engine is not available ({exc})") from exc
-        if self.model is None:
-            return AutoSegmenter(device=self.device)
-        return AutoSegmenter(self.model, device=self.device)
+        return AutoSegmenter(self.model, device=self.device, threads=self.threads)
 
     def identity(self) -> dict[str, str]:
         """The identity the built engine will have, read from the model's manifest (no weights loaded)."""

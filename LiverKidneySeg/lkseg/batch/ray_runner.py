@@ -13,6 +13,7 @@ and file sizes/dates); workers hash, read, infer and write.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -126,6 +127,8 @@ def run_ray(
             gpus_per_task,
         )
         if isinstance(source, EngineSpec):
+            if source.threads is None:  # one torch thread per reserved CPU
+                source = dataclasses.replace(source, threads=max(1, int(options.ray_cpus_per_task)))
             box: list = [source]
         else:
             box = [ray.put(source)]  # shipped once; each worker deserialises it once (cached)

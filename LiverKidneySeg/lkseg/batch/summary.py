@@ -136,7 +136,8 @@ def _row(res: CaseResult, names: list[str], lesions: list[str]) -> dict:
         row[f"{tumour}_burden_pct"] = burden.get(tumour, fallback) if rec else ""
     for col in _TIMING_COLUMNS:
         row[col] = timings.get(col, "")
-    row["warnings"] = " | ".join(rec.get("warnings", []))
+    warnings = list(rec.get("warnings", []))
+    row["warnings"] = " | ".join(warnings[:5]) + (f" | ... {len(warnings) - 5} more" if len(warnings) > 5 else "")
     row["error"] = res.error or ""
     row["case_dir"] = rec.get("case_dir", "")
     return row
