@@ -326,6 +326,10 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.resectionSegmentRadioButton.checked = pn.resectionMode == "segment"
             self.ui.resectionPlaneSelector.enabled = pn.resectionMode == "plane"
             self.ui.resectionSegmentComboBox.enabled = pn.resectionMode == "segment"
+            segmentation = pn.outputSegmentation
+            for event in (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved):
+                if segmentation is not None and not self.hasObserver(segmentation, event, self._onSegmentsChanged):
+                    self.addObserver(segmentation, event, self._onSegmentsChanged)
             for role in self._placeButtons:
                 node = getattr(pn, role)
                 if node is not None and not self.hasObserver(
@@ -369,6 +373,18 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             pn.patientHeight = height
         if weight and not pn.patientWeight:
             pn.patientWeight = weight
+
+    def _onSegmentsChanged(self, caller=None, event=None) -> None:
+        if (
+            self._parameterNode is not None
+            and caller is self._parameterNode.outputSegmentation
+            and not self._updatingGui
+        ):
+            self._updatingGui = True
+            try:
+                self._refreshSegmentLists()
+            finally:
+                self._updatingGui = False
 
     def _refreshSegmentLists(self) -> None:
         from LiverKidneySegLib.segmentations import segmentChoices

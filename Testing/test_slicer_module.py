@@ -307,3 +307,30 @@ def test_patient_height_weight_from_dicom(headless_slicer, mrml_scene, tmp_path)
     ds.PatientSize = "17.6"  # implausible (176 m)
     ds.PatientWeight = ""
     assert P.heightWeightFromDataset(ds) == (None, None)
+
+
+def test_torch_comes_from_the_pytorch_extension_when_present(headless_slicer, monkeypatch):
+    import slicer
+
+    from LiverKidneySegLib import dependencies as D
+
+    calls = []
+
+    class PyTorchUtilsLogic:
+        def torchInstalled(self):
+            return False
+
+        def installTorch(self, askConfirmation=False):
+            calls.append(askConfirmation)
+            return object()
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
+    installed = []
+    monkeypatch.setattr(slicer.util, "pip_install", lambda reqs: installed.append(list(reqs)))
+    D.ensureDependencies(requirements=["torch>=999"], confirm=lambda text: True)
+    assert calls == [True]  # the extension was asked first, with a confirmation
+    assert installed == [["torch>=999"]]  # still missing afterwards: pip is the fallback
+    calls.clear()
+    monkeypatch.setattr(PyTorchUtilsLogic, "installTorch", lambda self, askConfirmation=False: calls.append(askConfirmation))
+    with pytest.raises(RuntimeError, match="PyTorch is required"):
+        D.ensureDependencies(requirements=["torch>=999"], confirm=lambda text: True)
