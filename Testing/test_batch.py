@@ -564,3 +564,34 @@ def test_worker_with_another_model_refuses(tmp_path):
     assert res.status == "failed" and res.stage == "load model" and "install the same model" in res.error
     assert not (tmp_path / "out" / "cases" / case.case_id).exists()
     assert process_case(case, ThresholdEngine("2.0"), job).status == "done"
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        BatchOptions(),
+        BatchOptions(
+            outputs=("nifti", "plan"),
+            mesh_formats=("stl",),
+            plan={"height_cm": "180", "liver_quality": "steatosis"},
+            structures=("liver", "liver_tumor"),
+            device="cpu",
+            workers=3,
+            prefetch=4,
+            force=True,
+            rehash=True,
+            ray="ray://head:10001",
+            ray_cpus_per_task=2,
+            ray_gpus_per_task=0.5,
+        ),
+    ],
+)
+def test_batch_cli_args_round_trip(opts):
+    from lkseg.batch import batch_cli_args
+    from lkseg.cli.batch import options_from_args
+    from lkseg.cli.main import build_parser
+
+    argv = batch_cli_args("/in", "/out", "my-model", opts)
+    assert argv[:3] == ["batch", "/in", "/out"] and "--progress-lines" in argv and "--no-progress-bar" in argv
+    args = build_parser().parse_args(argv)
+    assert args.model == "my-model" and options_from_args(args) == opts

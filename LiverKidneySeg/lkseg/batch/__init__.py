@@ -19,7 +19,7 @@ from __future__ import annotations
 from lkseg.batch.case import CaseJob, process_case
 from lkseg.batch.discovery import CaseInput, discover_cases
 from lkseg.batch.engine import Engine, EngineResult, EngineSpec, engine_identity
-from lkseg.batch.options import MESH_FORMATS, OUTPUT_KINDS, BatchOptions, Layout
+from lkseg.batch.options import MESH_FORMATS, OUTPUT_KINDS, BatchOptions, Layout, batch_cli_args
 from lkseg.batch.runner import BatchReport, run_batch
 from lkseg.batch.summary import CaseResult
 
@@ -35,6 +35,7 @@ __all__ = [
     "EngineResult",
     "EngineSpec",
     "Layout",
+    "batch_cli_args",
     "discover_cases",
     "engine_identity",
     "process_case",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lkseg.errors import InputError
 
-__all__ = ["MESH_FORMATS", "OUTPUT_KINDS", "BatchOptions", "Layout", "parse_plan_options"]
+__all__ = ["MESH_FORMATS", "OUTPUT_KINDS", "BatchOptions", "Layout", "batch_cli_args", "parse_plan_options"]
 
 #: Per-case outputs. ``dicom_seg`` applies to DICOM inputs only.
 OUTPUT_KINDS = ("seg_nrrd", "nifti", "dicom_seg", "meshes", "plan")
@@ -87,6 +87,44 @@ class BatchOptions:
             "plan": dict(sorted(plan.items())) if "plan" in self.outputs else {},
             "structures": list(self.structures) if self.structures is not None else None,
         }
+
+
+def batch_cli_args(
+    source: str | Path,
+    output: str | Path,
+    model: str | None = None,
+    options: BatchOptions | None = None,
+    progress_lines: bool = True,
+) -> list[str]:
+    """The ``lkseg`` arguments that run this batch out of process (e.g. ``PythonSlicer -m lkseg
+    <args>`` from the Slicer module, polled by a timer): ``["batch", SOURCE, OUTPUT, ...]``.
+
+    Only settings that differ from the defaults are written; ``--no-progress-bar`` is always
+    given (a child process has no terminal), ``--progress-lines`` when asked.
+    """
+    opts = options or BatchOptions()
+    default = BatchOptions()
+    args = ["batch", str(source), str(output)]
+    if model is not None:
+        args += ["--model", str(model)]
+    if opts.device != default.device:
+        args += ["--device", opts.device]
+    if opts.outputs != default.outputs:
+        args += ["--outputs", ",".join(opts.outputs)]
+    if opts.mesh_formats != default.mesh_formats:
+        args += ["--mesh-formats", ",".join(opts.mesh_formats)]
+    if opts.plan:
+        args += ["--plan", ",".join(f"{k}={v}" for k, v in opts.plan.items())]
+    if opts.structures is not None:
+        args += ["--structures", ",".join(opts.structures)]
+    for name in ("workers", "prefetch", "ray_cpus_per_task", "ray_gpus_per_task"):
+        if getattr(opts, name) != getattr(default, name):
+            args += [f"--{name.replace('_', '-')}", f"{getattr(opts, name):g}"]
+    if opts.ray:
+        args += ["--ray", opts.ray]
+    args += [flag for flag, on in (("--force", opts.force), ("--rehash", opts.rehash)) if on]
+    args += ["--no-progress-bar"] + (["--progress-lines"] if progress_lines else [])
+    return args
 
 
 def parse_plan_options(spec: str | dict | None) -> dict[str, str]:

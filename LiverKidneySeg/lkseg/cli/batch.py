@@ -7,7 +7,7 @@ import contextlib
 import signal
 import sys
 
-__all__ = ["register", "run"]
+__all__ = ["options_from_args", "register", "run"]
 
 _EPILOG = """\
 outputs per case (OUTPUT/cases/<case_id>/): <id>.seg.nrrd, <id>_labels.nii.gz, <id>_seg.dcm (DICOM inputs),
@@ -111,11 +111,11 @@ def _install_signal_handlers(cancel) -> dict:
     return previous
 
 
-def run(args: argparse.Namespace) -> int:
-    from lkseg.batch import BatchOptions, run_batch
-    from lkseg.progress import CancelToken
+def options_from_args(args: argparse.Namespace):
+    """The :class:`~lkseg.batch.BatchOptions` of parsed ``lkseg batch`` arguments."""
+    from lkseg.batch import BatchOptions
 
-    options = BatchOptions(
+    return BatchOptions(
         outputs=_split(args.outputs),
         mesh_formats=_split(args.mesh_formats),
         plan=args.plan or {},
@@ -129,6 +129,13 @@ def run(args: argparse.Namespace) -> int:
         ray_cpus_per_task=args.ray_cpus_per_task,
         ray_gpus_per_task=args.ray_gpus_per_task,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from lkseg.batch import run_batch
+    from lkseg.progress import CancelToken
+
+    options = options_from_args(args)
     cancel = CancelToken()
     previous = _install_signal_handlers(cancel)
     try:
