@@ -275,3 +275,19 @@ def test_cli_arguments(lib, tmp_path):
 
     parsed = build_parser().parse_args(args)  # the core CLI accepts exactly these arguments
     assert parsed.structures == ["liver", "liver_tumor"] and parsed.progress_lines and parsed.device == "cuda"
+
+
+def test_conflicts_with_the_whole_model_are_found_before_the_run(lib, mrml_scene, phantom_case, model):
+    from lkseg.errors import InputError
+    from LiverKidneySegLib.volumes import volumeToNode
+
+    modelId, _ = model
+    node = volumeToNode(phantom_case.image, scene=mrml_scene, name="Phantom")
+    logic = lib.logic.LiverKidneySegLogicBase(mrml_scene)
+    seg = logic.newSegmentationNode(node)
+    lib.seg.labelMapToSegmentation(phantom_case.image.with_array(np.zeros(phantom_case.image.shape, np.uint8)), {1: "kidney_left"}, seg)
+    with pytest.raises(lib.seg.SegmentExistsError, match="Left kidney"):
+        logic.segment(node, seg, modelId=modelId)  # all the model's structures: checked from its manifest
+    with pytest.raises(InputError, match="no structure selected"):
+        logic.segment(node, seg, modelId=modelId, structures=[])
+    assert logic.job is None

@@ -99,11 +99,23 @@ class SegmentationJob:
         self._grid = None
 
     # -- checks before the long run ---------------------------------------------------------
+    def _requestedStructures(self) -> list[str]:
+        """The structures this run will write: the requested ones, else the model's (if known)."""
+        if self.options.structures:
+            return list(self.options.structures)
+        try:
+            from lkseg.models import find_model
+
+            return list(find_model(self.options.modelId).structures)
+        except Exception as exc:
+            log.debug("cannot read the model's structures before the run: %s", exc)
+            return []
+
     def _checkConflicts(self) -> None:
-        if self.options.replaceExisting or not self.options.structures:
+        if self.options.replaceExisting:
             return
         conflicts = [
-            get_structure(s).display for s in self.options.structures if findSegmentId(self.segmentationNode, s)
+            get_structure(s).display for s in self._requestedStructures() if findSegmentId(self.segmentationNode, s)
         ]
         if conflicts:
             raise SegmentExistsError(conflicts, self.segmentationNode.GetName())

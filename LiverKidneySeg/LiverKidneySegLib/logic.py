@@ -185,6 +185,8 @@ class LiverKidneySegLogicBase:
         if self.job is not None and not self.job.finished:
             raise RuntimeError("an automatic segmentation is already running; cancel it first")
         volumeFromNode(volumeNode)  # validates the input before anything is created
+        if structures is not None and len(structures) == 0:
+            raise InputError("no structure selected: choose at least one structure to segment")
         if segmentationNode is None:
             segmentationNode = self.newSegmentationNode(volumeNode)
         options = SegmentOptions(modelId or None, device, list(structures) if structures else None, replaceExisting)
