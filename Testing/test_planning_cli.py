@@ -134,3 +134,30 @@ def _shifted(labels):
     return Volume.from_array(
         labels.array.astype(np.int16), spacing=labels.spacing, origin=np.asarray(labels.origin) + 5.0
     )
+
+
+def test_plan_command_layered_seg_nrrd_resection_segment(planning_abdomen, tmp_path, capsys):
+    """A resection segment painted over the liver on its own layer is used as a mask; the liver
+    keeps all its voxels (TLV unchanged) and the resected share is that of the painted region."""
+    from lkseg.io import write_seg_nrrd
+    from lkseg.segmentation import Segmentation
+
+    labels, table = planning_abdomen
+    seg = Segmentation.from_label_volume(labels, table)
+    ras = labels.grid.index_to_ras(np.argwhere(np.ones(labels.shape, bool))[:, ::-1]).reshape(*labels.shape, 3)
+    painted = ras[..., 0] > 40.0  # everything at RAS x > 40 mm (patient right part of the liver)
+    seg = seg.with_segment("resection", painted, overlap="layer")
+    assert seg.num_layers == 2
+    path = write_seg_nrrd(seg, tmp_path / "plan.seg.nrrd")
+    out = tmp_path / "out"
+    code = main(
+        ["plan", str(path), "-o", str(out), "--resection-label", "resection", "--no-surfaces", "--reports", "json"]
+    )
+    assert code == 0, capsys.readouterr().err
+    flr = json.loads((out / "report.json").read_text())["result"]["flr"]
+    liver = labels.array == 1
+    lesions = labels.array == 2
+    vml = labels.grid.voxel_volume_ml
+    assert flr["tlv_ml"] == pytest.approx((liver.sum() + lesions.sum()) * vml)
+    assert flr["flr_ml"] == pytest.approx((liver & ~painted).sum() * vml)
+    assert flr["resection"]["kind"] == "mask"

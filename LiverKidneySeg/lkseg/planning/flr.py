@@ -3,7 +3,9 @@
 Formulas (``../shared/docs/clinical.md``, "Volumetry and future liver remnant"):
 
 * Total liver volume TLV = liver + liver lesions (tumours and cysts) in mL. Lesions are
-  non-functional: functional liver volume = TLV - lesion volume.
+  non-functional: functional liver volume = TLV - lesion volume. Intrahepatic vessels count
+  when they are labelled as liver (as the automatic engine does); separate ``portal_vein`` /
+  ``hepatic_vein`` segments are not added (a warning says so).
 * Measured FLR% = FLR / (TLV - tumour volume) x 100, where FLR is the non-tumorous liver
   parenchyma left after the resection.
 * Body surface area, Mosteller: BSA (m^2) = sqrt(height_cm x weight_kg / 3600)
@@ -39,7 +41,7 @@ from typing import Literal
 import numpy as np
 
 from lkseg.errors import InputError
-from lkseg.planning._index import LIVER_LESION_NAMES, Box, LabelIndex
+from lkseg.planning._index import LIVER_LESION_NAMES, LIVER_VESSEL_NAMES, Box, LabelIndex
 from lkseg.volume import Grid, Volume
 
 __all__ = [
@@ -334,6 +336,13 @@ def compute_flr(index: LabelIndex, resection: Resection, patient: Patient | None
     )
     if tumour_left > 0:
         result.warnings.append(f"{tumour_left:.1f} mL of liver tumour remains in the remnant")
+    for name in LIVER_VESSEL_NAMES:
+        values = index.present([name])
+        if values:
+            result.warnings.append(
+                f"{name} is a separate segment ({index.volume_ml(values):.1f} mL) and is not counted in the TLV "
+                "(label intrahepatic vessels as liver to include them)"
+            )
     if patient.height_cm is None or patient.weight_kg is None:
         missing = " and ".join(
             w for w, v in (("height", patient.height_cm), ("weight", patient.weight_kg)) if v is None

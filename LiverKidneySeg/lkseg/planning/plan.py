@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from lkseg.labels import PRODUCT_LABELS, LabelTable
 from lkseg.planning._index import LabelIndex
@@ -22,6 +23,9 @@ from lkseg.planning.renal import RenalScore, nephrometry
 from lkseg.planning.volumetry import StructureVolume, attach_mesh_volumes, structure_volumes
 from lkseg.progress import CancelToken, ProgressCallback, SubProgress, report
 from lkseg.volume import Volume
+
+if TYPE_CHECKING:  # pragma: no cover - VTK-free import of the type only
+    from lkseg.surfaces import SurfaceOptions
 
 __all__ = ["LESION_STRUCTURES", "PlanOptions", "PlanResult", "run_plan"]
 
@@ -48,7 +52,7 @@ class PlanOptions:
     resection: Resection | None = None
     patient: Patient | None = None
     surfaces: bool = True
-    surface_options: object | None = None
+    surface_options: SurfaceOptions | None = None
     min_lesion_volume_ml: float = 0.0
 
 
