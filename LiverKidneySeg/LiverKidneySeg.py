@@ -505,15 +505,14 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.boxButton.checked = False
         self._requestRefine()
 
-    def _sliceAxis(self) -> int:
-        """Index axis of the slice view the last prompt was placed in (k when unknown)."""
-        from LiverKidneySegLib.markups import sliceAxisForPoint
+    def _slice(self) -> tuple[int, int | None]:
+        """``(axis, sliceIndex)`` of the slice view the last prompt was placed in (k axis when unknown)."""
+        from LiverKidneySegLib.markups import sliceForPoint
 
         if self._lastPromptRas is None:
-            return 2
-        return sliceAxisForPoint(
-            self._parameterNode.inputVolume, self._lastPromptRas, slicer.util.getNodesByClass("vtkMRMLSliceNode")
-        )
+            return 2, None
+        sliceNodes = slicer.util.getNodesByClass("vtkMRMLSliceNode")
+        return sliceForPoint(self._parameterNode.inputVolume, self._lastPromptRas, sliceNodes)
 
     def _requestRefine(self) -> None:
         if self._pendingEdit is not None:
@@ -522,6 +521,7 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         pn = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Refinement failed."), waitCursor=False):
             self.logic.setRefineModel(pn.refineModel or "litemedsam", pn.device)
+            axis, sliceIndex = self._slice()  # the slice of the prompt just placed
             self._pendingEdit = self.logic.refine(
                 pn.inputVolume,
                 pn.outputSegmentation,
@@ -529,7 +529,8 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 positive=pn.positivePoints,
                 negative=pn.negativePoints,
                 box=pn.promptBox,
-                axis=self._sliceAxis(),
+                axis=axis,
+                sliceIndex=sliceIndex,
                 mode=pn.combineMode,
                 waitForCompletion=False,
             )
@@ -556,7 +557,7 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 pn.inputVolume,
                 pn.outputSegmentation,
                 pn.refineSegment,
-                axis=self._sliceAxis(),
+                axis=self._slice()[0],
                 mode=pn.combineMode,
                 waitForCompletion=False,
                 progressCallback=self._storeWorkerProgress,
@@ -610,7 +611,9 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "heightCm": pn.patientHeight or None,
             "weightKg": pn.patientWeight or None,
             "resectionPlaneNode": pn.resectionPlane if pn.resectionMode == "plane" else None,
-            "resectionSegmentName": pn.resectionSegment if pn.resectionMode == "segment" else None,
+            "resectionSegmentName": (pn.resectionSegment or self.ui.resectionSegmentComboBox.currentData)
+            if pn.resectionMode == "segment"
+            else None,
         }
 
     def _exportFolder(self) -> pathlib.Path:

@@ -255,3 +255,46 @@ def test_undo_redo_restores_exact_voxels(lib, mrml_scene, ball_segmentation):
     seg.GetSegmentation().RemoveSegment("liver")
     with pytest.raises(RuntimeError, match="no longer exists"):
         history.redo(mrml_scene)
+
+
+def test_slice_of_a_click_from_the_slice_views(lib, mrml_scene):
+    """The view a point was placed in is the slice node whose plane passes through it."""
+    import vtk
+
+    M = lib.markups
+    volume, node = _ct(lib, mrml_scene, DIRECTIONS["flipped_ras"])
+    point_ijk = np.array([12.0, 7.0, 9.0])
+    ras = volume.grid.index_to_ras(point_ijk)
+
+    def slice_node(name, normal_axis, offset):
+        sn = mrml_scene.AddNewNodeByClass("vtkMRMLSliceNode", name)
+        axes = {
+            "axial": ([1, 0, 0], [0, 1, 0], [0, 0, 1]),
+            "sagittal": ([0, 1, 0], [0, 0, 1], [1, 0, 0]),
+            "coronal": ([1, 0, 0], [0, 0, 1], [0, 1, 0]),
+        }[normal_axis]
+        matrix = vtk.vtkMatrix4x4()
+        for c, column in enumerate(axes):
+            for r in range(3):
+                matrix.SetElement(r, c, column[r])
+        origin = np.zeros(3)
+        origin[{"axial": 2, "sagittal": 0, "coronal": 1}[normal_axis]] = offset
+        for r in range(3):
+            matrix.SetElement(r, 3, origin[r])
+        sn.GetSliceToRAS().DeepCopy(matrix)
+        sn.SetMappedInLayout(1)  # a view shown in the layout (hidden views are ignored)
+        return sn
+
+    views = [
+        slice_node("Red", "axial", ras[2] + 20),
+        slice_node("Yellow", "sagittal", ras[0]),
+        slice_node("Green", "coronal", ras[1] - 7),
+    ]
+    axis, index = M.sliceForPoint(node, ras, views)
+    assert axis == 0 and index == 12  # the sagittal view cuts this volume along i
+    views[0] = slice_node("Red2", "axial", ras[2])
+    views[1] = slice_node("Yellow2", "sagittal", ras[0] + 30)
+    assert M.sliceForPoint(node, ras, views) == (2, 9)
+    assert M.sliceForPoint(node, ras, []) == (2, 9)  # no views: k
+    views[0].SetMappedInLayout(0)
+    assert M.sliceForPoint(node, ras, views)[0] == 1  # the red view is hidden: green is the closest

@@ -31,6 +31,7 @@ __all__ = [
     "roiIjkBox",
     "sliceAxisForNormal",
     "sliceAxisForPoint",
+    "sliceForPoint",
     "slicePrompts",
 ]
 
@@ -134,6 +135,12 @@ def sliceAxisForPoint(volumeNode, rasWorld, sliceNodes, default: int = 2) -> int
         if distance < bestDistance:
             best, bestDistance = normal, distance
     return default if best is None else sliceAxisForNormal(volumeNode, best)
+
+
+def sliceForPoint(volumeNode, rasWorld, sliceNodes, default: int = 2) -> tuple[int, int]:
+    """``(axis, sliceIndex)`` of the slice a point was placed on (see :func:`sliceAxisForPoint`)."""
+    axis = sliceAxisForPoint(volumeNode, rasWorld, sliceNodes, default)
+    return axis, int(np.rint(worldToIjk(volumeNode, np.asarray(rasWorld, dtype=np.float64).reshape(3))[axis]))
 
 
 def slicePrompts(
