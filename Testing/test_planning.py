@@ -287,3 +287,34 @@ def test_run_plan_on_abdomen(planning_abdomen):
     assert d["total_liver_volume_ml"] == pytest.approx(
         result.volumes["liver"].volume_ml + result.volumes["liver_tumor"].volume_ml
     )
+
+
+def test_real_ct_volumes_laterality_and_mesh_placement(real_ct_dir):
+    """TotalSegmentator's example (stored RAS, 3 mm): volumes as documented, a tumour put on the
+    right kidney is assigned to it, meshes sit where the voxels are."""
+    from lkseg.io import read_image, read_label_map
+
+    folder = real_ct_dir / "totalsegmentator"
+    ct = read_image(folder / "example_ct_sm.nii.gz")
+    labels = read_label_map(folder / "example_seg.nii.gz", reference=ct)
+    table = LabelTable({1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver", 200: "kidney_tumor"})
+    arr = np.where(np.isin(labels.array, [1, 2, 3, 5]), labels.array, 0).astype(np.uint8)
+    # a 4-voxel-radius tumour on the lateral edge of the right kidney (largest RAS x)
+    ras = ras_of_voxels(labels.grid)
+    right = arr == 2
+    lateral = np.unravel_index(np.argmax(np.where(right, ras[..., 0], -np.inf)), arr.shape)
+    tumour = np.linalg.norm(ras - ras[lateral], axis=-1) <= 12.0
+    arr[tumour & (arr == 0) | tumour & right] = 200
+    result = run_plan(labels.with_array(arr), table, PlanOptions(), image=ct)
+    vols = result.volumes
+    assert vols["liver"].volume_ml == pytest.approx(1043, rel=0.01)
+    assert abs(vols["liver"].mesh_difference_percent) < 2.0
+    (les,) = result.lesions
+    assert les.organ == "kidney_right" and result.renal[0].kidney == "kidney_right"
+    left_x = ras[arr == 3][:, 0].mean()
+    assert les.centroid_ras[0] > left_x + 100  # patient right = larger RAS x
+    liver_mesh = next(m for m in result.surfaces if m.name == "liver")
+    assert np.allclose(liver_mesh.points.mean(axis=0), ras[arr == 5].mean(axis=0), atol=15.0)
+    # the surface lies within half a voxel (1.5 mm) + smoothing of the outermost voxel centres
+    assert np.all(np.abs(liver_mesh.points.min(axis=0) - ras[arr == 5].min(axis=0)) < 3.0)
+    assert np.all(np.abs(liver_mesh.points.max(axis=0) - ras[arr == 5].max(axis=0)) < 3.0)
