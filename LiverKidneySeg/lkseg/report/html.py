@@ -144,7 +144,7 @@ def _flr(result: PlanResult) -> str:
     if flr is None:
         return f"<p>{_na(result.notes.get('flr'))}</p>"
     rows = [
-        ("Resection", escape(json.dumps(flr.resection))),
+        ("Resection", _resection_text(flr.resection)),
         ("Total liver volume (TLV)", _num(flr.tlv_ml, unit="mL")),
         ("Lesion volume (tumours + cysts)", _num(flr.lesion_ml, unit="mL")),
         ("Tumour volume", _num(flr.tumour_ml, unit="mL")),
@@ -164,6 +164,22 @@ def _flr(result: PlanResult) -> str:
     ]
     body = "".join(f"<tr><th>{escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
     return f"<table>{body}</table>" + _flr_bar(flr)
+
+
+def _resection_text(resection: dict) -> str:
+    if resection.get("kind") == "planes":
+        parts = []
+        for p in resection["planes"]:
+            point = ", ".join(f"{v:.1f}" for v in p["point_ras_mm"])
+            normal = ", ".join(f"{v:.3f}" for v in p["normal_ras"])
+            parts.append(f"plane through ({point}) mm RAS, normal ({normal}), {p['side']} side resected")
+        joined = "<br>".join(escape(t) for t in parts)
+        if len(parts) > 1:
+            joined += "<br>" + escape(f"planes combined as {resection['combine']}")
+        return joined
+    if resection.get("kind") == "mask":
+        return escape(f"resection mask {resection.get('source') or ''}".strip())
+    return escape(f"resection segment {resection.get('label')!r}")
 
 
 def _flr_bar(flr) -> str:
@@ -200,7 +216,8 @@ def _renal(result: PlanResult) -> str:
             + "".join(f"<td class=num>{_num(getattr(r, k), '{:d}')}</td>" for k in ("R", "E", "N", "L"))
             + f"<td class=num>{escape(r.notation) if r.notation else _na(r.notes.get('total'))}</td><td>{escape(r.complexity) if r.complexity else _na()}</td></tr>"
         )
-    return f"<table>{head}{''.join(rows)}</table><p class=small>Suffix a/p/x: anterior/posterior/neither; h: touches the main renal artery or vein ({escape(result.renal[0].notes.get('hilar', 'assessed'))}).</p>"
+    hilar = result.renal[0].notes.get("hilar", "assessed with the renal artery/vein segment")
+    return f"<table>{head}{''.join(rows)}</table><p class=small>Suffix a/p/x: anterior/posterior/neither; h: touches the main renal artery or vein ({escape(hilar)}).</p>"
 
 
 def _audit(provenance: Provenance | None, result: PlanResult) -> str:

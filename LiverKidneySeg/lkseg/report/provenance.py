@@ -54,11 +54,13 @@ def _software() -> dict:
     from lkseg import __version__
 
     out = {"lkseg": __version__, "python": platform.python_version(), "platform": platform.platform()}
-    for mod in ("numpy", "scipy", "vtk", "SimpleITK"):
+    if "vtkmodules.vtkCommonCore" in sys.modules:
+        out["vtk"] = sys.modules["vtkmodules.vtkCommonCore"].vtkVersion.GetVTKVersion()
+    for mod in ("numpy", "scipy", "SimpleITK", "fast_simplification"):
         module = sys.modules.get(mod)
         version = getattr(module, "__version__", None) if module else None
         if module is not None and version is None and hasattr(module, "Version_VersionString"):
-            version = module.Version_VersionString()
+            version = module.Version_VersionString()  # SimpleITK
         if version:
             out[mod] = str(version)
     return out
