@@ -84,3 +84,28 @@ def test_ray_resumes_local_work_and_redoes_changed(ray_cluster, tmp_path):
     np.testing.assert_array_equal(
         read_label_map(out / "cases" / "case2" / "case2_labels.nii.gz").array, make_case(3)[1]
     )
+
+
+@pytest.mark.slow  # Ray workers import torch and MONAI (~30 s on 2 cores)
+def test_ray_with_model_package_matches_local(ray_cluster, tmp_path):
+    """The real engine named by an EngineSpec: each worker builds it from the package folder."""
+    pytest.importorskip("torch")
+    from test_batch_auto import small_ct, tiny_package
+
+    from lkseg.batch import EngineSpec
+
+    model = str(tiny_package(tmp_path / "model").folder)
+    src = tmp_path / "in"
+    src.mkdir()
+    for seed in (3, 4, 5):
+        write_image(small_ct(seed), src / f"ct{seed}.nii.gz")
+    spec = EngineSpec(model, device="cpu", threads=1)  # same thread count: bitwise-identical inference
+    local = run_batch(src, tmp_path / "local", spec, options=BatchOptions(outputs=("nifti",)))
+    dist = run_batch(src, tmp_path / "ray", spec, options=BatchOptions(outputs=("nifti",), ray="auto"))
+    assert local.counts["done"] == dist.counts["done"] == 3
+    assert dist.model == local.model and dist.model["model_id"] == "tiny-batch"
+    for cid in ("ct3", "ct4", "ct5"):
+        a = read_label_map(tmp_path / "local" / "cases" / cid / f"{cid}_labels.nii.gz").array
+        b = read_label_map(tmp_path / "ray" / "cases" / cid / f"{cid}_labels.nii.gz").array
+        assert len(np.unique(a)) > 3  # a real, non-trivial label map
+        np.testing.assert_array_equal(a, b)
