@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+pytest.importorskip("lkseg.auto", reason="the automatic engine is not in this tree")
 
 from lkseg.batch import BatchOptions, EngineSpec, engine_identity, run_batch  # noqa: E402
 from lkseg.io import read_image, read_label_map, write_image  # noqa: E402

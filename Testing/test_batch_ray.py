@@ -90,6 +90,7 @@ def test_ray_resumes_local_work_and_redoes_changed(ray_cluster, tmp_path):
 def test_ray_with_model_package_matches_local(ray_cluster, tmp_path):
     """The real engine named by an EngineSpec: each worker builds it from the package folder."""
     pytest.importorskip("torch")
+    pytest.importorskip("lkseg.auto", reason="the automatic engine is not in this tree")
     from test_batch_auto import small_ct, tiny_package
 
     from lkseg.batch import EngineSpec
