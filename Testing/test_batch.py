@@ -595,3 +595,31 @@ def test_batch_cli_args_round_trip(opts):
     assert argv[:3] == ["batch", "/in", "/out"] and "--progress-lines" in argv and "--no-progress-bar" in argv
     args = build_parser().parse_args(argv)
     assert args.model == "my-model" and options_from_args(args) == opts
+
+
+@pytest.mark.timeout(60)
+def test_hard_interrupt_returns_at_once_and_keeps_outputs_whole(tmp_path):
+    """A second Ctrl-C (KeyboardInterrupt in the inference thread) stops the run without waiting."""
+    src, out = _small_cohort(tmp_path, 5), tmp_path / "out"
+
+    class Interrupting(ThresholdEngine):
+        def predict(self, volume, **kw):
+            if self.calls == 2:
+                raise KeyboardInterrupt
+            return super().predict(volume, **kw)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(src, out, Interrupting(), options=BatchOptions(outputs=("nifti",), prefetch=1))
+    import threading
+
+    deadline = time.monotonic() + 10  # the writer finishes the case it holds, in the background, then exits
+    while time.monotonic() < deadline and any(t.name.startswith("lkseg-batch-") for t in threading.enumerate()):
+        time.sleep(0.05)
+    assert not any(t.name.startswith("lkseg-batch-") for t in threading.enumerate())
+    assert not [p for p in (out / "cases").iterdir() if p.name.startswith(".")]
+    finished = sorted(p.parent.name for p in out.glob("cases/*/manifest.json"))
+    assert finished == sorted(p.name for p in (out / "cases").iterdir())
+    rows = {r["case_id"]: r["status"] for r in read_csv(out / "summary.csv")}
+    assert rows["case4"] == "cancelled" and set(rows.values()) <= {"done", "cancelled"}
+    rerun = run_batch(src, out, ThresholdEngine(), options=BatchOptions(outputs=("nifti",)))
+    assert rerun.counts["done"] + rerun.counts["skipped"] == 5

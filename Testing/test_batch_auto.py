@@ -115,3 +115,38 @@ def test_auto_engine_loaded_once_and_cli(auto_setup, capsys, monkeypatch):
     assert code == 0 and "2 done" in capsys.readouterr().out
     assert len(built) == 1  # one model load for the whole cohort
     assert engine_identity(AutoSegmenter(model, device="cpu")) == EngineSpec(model).identity()
+
+
+@pytest.mark.slow
+def test_cli_ctrl_c_keeps_finished_cases(auto_setup, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, model, _ = auto_setup
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for seed in range(5):
+        write_image(small_ct(seed), src / f"ct{seed}.nii.gz")
+    cmd = [sys.executable, "-m", "lkseg", "batch", str(src), str(out), "--model", model, "--outputs", "nifti"]
+    proc = subprocess.Popen(
+        [*cmd, "--device", "cpu", "--progress-lines"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not list(out.glob("cases/*/manifest.json")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "stopping after the cases already inferred are saved" in stderr and "LKSEG_PROGRESS" in stdout
+    finished = sorted(p.parent.name for p in out.glob("cases/*/manifest.json"))
+    assert 1 <= len(finished) < 5
+    assert sorted(p.name for p in (out / "cases").iterdir()) == finished  # nothing half-written
+    with (out / "summary.csv").open() as fh:
+        import csv
+
+        status = {r["case_id"]: r["status"] for r in csv.DictReader(fh)}
+    assert sorted(c for c, s in status.items() if s == "done") == finished
+    assert {s for c, s in status.items() if c not in finished} == {"cancelled"}
+    # (resuming after an interruption is covered by test_batch.py)

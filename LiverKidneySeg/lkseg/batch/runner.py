@@ -221,13 +221,24 @@ def run_local(
                 reporter.add(out)
             else:
                 q_out.put(out)
-    finally:
-        for _ in threads[1:]:
-            q_out.put(_END)
-        for t in threads:
-            t.join()
+    except BaseException:  # a second Ctrl-C, or a bug: stop now, without waiting for the threads
+        cancel.cancel()
+        threading.Thread(target=_close, args=(q_in, q_out, len(threads) - 1), daemon=True).start()
+        raise
+    for _ in threads[1:]:
+        q_out.put(_END)
+    for t in threads:
+        t.join()
     if errors:
         raise errors[0]
+
+
+def _close(q_in: queue.Queue, q_out: queue.Queue, n_writers: int) -> None:
+    """Let the reader and writers of an aborted run finish their current case and exit."""
+    while q_in.get() is not _END:
+        pass
+    for _ in range(n_writers):
+        q_out.put(_END)
 
 
 # -- entry point --------------------------------------------------------------------------------
