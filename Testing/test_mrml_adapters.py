@@ -235,3 +235,26 @@ def test_table_node_values(lib, mrml_scene, tmp_path):
     lines = (tmp_path / "t.tsv").read_text().splitlines()
     assert lines[0].split("\t") == ["Structure", "Volume", "Lesions"]
     assert lines[1].split("\t")[:2] == ["Liver", "1523.25"]
+
+
+def test_region_edit_changes_only_the_region(lib, mrml_scene):
+    """A slice edit (refinement, undo) rewrites exactly that slice; the rest and the segments
+    sharing the labelmap layer are untouched."""
+    S = lib.segmentations
+    labels = Volume.from_array(_labels(), SPACING, ORIGIN, DIRECTIONS["oblique"])
+    seg = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    S.labelMapToSegmentation(labels, PRODUCT_LABELS, seg, includeEmpty=False)
+    liver = S.segmentMask(seg, "liver", labels.grid)
+    edited = liver.copy()
+    edited[3] = False
+    edited[3, 0:2, 0:3] = True  # new voxels outside the old liver, on the same slice
+    edited[4, 8, 12] = True  # a voxel on another slice, outside the region: must not appear
+    region = (slice(3, 4), slice(None), slice(None))
+    S.setSegmentMask(seg, "liver", edited, labels.grid, region=region)
+    expected = liver.copy()
+    expected[3] = edited[3]
+    np.testing.assert_array_equal(S.segmentMask(seg, "liver", labels.grid), expected)
+    for name in ("liver_tumor", "kidney_right", "kidney_left"):
+        np.testing.assert_array_equal(
+            S.segmentMask(seg, name, labels.grid), labels.array == PRODUCT_LABELS.value_of(name)
+        )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from LiverKidneySegLib.segmentations import segmentMask, setSegmentMask
+from LiverKidneySegLib.segmentations import setSegmentMask
 from lkseg.volume import Grid
 
 __all__ = ["EditHistory", "SegmentEdit"]
@@ -115,9 +115,9 @@ class EditHistory:
             raise RuntimeError(
                 f"cannot undo/redo '{edit.description}': the segment {edit.segmentId!r} no longer exists"
             )
-        mask = segmentMask(node, edit.segmentId, edit.grid)
+        mask = np.zeros(edit.grid.shape, dtype=bool)
         mask[edit.region] = edit.block(which)
-        setSegmentMask(node, edit.segmentId, mask, edit.grid)
+        setSegmentMask(node, edit.segmentId, mask, edit.grid, region=edit.region)  # only the edited box
 
     def undo(self, scene) -> SegmentEdit | None:
         """Restore the state before the last edit; returns it (None when there is nothing to undo)."""

@@ -270,7 +270,7 @@ class Refiner:
         after = combineMasks(start, mask, mode, region)
         edit = self.history.record(segmentationNode, segmentId, before, after, volume.grid, description)
         if edit is not None:
-            setSegmentMask(segmentationNode, segmentId, after, volume.grid)
+            setSegmentMask(segmentationNode, segmentId, after, volume.grid, region=edit.region)  # only what changed
         return RefineResult(segmentId, 0 if edit is None else edit.changedVoxels, description)
 
     def sliceBase(

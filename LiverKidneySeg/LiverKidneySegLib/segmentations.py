@@ -87,14 +87,16 @@ def gridToOrientedImage(grid: Grid, allocate: bool = False):
     return image
 
 
-def maskToOrientedImage(mask: np.ndarray, grid: Grid, crop: bool = True):
-    """A binary ``vtkOrientedImageData`` (uint8 0/1) of a ZYX mask on ``grid``.
+def maskToOrientedImage(mask: np.ndarray, grid: Grid, crop: bool = True, region: tuple[slice, ...] | None = None):
+    """A ``vtkOrientedImageData`` of a ZYX mask or label array on ``grid``.
 
     Args:
-        mask: bool/int ZYX array of ``grid.shape``; non-zero is inside.
-        grid: geometry of the mask.
+        mask: bool or integer ZYX array of ``grid.shape``. Bool/0-1 masks become uint8 0/1;
+            integer label arrays keep their values (uint8, or uint16 above 255).
+        grid: geometry of the array.
         crop: store only the bounding box of the non-zero voxels (an empty mask gets an empty
             extent), which is how Slicer stores segments.
+        region: store exactly this ZYX box (zeros included) instead; overrides ``crop``.
     """
     import slicer
     import vtk
@@ -105,7 +107,11 @@ def maskToOrientedImage(mask: np.ndarray, grid: Grid, crop: bool = True):
         raise InputError(f"mask shape {mask.shape} does not match the grid shape {grid.shape} (ZYX)")
     image = slicer.vtkOrientedImageData()
     image.SetImageToWorldMatrix(_ijkToRasVtk(grid))
-    if crop:
+    if region is not None:
+        (k0, k1), (j0, j1), (i0, i1) = (
+            (r.start or 0, (r.stop if r.stop is not None else n) - 1) for r, n in zip(region, grid.shape)
+        )
+    elif crop:
         nonzero = np.nonzero(mask)
         if len(nonzero[0]) == 0:
             image.SetExtent(0, -1, 0, -1, 0, -1)
@@ -114,10 +120,16 @@ def maskToOrientedImage(mask: np.ndarray, grid: Grid, crop: bool = True):
         k1, j1, i1 = (int(a.max()) for a in nonzero)
     else:
         (k0, j0, i0), (k1, j1, i1) = (0, 0, 0), (s - 1 for s in grid.shape)
-    block = np.ascontiguousarray(mask[k0 : k1 + 1, j0 : j1 + 1, i0 : i1 + 1] != 0, dtype=np.uint8)
+    block = mask[k0 : k1 + 1, j0 : j1 + 1, i0 : i1 + 1]
+    if block.dtype == np.bool_ or not np.issubdtype(block.dtype, np.integer):
+        block, scalarType = (block != 0).astype(np.uint8), vtk.VTK_UNSIGNED_CHAR
+    elif block.size and int(block.max()) > 255:
+        block, scalarType = block.astype(np.uint16), vtk.VTK_UNSIGNED_SHORT
+    else:
+        block, scalarType = block.astype(np.uint8), vtk.VTK_UNSIGNED_CHAR
     image.SetExtent(i0, i1, j0, j1, k0, k1)
-    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = block.reshape(-1)
+    image.AllocateScalars(scalarType, 1)
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = np.ascontiguousarray(block).reshape(-1)
     return image
 
 
@@ -259,18 +271,33 @@ def segmentMask(segmentationNode, segmentId: str, grid: Grid) -> np.ndarray:
     return _orientedImageToMask(image, grid, segment.GetLabelValue())
 
 
-def setSegmentMask(segmentationNode, segmentId: str, mask: np.ndarray, grid: Grid) -> None:
-    """Replace a segment's voxels with ``mask`` (bool ZYX on ``grid``); other segments untouched."""
+def setSegmentMask(
+    segmentationNode, segmentId: str, mask: np.ndarray, grid: Grid, region: tuple[slice, ...] | None = None
+) -> None:
+    """Replace a segment's voxels with ``mask`` (bool ZYX on ``grid``); other segments untouched.
+
+    Args:
+        region: only this ZYX box changes (e.g. the slice of a refinement; much faster on large
+            volumes); voxels of the segment outside it are kept. None: the whole grid.
+    """
     import slicer
 
     logic = slicer.vtkSlicerSegmentationsModuleLogic
-    image = maskToOrientedImage(mask, grid, crop=True)
+    if region is not None:
+        # MODE_REPLACE would clear the segment outside the extent; min then max, both limited to
+        # the region, clear and set exactly the region's voxels
+        image = maskToOrientedImage(np.asarray(mask, bool), grid, region=region)
+        extent = list(image.GetExtent())
+        for mode in (logic.MODE_MERGE_MIN, logic.MODE_MERGE_MAX):
+            if not logic.SetBinaryLabelmapToSegment(image, segmentationNode, segmentId, mode, extent):
+                raise RuntimeError(f"could not write segment {segmentId!r} of '{segmentationNode.GetName()}'")
+        return
+    image = maskToOrientedImage(np.asarray(mask, bool), grid, crop=True)
     if image.GetPointData().GetScalars() is None:  # empty: a zero image over the whole grid clears it
         image = gridToOrientedImage(grid, allocate=True)
     ni, nj, nk = grid.size_ijk
-    if not logic.SetBinaryLabelmapToSegment(
-        image, segmentationNode, segmentId, logic.MODE_REPLACE, [0, ni - 1, 0, nj - 1, 0, nk - 1]
-    ):
+    extent = [0, ni - 1, 0, nj - 1, 0, nk - 1]
+    if not logic.SetBinaryLabelmapToSegment(image, segmentationNode, segmentId, logic.MODE_REPLACE, extent):
         raise RuntimeError(f"could not write segment {segmentId!r} of '{segmentationNode.GetName()}'")
 
 
@@ -309,8 +336,12 @@ def labelMapToSegmentation(
         SegmentExistsError: a segment of the same name exists and ``replaceExisting`` is False
             (nothing is modified then).
     """
+    import slicer
+
     table = LabelTable(table) if not isinstance(table, LabelTable) else table
     array = np.asarray(labels.array)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise InputError(f"a label map must hold integers, got {array.dtype}")
     present = set(np.unique(array).tolist())
     items = [(value, name) for value, name in table.items() if includeEmpty or value in present]
     existing = {name: findSegmentId(segmentationNode, name) for _, name in items}
@@ -324,21 +355,33 @@ def labelMapToSegmentation(
         or segmentation.GetNumberOfSegments() == 0
     ):
         setReferenceGeometry(segmentationNode, labels.grid, referenceVolumeNode)
-    written = []
+    written = {}
+    newItems = [(value, name) for value, name in items if existing[name] is None]
     wasModifying = segmentationNode.StartModify()
     try:
+        if newItems:
+            # new segments share one labelmap layer holding their label values, as Slicer stores them
+            values = [value for value, _ in newItems]
+            layer = maskToOrientedImage(np.where(np.isin(array, values), array, 0), labels.grid, crop=True)
+            representation = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+            for value, name in newItems:
+                segment = slicer.vtkSegment()
+                styleSegment(segment, name)
+                segment.SetLabelValue(int(value))
+                segment.AddRepresentation(representation, layer)
+                wantedId = get_structure(name).name if segmentation.GetSegment(get_structure(name).name) is None else ""
+                if not segmentation.AddSegment(segment, wantedId):
+                    raise RuntimeError(f"could not add segment {name!r} to '{segmentationNode.GetName()}'")
+                written[value] = segmentation.GetSegmentIdBySegment(segment)
         for value, name in items:
             segmentId = existing[name]
-            if segmentId is None:
-                structure = get_structure(name)
-                segmentId = segmentation.AddEmptySegment(
-                    name if segmentation.GetSegment(name) is None else "", structure.display, list(structure.color)
-                )
-            styleSegment(segmentation.GetSegment(segmentId), name)
-            setSegmentMask(segmentationNode, segmentId, array == value, labels.grid)
-            written.append(segmentId)
+            if segmentId is not None:  # replaceExisting: keep the segment (ID, display), new voxels
+                styleSegment(segmentation.GetSegment(segmentId), name)
+                setSegmentMask(segmentationNode, segmentId, array == value, labels.grid)
+                written[value] = segmentId
     finally:
         segmentationNode.EndModify(wasModifying)
+    written = [written[value] for value, _ in items]
     if segmentationNode.GetDisplayNode() is None and segmentationNode.GetScene() is not None:
         segmentationNode.CreateDefaultDisplayNodes()
     log.info("wrote %d segment(s) into '%s'", len(written), segmentationNode.GetName())
