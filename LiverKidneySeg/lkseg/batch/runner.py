@@ -308,7 +308,8 @@ def run_batch(
 
                 identity, t_proc = run_ray(cases, engine_source, layout, options, reporter, cancel)
             else:
-                engine = get_engine(engine_source)
+                # built here, not cached: the model's memory is freed when the batch ends
+                engine = engine_source.build() if isinstance(engine_source, EngineSpec) else get_engine(engine_source)
                 identity = engine_identity(engine)
                 log.info("model %s %s; %d case(s)", identity["model_id"], identity["model_version"], len(cases))
                 t_proc = time.perf_counter()
