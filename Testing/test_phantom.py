@@ -96,6 +96,12 @@ def test_organ_volumes_in_adult_ranges(seeds):
         ks = np.nonzero(ph.mask("liver").any(axis=(1, 2)))[0]
         extent = (ks.max() - ks.min() + 1) * ph.grid.spacing[2]
         assert 140 <= extent <= 210, (ph.config.seed, extent)
+        for kidney in ("kidney_right", "kidney_left"):  # ~10-12 cm long (principal axis)
+            pts = ph.grid.index_to_lps(np.argwhere(ph.mask(kidney))[:, ::-1].astype(float))
+            pts -= pts.mean(axis=0)
+            axis = np.linalg.svd(pts, full_matrices=False)[2][0]
+            length = np.ptp(pts @ axis) + ph.grid.spacing[2]
+            assert 95 <= length <= 130, (ph.config.seed, kidney, length)
     livers = [ph.volumes_ml["liver"] for ph in seeds]
     assert np.ptp(livers) > 100  # varied, not one fixed anatomy
 

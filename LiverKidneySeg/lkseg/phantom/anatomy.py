@@ -246,7 +246,7 @@ def build_anatomy(config: PhantomConfig) -> Anatomy:
     aorta_u, ivc_u = Union(*aorta), Union(*ivc)
     column = _spine_column(body, 0.0)
     # kidneys
-    kidneys = _kidneys(body, rng["kidneys"], var, [column, aorta_u, ivc_u])
+    kidneys = _kidneys(body, rng["kidneys"], var, [column, aorta_u, ivc_u], below)
     for k in kidneys:
         side = k.side
         cortex, medulla, pelvis = (L[f"kidney_{side}_{p}"] for p in ("cortex", "medulla", "pelvis"))
@@ -348,7 +348,7 @@ def build_anatomy(config: PhantomConfig) -> Anatomy:
         hu,
         (liver, pts, level),
         kidneys,
-        [liver, spleen, aorta_u, ivc_u, Offset(column, 3.0), psoas_u, _Outside(cavity)],
+        [liver, spleen, aorta_u, ivc_u, Offset(column, 3.0), psoas_u, Offset(_Outside(cavity), -3.0), _Outside(below)],
     )
     for les in lesions:
         if les.label == "liver_tumor":
@@ -374,24 +374,30 @@ def build_anatomy(config: PhantomConfig) -> Anatomy:
 
 
 def _kidneys(
-    body: B.BodyParams, rng: np.random.Generator, variation: float, avoid: list[Shape]
+    body: B.BodyParams, rng: np.random.Generator, variation: float, avoid: list[Shape], below: Shape
 ) -> list[organs.KidneyModel]:
+    """Right and left kidneys beside the spine (the left one higher), moved laterally away from
+    the spine and great vessels and down below the diaphragm when they would touch them."""
     v = _Var(rng, variation)
     z_right = v.u(-48, -28)
     out = []
     for side, z in (("right", z_right), ("left", z_right + v.u(8, 25))):
         sgn = -1.0 if side == "right" else 1.0
         x = sgn * v.u(70, 80)
-        y = body.spine_y(z) + v.u(10, 22)
+        y_off = v.u(10, 22)
         length, target = v.u(100, 122), v.u(142, 188)
         shape_seed = int(rng.integers(1 << 62))
-        for _ in range(8):
-            kidney = organs.kidney_model(side, np.array([x, y, z]), length, target, np.random.default_rng(shape_seed))
+        for _ in range(12):
+            center = np.array([x, body.spine_y(z) + y_off, z])
+            kidney = organs.kidney_model(side, center, length, target, np.random.default_rng(shape_seed))
             pts, level = organs.coarse_points(kidney.outer, 4.0)
             inside = pts[level < 0]
-            if not any(np.any(a.at(inside) < 3.0) for a in avoid):
+            if any(np.any(a.at(inside) < 3.0) for a in avoid):
+                x += sgn * 5.0  # away from the spine and the great vessels
+            elif np.any(below.at(inside) > -5.0):
+                z -= 5.0  # below the diaphragm and the posterior costophrenic recess
+            else:
                 break
-            x += sgn * 5.0  # move away from the spine and the great vessels
         out.append(kidney)
     return out
 
@@ -461,11 +467,15 @@ def _lesions(
         side = "right" if rng.random() < 0.5 else "left"
     tumor = None
     if kind != "none":
-        kidney = kidneys[0] if side == "right" else kidneys[1]
-        other = kidneys[1] if side == "right" else kidneys[0]
-        tumor = kidney_tumor(
-            kidney, kind, rng, [*obstacles, Offset(other.outer, 3.0)], table["rcc"], table["rcc_necrosis"]
-        )
+        sides = [side] if config.kidney_tumor_side != "random" else [side, "left" if side == "right" else "right"]
+        for s in sides:  # a random side falls back to the other kidney if no site is free
+            kidney = kidneys[0] if s == "right" else kidneys[1]
+            other = kidneys[1] if s == "right" else kidneys[0]
+            tumor = kidney_tumor(
+                kidney, kind, rng, [*obstacles, Offset(other.outer, 3.0)], table["rcc"], table["rcc_necrosis"]
+            )
+            if tumor is not None:
+                break
     if config.kidney_cyst:
         cyst = kidney_cyst(kidneys, rng, obstacles, [tumor] if tumor is not None else [], hu["cyst"])
         if cyst is not None:

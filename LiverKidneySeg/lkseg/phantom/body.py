@@ -116,7 +116,7 @@ class Torso(Shape):
         v = Y / r
         bq = np.where(v < 0, F32(1.0 / b.b_ant), F32(1.0 / b.b_post))
         t = np.abs(u * F32(1.0 / b.a)) ** F32(b.p) + np.abs(v * bq) ** F32(b.p)
-        R = t ** F32(-1.0 / b.p)
+        R = np.maximum(t, F32(1e-12)) ** F32(-1.0 / b.p)
         inset = F32(self.c0)
         if self.cu2:
             inset = inset + F32(self.cu2) * u * u
@@ -188,10 +188,12 @@ class NeuralArch(Shape):
         ring = np.maximum(np.abs(dist - (rc + F32(3.5))) - F32(3.5), -(dy + rc * F32(0.6)))
         spinous = np.maximum(np.abs(X) - F32(3.5), np.abs(dy - (rc + F32(22.0))) - F32(19.0))
         transverse = np.maximum(np.abs(dy + F32(1.0)) - F32(4.0), np.abs(X) - F32(30.0) * scale)
-        level = np.minimum(np.minimum(ring, spinous), transverse)
         phase = np.mod(Z - F32(b.vb_phase), F32(b.vb_period))
-        gap = np.minimum(phase, F32(b.vb_period) - phase) - F32(2.0)  # interlaminar gap at the disc
-        return np.maximum(level, -gap)
+        gap = np.minimum(phase, F32(b.vb_period) - phase)  # distance (z) to the nearest disc middle
+        # interlaminar gap of 2 mm at each disc; spinous processes span only mid-vertebra
+        arch = np.maximum(np.minimum(ring, transverse), F32(2.0) - gap)
+        spinous = np.maximum(spinous, F32(0.3 * b.vb_period) - gap)
+        return np.minimum(arch, spinous)
 
 
 class BelowDiaphragm(Shape):

@@ -257,10 +257,8 @@ def _surface_site(
     near &= local[:, 1] < 0.1 * kidney.width  # away from the hilum
     cand = np.nonzero(near)[0]
     r = d / 2
-    for _ in range(40):
-        if len(cand) == 0:
-            return None
-        p = pts[rng.choice(cand)]
+    for idx in rng.permutation(cand)[:120]:
+        p = pts[idx]
         eps = 1.0
         grad = np.array([(outer.at(p + e * eps) - outer.at(p - e * eps))[0] for e in np.eye(3)])
         if np.linalg.norm(grad) < 1e-6:

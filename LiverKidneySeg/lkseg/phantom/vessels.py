@@ -15,7 +15,7 @@ import numpy as np
 
 from lkseg.phantom.shapes import Capsule, tube
 
-__all__ = ["aorta_path", "branch", "hepatic_tree", "ivc_path", "portal_tree"]
+__all__ = ["aorta_path", "branch", "grow", "hepatic_tree", "ivc_path", "portal_tree"]
 
 
 def aorta_path(
@@ -82,54 +82,80 @@ def _pick(points: np.ndarray, near: np.ndarray, rng: np.random.Generator, k: int
     return points[rng.choice(idx)]
 
 
+def grow(
+    start: np.ndarray,
+    direction: np.ndarray,
+    radius: float,
+    depth: int,
+    deep: np.ndarray,
+    rng: np.random.Generator,
+    children: int = 2,
+) -> list[Capsule]:
+    """Branches from ``start`` toward random deep points ahead (within ~60 degrees of
+    ``direction``), each ~8-16 radii long, radii shrinking by ~0.78 per level (Murray's law),
+    recursing ``depth`` levels."""
+    caps: list[Capsule] = []
+    if depth <= 0 or radius < 1.1 or len(deep) == 0:
+        return caps
+    rel = deep - start[None]
+    dist = np.linalg.norm(rel, axis=1)
+    unit = direction / max(np.linalg.norm(direction), 1e-9)
+    cos = (rel @ unit) / np.maximum(dist, 1e-9)
+    ok = (dist > 5 * radius) & (dist < 14 * radius + 10) & (cos > 0.2)
+    cand = np.nonzero(ok)[0]
+    if len(cand) == 0:
+        return caps
+    chosen: list[np.ndarray] = []
+    for _ in range(children):
+        for _try in range(6):
+            end = deep[rng.choice(cand)]
+            if all(np.linalg.norm(end - c) > 4 * radius for c in chosen):
+                break
+        else:
+            continue
+        chosen.append(end)
+        r_child = radius * rng.uniform(0.72, 0.84)
+        caps += branch(start, end, radius, r_child, rng, n=2, wiggle=0.06)
+        caps += grow(end, end - start, r_child, depth - 1, deep, rng, children=2)
+    return caps
+
+
 def portal_tree(hilum: np.ndarray, deep: np.ndarray, rng: np.random.Generator) -> list[Capsule]:
-    """Intrahepatic portal vein: right and left branches from the porta hepatis, each with
-    segmental branches to random deep points of its side.
+    """Intrahepatic portal vein: right and left branches from the porta hepatis, each dividing
+    into sectoral, segmental and subsegmental branches toward random deep points of its side.
 
     Args:
         hilum: porta hepatis (LPS mm), just inside the liver.
         deep: (N, 3) points at least ~8 mm deep inside the liver.
     """
     caps: list[Capsule] = []
-    right_pts = deep[deep[:, 0] < hilum[0] - 15]
-    left_pts = deep[deep[:, 0] > hilum[0] + 20]
-    for pts, offset, r_main in (
-        (right_pts, np.array([-45.0, 10.0, 15.0]), 5.5),
-        (left_pts, np.array([40.0, -25.0, 15.0]), 4.5),
+    right_pts = deep[deep[:, 0] < hilum[0] - 10]
+    left_pts = deep[deep[:, 0] > hilum[0] + 15]
+    for pts, offset, r_main, n in (
+        (right_pts, np.array([-35.0, 10.0, 10.0]), 5.5, 4),
+        (left_pts, np.array([40.0, -25.0, 12.0]), 4.5, 3),
     ):
         if len(pts) < 10:
             continue
         end = _pick(pts, hilum + offset, rng)
-        caps += branch(hilum, end, r_main, r_main * 0.8, rng, n=3)
-        for _ in range(int(rng.integers(3, 5))):
-            start = hilum + (end - hilum) * rng.uniform(0.4, 1.0)
-            far = pts[np.linalg.norm(pts - start[None], axis=1) > 30]
-            if len(far) == 0:
-                continue
-            target = far[rng.integers(len(far))]
-            if np.linalg.norm(target - start) > 75:
-                target = start + (target - start) * (75 / np.linalg.norm(target - start))
-            caps += branch(start, target, rng.uniform(2.8, 3.6), rng.uniform(1.6, 2.2), rng, n=3)
+        caps += branch(hilum, end, r_main, r_main * 0.85, rng, n=3)
+        caps += grow(end, end - hilum, r_main * 0.8, 3, pts, rng, children=n)
     return caps
 
 
 def hepatic_tree(junction: np.ndarray, deep: np.ndarray, rng: np.random.Generator) -> list[Capsule]:
-    """Right, middle and left hepatic veins fanning out from the IVC below the dome, with side
-    branches, running antero-inferiorly through the liver."""
+    """Right, middle and left hepatic veins fanning out from the IVC below the dome and branching
+    as they run antero-inferiorly through the liver."""
     caps: list[Capsule] = []
-    aims = [np.array([-75.0, 25.0, -70.0]), np.array([-20.0, -55.0, -70.0]), np.array([45.0, -45.0, -35.0])]
+    aims = [np.array([-65.0, 20.0, -45.0]), np.array([-15.0, -50.0, -50.0]), np.array([45.0, -40.0, -25.0])]
     for aim in aims:
         end = _pick(deep, junction + aim, rng, k=60)
         if np.linalg.norm(end - junction) < 25:
             continue
-        caps += branch(junction, end, rng.uniform(5.0, 6.5), 2.4, rng, n=4)
-        for _ in range(2):
-            start = junction + (end - junction) * rng.uniform(0.35, 0.8)
-            near = deep[np.linalg.norm(deep - start[None], axis=1) < 55]
-            if len(near) == 0:
-                continue
-            target = near[rng.integers(len(near))]
-            if np.linalg.norm(target - start) < 15:
-                continue
-            caps += branch(start, target, rng.uniform(2.6, 3.4), 1.7, rng, n=3)
+        r0 = rng.uniform(5.0, 6.5)
+        caps += branch(junction, end, r0, r0 * 0.8, rng, n=3)
+        caps += grow(end, end - junction, r0 * 0.75, 2, deep, rng, children=2)
+        for _ in range(2):  # tributaries joining along the trunk
+            start = junction + (end - junction) * rng.uniform(0.4, 0.85)
+            caps += grow(start, aim + rng.normal(scale=30.0, size=3), r0 * 0.55, 2, deep, rng, children=1)
     return caps
