@@ -216,13 +216,13 @@ def test_segment_phantom_end_to_end(lib, mrml_scene, phantom_case, model):
     assert logic.job.state == "done" and logic.job._workDir is None
 
 
-def test_cancel_a_running_segmentation(lib, mrml_scene, phantom_case):
+def test_cancel_a_running_segmentation(lib, mrml_scene, phantom_case, model):
     psutil = pytest.importorskip("psutil")
     from LiverKidneySegLib.volumes import volumeToNode
 
     node = volumeToNode(phantom_case.image, scene=mrml_scene, name="Phantom")
     logic = lib.logic.LiverKidneySegLogicBase(mrml_scene)
-    job = logic.segment(node, device="cpu", waitForCompletion=False)
+    job = logic.segment(node, modelId=model[0], device="cpu", waitForCompletion=False)
     pid = job._process.pid
     workDir = job._workDir
     assert (workDir / "input.nrrd").is_file() and job.state == "running"
@@ -237,14 +237,26 @@ def test_cancel_a_running_segmentation(lib, mrml_scene, phantom_case):
     assert not workDir.exists()
 
 
-def test_cli_failure_reaches_the_caller(lib, mrml_scene, phantom_case):
+def test_missing_model_fails_before_anything_starts(lib, mrml_scene, phantom_case):
+    from LiverKidneySegLib.volumes import volumeToNode
+    from lkseg.errors import ModelError
+
+    node = volumeToNode(phantom_case.image, scene=mrml_scene, name="Phantom")
+    logic = lib.logic.LiverKidneySegLogicBase(mrml_scene)
+    t0 = time.monotonic()
+    with pytest.raises(ModelError, match="no-such-model"):
+        logic.segment(node, modelId="no-such-model", device="cpu")
+    assert logic.job is None and time.monotonic() - t0 < 5
+
+
+def test_cli_failure_reaches_the_caller(lib, mrml_scene, phantom_case, model):
     from LiverKidneySegLib.volumes import volumeToNode
     from lkseg.errors import LKSegError
 
     node = volumeToNode(phantom_case.image, scene=mrml_scene, name="Phantom")
     logic = lib.logic.LiverKidneySegLogicBase(mrml_scene)
     job = lib.autoseg.SegmentationJob(
-        node, logic.newSegmentationNode(node), lib.autoseg.SegmentOptions(extraArgs=["--no-such-option"])
+        node, logic.newSegmentationNode(node), lib.autoseg.SegmentOptions(model[0], extraArgs=["--no-such-option"])
     )
     with pytest.raises(LKSegError, match=r"exit code 2.*unrecognized arguments: --no-such-option"):
         job.start().wait()
@@ -278,16 +290,35 @@ def test_cli_arguments(lib, tmp_path):
 
 
 def test_conflicts_with_the_whole_model_are_found_before_the_run(lib, mrml_scene, phantom_case, model):
-    from lkseg.errors import InputError
     from LiverKidneySegLib.volumes import volumeToNode
+    from lkseg.errors import InputError
 
     modelId, _ = model
     node = volumeToNode(phantom_case.image, scene=mrml_scene, name="Phantom")
     logic = lib.logic.LiverKidneySegLogicBase(mrml_scene)
     seg = logic.newSegmentationNode(node)
-    lib.seg.labelMapToSegmentation(phantom_case.image.with_array(np.zeros(phantom_case.image.shape, np.uint8)), {1: "kidney_left"}, seg)
+    lib.seg.labelMapToSegmentation(
+        phantom_case.image.with_array(np.zeros(phantom_case.image.shape, np.uint8)), {1: "kidney_left"}, seg
+    )
     with pytest.raises(lib.seg.SegmentExistsError, match="Left kidney"):
         logic.segment(node, seg, modelId=modelId)  # all the model's structures: checked from its manifest
     with pytest.raises(InputError, match="no structure selected"):
         logic.segment(node, seg, modelId=modelId, structures=[])
     assert logic.job is None
+
+
+def test_models_shipped_in_the_module_folder_are_found(lib, model, monkeypatch):
+    from pathlib import Path
+
+    from LiverKidneySegLib.logic import LiverKidneySegLogicBase
+    from lkseg.errors import ModelError
+
+    modelId, demo = model
+    if demo:
+        pytest.skip("a demo model is installed; this checks the module folder with a test package")
+    monkeypatch.setattr(lib.autoseg, "MODULE_MODELS_DIR", Path(modelId).parent)
+    assert lib.autoseg.resolveModel("lkseg-test-random").folder == Path(modelId)
+    assert "lkseg-test-random" in [m.id for m in LiverKidneySegLogicBase.availableModels()]
+    monkeypatch.setattr(lib.autoseg, "MODULE_MODELS_DIR", Path(modelId).parent / "absent")
+    with pytest.raises(ModelError):
+        lib.autoseg.resolveModel("lkseg-test-random")

@@ -12,7 +12,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from LiverKidneySegLib.process import CoreProcess
@@ -21,7 +21,29 @@ from LiverKidneySegLib.volumes import volumeFromNode
 from lkseg.errors import CancelledError, LKSegError
 from lkseg.labels import get_structure
 
-__all__ = ["SegmentOptions", "SegmentationJob", "temporaryRoot"]
+__all__ = ["MODULE_MODELS_DIR", "SegmentOptions", "SegmentationJob", "modelFolders", "resolveModel", "temporaryRoot"]
+
+#: Model packages shipped inside the module (``LiverKidneySeg/Resources/Models``), searched after
+#: the core's own folders (``models/`` of the source tree, ``~/.lkseg/models``, ``$LKSEG_MODELS_DIR``).
+MODULE_MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+
+
+def modelFolders() -> list[Path]:
+    """Extra model folders the module adds to the core's registry (those that exist)."""
+    return [MODULE_MODELS_DIR] if MODULE_MODELS_DIR.is_dir() else []
+
+
+def resolveModel(modelId: str | None):
+    """The :class:`~lkseg.models.ModelManifest` of ``modelId`` (id, id@version or folder; None =
+    the default model), searching the module's folders too.
+
+    Raises:
+        ModelError: no such model (the message lists the installed ones).
+    """
+    from lkseg.models import find_model
+
+    return find_model(modelId, extra_dirs=modelFolders())
+
 
 log = logging.getLogger(__name__)
 
@@ -99,24 +121,11 @@ class SegmentationJob:
         self._grid = None
 
     # -- checks before the long run ---------------------------------------------------------
-    def _requestedStructures(self) -> list[str]:
-        """The structures this run will write: the requested ones, else the model's (if known)."""
-        if self.options.structures:
-            return list(self.options.structures)
-        try:
-            from lkseg.models import find_model
-
-            return list(find_model(self.options.modelId).structures)
-        except Exception as exc:
-            log.debug("cannot read the model's structures before the run: %s", exc)
-            return []
-
-    def _checkConflicts(self) -> None:
+    def _checkConflicts(self, manifest) -> None:
         if self.options.replaceExisting:
             return
-        conflicts = [
-            get_structure(s).display for s in self._requestedStructures() if findSegmentId(self.segmentationNode, s)
-        ]
+        structures = self.options.structures or list(manifest.structures)
+        conflicts = [get_structure(s).display for s in structures if findSegmentId(self.segmentationNode, s)]
         if conflicts:
             raise SegmentExistsError(conflicts, self.segmentationNode.GetName())
 
@@ -124,6 +133,7 @@ class SegmentationJob:
         """Export the input and start ``lkseg segment``; returns self.
 
         Raises:
+            ModelError: the model is not installed.
             SegmentExistsError: requested structures already exist and ``replaceExisting`` is off.
             InputError: the volume node cannot be used.
         """
@@ -131,15 +141,18 @@ class SegmentationJob:
 
         if self.state != "new":
             raise RuntimeError("a SegmentationJob can be started once")
-        self._checkConflicts()
+        manifest = resolveModel(self.options.modelId)  # a missing model fails here, at once
+        self._checkConflicts(manifest)
         volume = volumeFromNode(self.volumeNode)
         self._grid = volume.grid
         self._workDir = Path(tempfile.mkdtemp(prefix="lkseg-", dir=temporaryRoot()))
         inputPath = self._workDir / "input.nrrd"
         write_image(volume, inputPath)
         self._report(0.02, "input exported")
+        # the child gets the resolved package folder: the same model, wherever it was found
+        options = replace(self.options, modelId=str(manifest.folder) if manifest.folder else self.options.modelId)
         self._process = CoreProcess(
-            self.options.cliArgs(inputPath, self._workDir / "result.seg.nrrd"),
+            options.cliArgs(inputPath, self._workDir / "result.seg.nrrd"),
             progress=lambda f, m: self._report(0.05 + 0.9 * f, m),
             logCallback=self._log,
         ).start()

@@ -147,9 +147,10 @@ class LiverKidneySegLogicBase:
     @staticmethod
     def availableModels() -> list:
         """Installed automatic-segmentation model packages (``lkseg.models`` manifests)."""
+        from LiverKidneySegLib.autoseg import modelFolders
         from lkseg.models import list_models
 
-        return list_models().models
+        return list_models(extra_dirs=modelFolders()).models
 
     # -- automatic ------------------------------------------------------------------------------
     def segment(
