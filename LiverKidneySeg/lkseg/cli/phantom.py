@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--noise", type=float, default=12.0, metavar="SD", help="noise standard deviation in HU (default 12)"
     )
-    p.add_argument("--blur", type=float, default=0.6, metavar="MM", help="point-spread sigma in mm (default 0.6)")
+    p.add_argument("--blur", type=float, default=0.5, metavar="MM", help="point-spread sigma in mm (default 0.5)")
     p.add_argument("--phase", choices=PHASES, default="portal_venous", help="contrast phase (default portal_venous)")
     p.add_argument(
         "--kidney-tumor", choices=KIDNEY_TUMOR_KINDS, default="random", help="kidney tumour growth (default random)"

@@ -202,12 +202,15 @@ def build_anatomy(config: PhantomConfig) -> Anatomy:
         B.BelowDiaphragm(body, gap=1.5, above=True),
     )
     mediastinum = Capsule([0.0, body.spine_y0 - 22, tendon_z], [0.0, body.spine_y0 - 10, 400.0], 27.0, 27.0)
-    lungs = Subtract(
-        Intersect(Offset(cavity, -3.0), B.BelowDiaphragm(body, gap=1.5, above=True)), Offset(heart, 4.0), mediastinum
-    )
+    # lungs fill the thorax (a cross-section-only shape, cheap on axial grids); the mediastinum
+    # and the pericardial fat are then carved back to fat before the heart is painted
+    lungs = Intersect(Offset(cavity, -3.0), B.BelowDiaphragm(body, gap=1.5, above=True))
     diaphragm = Intersect(cavity, B.BelowDiaphragm(body, gap=-1.5), B.BelowDiaphragm(body, gap=-4.5, above=True))
+    lung = (L["lung"],)
     layers += [
         _layer("lung", lungs, _texture(hu["lung"], 25.0, rng["textures"], 25.0), _FAT),
+        _layer("mediastinum", mediastinum, hu["fat"], lung, label="visceral_fat"),
+        _layer("pericardium", Offset(heart, 4.0), hu["fat"], lung, label="visceral_fat"),
         _layer(
             "heart", heart, _two_zone(hu["heart"] - 35.0, hu["heart"], 9.0), (L["visceral_fat"], L["lung"]), depth=9.0
         ),
@@ -222,7 +225,7 @@ def build_anatomy(config: PhantomConfig) -> Anatomy:
         _layer(
             "spine_trabecular",
             B.Vertebrae(body, "body", shrink=1.6, endplate=0.8),
-            _texture(hu["bone_trabecular"], 40.0, rng["textures"], 9.0),
+            _texture(hu["bone_trabecular"], 20.0, rng["textures"], 9.0),
             (L["spine"],),
         ),
         _layer("intervertebral_disc", B.Vertebrae(body, "disc"), hu["disc"], None),

@@ -106,7 +106,7 @@ class PhantomConfig:
     fov_center_lps: tuple[float, float, float] | None = None
     phase: str = "portal_venous"
     noise_sd: float = 12.0
-    blur_mm: float = 0.6
+    blur_mm: float = 0.5
     kidney_tumor: str = "random"
     kidney_tumor_side: str = "random"
     n_liver_tumors: int = 3
