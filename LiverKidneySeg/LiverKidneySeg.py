@@ -698,7 +698,11 @@ class LiverKidneySegTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Automatic segmentation of a phantom")
         phantom, volumeNode = phantomVolumeNode(slicer.mrmlScene)
-        outcome = checkSegmentPhantom(LiverKidneySegLogic(), volumeNode, phantom)
+        logic = LiverKidneySegLogic()
+        try:
+            outcome = checkSegmentPhantom(logic, volumeNode, phantom)
+        finally:
+            logic.cleanup()
         self.delayDisplay(f"Dice: {outcome['dice']}")
 
     def test_refine_and_undo(self):
@@ -706,5 +710,9 @@ class LiverKidneySegTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Refine a segment with a click, then undo and redo")
         phantom, volumeNode = phantomVolumeNode(slicer.mrmlScene)
-        outcome = checkRefineUndo(LiverKidneySegLogic(), volumeNode, phantom)
+        logic = LiverKidneySegLogic()
+        try:
+            outcome = checkRefineUndo(logic, volumeNode, phantom)
+        finally:
+            logic.cleanup()  # stops the refinement worker thread
         self.delayDisplay(f"Refined slice {outcome['slice']}, 2D Dice {outcome['dice2d']:.2f}")

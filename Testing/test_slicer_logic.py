@@ -286,3 +286,21 @@ def test_real_litemedsam_box_through_the_logic(lib, mrml_scene):
         print(f"LiteMedSAM box on the phantom liver: 2D Dice {outcome['dice2d']:.3f}")
     finally:
         logic.cleanup()
+
+
+def test_cleanup_stops_the_default_worker(lib, mrml_scene):
+    """A predictor's native threads left running at exit abort the process: the Logic's default
+    engine is stopped by cleanup(), and any engine still running is stopped at exit."""
+    from LiverKidneySegLib import refinement
+
+    logic = lib.logic.LiverKidneySegLogicBase(mrml_scene)
+    engine = logic.refiner.engine
+    assert engine.model == "litemedsam"
+    assert engine._submit(threading.get_ident).result(timeout=10) != threading.get_ident()
+    assert engine in refinement._LIVE_ENGINES
+    logic.cleanup()
+    assert engine not in refinement._LIVE_ENGINES and engine._executor is None
+    other = refinement.RefineEngine(predictorFactory=lambda m, d: lib.helpers.FakePromptPredictor())
+    other._submit(int).result(timeout=10)
+    refinement._shutdownEngines()  # what atexit runs
+    assert other._executor is None and not refinement._LIVE_ENGINES

@@ -105,7 +105,9 @@ class LiverKidneySegLogicBase:
     @property
     def refiner(self) -> Refiner:
         if self._refiner is None:
-            self._refiner = Refiner(self._engine or RefineEngine(), self.history)
+            if self._engine is None:
+                self._engine = RefineEngine()  # kept here so that cleanup() stops it
+            self._refiner = Refiner(self._engine, self.history)
         return self._refiner
 
     def setRefineModel(self, model: str = "litemedsam", device: str = "auto") -> None:

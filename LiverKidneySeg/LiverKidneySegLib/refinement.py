@@ -15,6 +15,7 @@ Axes: prompts are in voxel indices ``(i, j, k)``; a slice is the plane ``axis = 
 
 from __future__ import annotations
 
+import atexit
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -102,6 +103,21 @@ class PropagateRequest:
     cancel: object = None
 
 
+#: Engines with a running worker, kept alive until shut down: a predictor dropped by the garbage
+#: collector with its native threads still running aborts the process at exit.
+_LIVE_ENGINES: set = set()
+
+
+@atexit.register
+def _shutdownEngines() -> None:
+    """Stop worker threads and predictors before the interpreter tears down."""
+    for engine in list(_LIVE_ENGINES):
+        try:
+            engine.shutdown()
+        except Exception as exc:
+            log.debug("engine shutdown at exit: %s", exc)
+
+
 def _defaultPredictorFactory(model: str, device: str):
     from lkseg.refine.predictor import PromptPredictor
 
@@ -131,6 +147,7 @@ class RefineEngine:
     def _submit(self, fn, *args) -> Future:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lkseg-refine")
+            _LIVE_ENGINES.add(self)
         return self._executor.submit(fn, *args)
 
     # -- runs on the worker thread ----------------------------------------------------------
@@ -212,6 +229,7 @@ class RefineEngine:
         if self._predictor is not None and hasattr(self._predictor, "close"):
             self._predictor.close()  # stops the predictor's own prefetch thread (the worker is gone)
         self._executor, self._predictor, self._volumeKey = None, None, None
+        _LIVE_ENGINES.discard(self)
 
 
 @dataclass
