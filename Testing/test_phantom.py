@@ -108,8 +108,9 @@ def test_organ_volumes_in_adult_ranges(seeds):
 
 def test_structures_stay_inside_the_body(clean):
     labels = clean.labels.array
-    body = labels > 0
+    body = (labels > 0) & (labels != DETAILED["table"])
     assert ndimage.label(body)[1] == 1  # one body, nothing labelled outside it
+    assert clean.volumes_ml["table"] > 0  # the CT table under the patient, outside the body
     organs = np.isin(
         labels, [DETAILED[n] for n in ("liver_parenchyma", "spleen", "kidney_right_cortex", "kidney_left_cortex")]
     )

@@ -44,7 +44,20 @@ __all__ = ["Anatomy", "build_anatomy"]
 
 log = logging.getLogger(__name__)
 
-_STREAMS = ("hu", "body", "kidneys", "vessels", "gut", "spleen", "liver", "trees", "lesions", "bones", "textures")
+_STREAMS = (
+    "hu",
+    "body",
+    "kidneys",
+    "vessels",
+    "gut",
+    "spleen",
+    "liver",
+    "trees",
+    "lesions",
+    "bones",
+    "textures",
+    "table",
+)
 _FAT = (L["visceral_fat"],)
 _SOFT = (L["visceral_fat"], L["muscle"])
 
@@ -188,7 +201,12 @@ def build_anatomy(config: PhantomConfig) -> Anatomy:
     cav_a = body.a - 1.25 * body.t_sc - 1.1 * body.t_m
     front_y = -(body.b_ant - 1.3 * body.t_sc - body.t_m)
     below = B.BelowDiaphragm(body, gap=4.5)
+    rt = rng["table"]
+    couch = B.Table(
+        body, float(rt.uniform(0.5, 8.0)), float(rt.uniform(28.0, 45.0)), body.a + float(rt.uniform(20.0, 60.0))
+    )
     layers: list[Layer] = [
+        _layer("table", couch, _two_zone(hu["table_shell"], hu["table_foam"], 2.5), depth=2.5),
         _layer("body", B.Torso(body), hu["skin"]),
         _layer("subcutaneous_fat", B.Torso.layer(body, "skin"), hu["fat"]),
         _layer("muscle", B.Torso.layer(body, "sc_fat"), hu["muscle"]),

@@ -13,7 +13,7 @@ import numpy as np
 
 from lkseg.phantom.shapes import F32, Capsule, Shape, tube
 
-__all__ = ["AboveDiaphragm", "BelowDiaphragm", "BodyParams", "NeuralArch", "Torso", "Vertebrae", "rib_capsules"]
+__all__ = ["BelowDiaphragm", "BodyParams", "NeuralArch", "Table", "Torso", "Vertebrae", "rib_capsules"]
 
 _BIG = 1e4
 
@@ -25,7 +25,8 @@ class BodyParams:
     Attributes:
         a: lateral half-width of the skin outline.
         b_ant, b_post: anterior and posterior half-depths of the skin outline.
-        p: superellipse exponent of the outline (2 = ellipse, larger = boxier).
+        p: superellipse exponent of the outline (2 = ellipse, larger = boxier); the back (the
+            posterior half) uses ``p + 1``, flattened on the table.
         taper: relative outline growth per 100 mm toward the head.
         t_sc: mean subcutaneous fat thickness; t_m: abdominal wall muscle thickness.
         spine_y0: y of the vertebral body centres at L3 (``z_l3``); kappa: lordosis (mm/m^2).
@@ -67,8 +68,9 @@ class BodyParams:
         """Skin radius (mm) at angles ``theta`` (rad, from +x toward +y) and height ``z``."""
         u, v = np.cos(theta), np.sin(theta)
         b = np.where(v < 0, self.b_ant, self.b_post)
-        t = np.abs(u / self.a) ** self.p + np.abs(v / b) ** self.p
-        return (1.0 + self.taper * z / 100.0) * t ** (-1.0 / self.p)
+        p = np.where(v < 0, self.p, self.p + 1.0)
+        t = np.abs(u / self.a) ** p + np.abs(v / b) ** p
+        return (1.0 + self.taper * z / 100.0) * t ** (-1.0 / p)
 
     def inset(self, theta: np.ndarray, depth: str) -> np.ndarray:
         """Depth below the skin (mm) of the inner surface of ``depth``: "sc_fat" or "muscle"."""
@@ -114,9 +116,11 @@ class Torso(Shape):
         r = np.sqrt(X * X + Y * Y) + F32(1e-3)
         u = X / r
         v = Y / r
-        bq = np.where(v < 0, F32(1.0 / b.b_ant), F32(1.0 / b.b_post))
-        t = np.abs(u * F32(1.0 / b.a)) ** F32(b.p) + np.abs(v * bq) ** F32(b.p)
-        R = np.maximum(t, F32(1e-12)) ** F32(-1.0 / b.p)
+        front = v < 0
+        bq = np.where(front, F32(1.0 / b.b_ant), F32(1.0 / b.b_post))
+        pw = np.where(front, F32(b.p), F32(b.p + 1.0))  # a flatter back
+        t = np.abs(u * F32(1.0 / b.a)) ** pw + np.abs(v * bq) ** pw
+        R = np.maximum(t, F32(1e-12)) ** (F32(-1.0) / pw)
         inset = F32(self.c0)
         if self.cu2:
             inset = inset + F32(self.cu2) * u * u
@@ -267,7 +271,20 @@ class BelowDiaphragm(Shape):
         return float(np.asarray(self.surface(np.float32(x), np.float32(y))))
 
 
-AboveDiaphragm = BelowDiaphragm  # ``BelowDiaphragm(body, gap, above=True)``
+class Table(Shape):
+    """The CT table under the supine patient: a slab ``thickness`` mm thick whose top is
+    ``gap`` mm below the back at the midline and curves up toward the sides."""
+
+    separable = True
+
+    def __init__(self, body: BodyParams, gap: float, thickness: float, half_width: float):
+        self.y0, self.t, self.w = body.b_post + gap, float(thickness), float(half_width)
+        self.bbox = (np.array([-half_width, self.y0 - 60.0, -_BIG]), np.array([half_width, self.y0 + thickness, _BIG]))
+
+    def __call__(self, X, Y, Z):
+        top = F32(self.y0) - X * X * F32(1 / 1500.0)
+        depth = np.maximum(top - Y, Y - (top + F32(self.t)))  # < 0 inside the slab
+        return np.maximum(depth, np.abs(X) - F32(self.w))
 
 
 def rib_capsules(body: BodyParams, rng: np.random.Generator, radius: float = 4.5) -> list[Capsule]:

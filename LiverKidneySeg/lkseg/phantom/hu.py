@@ -53,6 +53,8 @@ _PV: dict[str, tuple[float, float]] = {
     "oral_contrast": (220, 380),
     "stool": (-60, 40),
     "gas": (-1000, -960),
+    "table_shell": (200, 400),
+    "table_foam": (-960, -900),
 }
 
 _PHASE_OVERRIDES: dict[str, dict[str, tuple[float, float]]] = {

@@ -25,6 +25,7 @@ from lkseg.phantom.shapes import (
     Shape,
     SmoothUnion,
     Subtract,
+    local_coords,
     rotation_from_axes,
 )
 
@@ -118,9 +119,7 @@ class Pyramids(Shape):
         self.bbox = bbox
 
     def __call__(self, X, Y, Z):
-        from lkseg.phantom.shapes import _local
-
-        q = _local(X, Y, Z, self.center, self.rot)
+        q = local_coords(X, Y, Z, self.center, self.rot)
         psi = np.arctan2(q[0], -q[1])
         rho = np.sqrt(q[0] * q[0] + q[1] * q[1])
         # angular distance to the column edges in mm (keeps the level's gradient bounded)

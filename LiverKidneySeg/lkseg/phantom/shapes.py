@@ -34,6 +34,7 @@ __all__ = [
     "Subtract",
     "Union",
     "bbox_of_points",
+    "local_coords",
     "rotation_from_axes",
     "tube",
     "wave_argument",
@@ -136,7 +137,7 @@ class Shape:
         return np.broadcast_to(out, (pts.shape[0],)).astype(np.float64)
 
 
-def _local(X, Y, Z, center: np.ndarray, rot: np.ndarray):
+def local_coords(X, Y, Z, center: np.ndarray, rot: np.ndarray):
     """Local coordinates q = rot^T (p - center); zero matrix terms are skipped (keeps broadcasting)."""
     d = (X - F32(center[0]), Y - F32(center[1]), Z - F32(center[2]))
     out = []
@@ -172,7 +173,7 @@ class Ellipsoid(Shape):
         self.bbox = (self.center - half, self.center + half)
 
     def __call__(self, X, Y, Z):
-        q = _local(X, Y, Z, self.center, self.rot)
+        q = local_coords(X, Y, Z, self.center, self.rot)
         r = self.radii
         k0 = (q[0] * F32(1 / r[0])) ** 2 + (q[1] * F32(1 / r[1])) ** 2 + (q[2] * F32(1 / r[2])) ** 2
         k1 = (q[0] * F32(1 / r[0] ** 2)) ** 2 + (q[1] * F32(1 / r[1] ** 2)) ** 2 + (q[2] * F32(1 / r[2] ** 2)) ** 2

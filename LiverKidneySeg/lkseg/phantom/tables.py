@@ -48,6 +48,7 @@ DETAILED: dict[str, int] = {
     "pancreas": 31,
     "pelvic_bone": 32,
     "renal_vein": 33,
+    "table": 34,  # the CT table (not anatomy)
 }
 
 DETAILED_LABELS = LabelTable({v: k for k, v in DETAILED.items()})
