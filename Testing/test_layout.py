@@ -87,7 +87,9 @@ def _ui_widgets(tree: ET.ElementTree) -> dict[str, ET.Element]:
 def _parameter_fields(tree: ast.Module) -> dict[str, ast.expr]:
     """Annotated fields of the class decorated with @parameterNodeWrapper."""
     for node in tree.body:
-        if isinstance(node, ast.ClassDef) and any(getattr(d, "id", None) == "parameterNodeWrapper" for d in node.decorator_list):
+        if isinstance(node, ast.ClassDef) and any(
+            getattr(d, "id", None) == "parameterNodeWrapper" for d in node.decorator_list
+        ):
             return {stmt.target.id: stmt.annotation for stmt in node.body if isinstance(stmt, ast.AnnAssign)}
     raise AssertionError("no @parameterNodeWrapper class in the module file")
 
@@ -113,14 +115,24 @@ def _kind(annotation: ast.expr) -> tuple[str, str]:
 
 
 # -- compiling --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("path", [MODULE_FILE, *sorted(LIB.glob("*.py")), *sorted((MODULE / "Testing" / "Python").glob("*.py"))], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    [MODULE_FILE, *sorted(LIB.glob("*.py")), *sorted((MODULE / "Testing" / "Python").glob("*.py"))],
+    ids=lambda p: p.name,
+)
 def test_python_files_compile(path):
     compile(path.read_text(encoding="utf-8"), str(path), "exec")
 
 
 def test_module_file_follows_the_template(module_ast):
     names = {n.name for n in module_ast.body if isinstance(n, ast.ClassDef)}
-    assert {"LiverKidneySeg", "LiverKidneySegParameterNode", "LiverKidneySegWidget", "LiverKidneySegLogic", "LiverKidneySegTest"} <= names
+    assert {
+        "LiverKidneySeg",
+        "LiverKidneySegParameterNode",
+        "LiverKidneySegWidget",
+        "LiverKidneySegLogic",
+        "LiverKidneySegTest",
+    } <= names
     source = MODULE_FILE.read_text(encoding="utf-8")
     assert 'categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]' in source
     for attribute in ("title", "contributors", "helpText", "acknowledgementText"):
@@ -154,8 +166,16 @@ def test_every_widget_used_in_code_exists_in_the_ui(ui_tree):
 
 def test_mrml_widgets_get_the_scene(ui_tree):
     widgets = _ui_widgets(ui_tree)
-    mrml = {name for name, w in widgets.items() if w.get("class", "").startswith("qMRML") and w.get("class") != "qMRMLWidget"}
-    connected = {c.findtext("receiver") for c in ui_tree.iter("connection") if c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    mrml = {
+        name
+        for name, w in widgets.items()
+        if w.get("class", "").startswith("qMRML") and w.get("class") != "qMRMLWidget"
+    }
+    connected = {
+        c.findtext("receiver")
+        for c in ui_tree.iter("connection")
+        if c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+    }
     assert mrml <= connected, f"MRML widgets without setMRMLScene connection: {mrml - connected}"
 
 
@@ -168,7 +188,9 @@ def test_every_slicer_parameter_name_is_a_bindable_field(ui_tree, module_ast):
                 bound[prop.findtext("string")] = widget
     assert len(bound) >= 10
     for name, widget in bound.items():
-        assert name in fields, f"SlicerParameterName {name!r} (widget {widget.get('name')}) is not a parameter node field"
+        assert name in fields, (
+            f"SlicerParameterName {name!r} (widget {widget.get('name')}) is not a parameter node field"
+        )
         kind, detail = _kind(fields[name])
         cls = widget.get("class")
         assert kind in CONNECTABLE.get(cls, set()), f"{widget.get('name')} ({cls}) cannot be bound to {name}: {detail}"
@@ -212,7 +234,11 @@ def test_cmake_resources_and_self_test_exist():
         assert (MODULE / "Testing" / "Python" / script).is_file(), script
 
 
-@pytest.mark.parametrize("path", [MODULE / "Resources" / "Icons" / "LiverKidneySeg.png", ROOT / "Resources" / "LiverKidneySeg.png"], ids=["module", "extension"])
+@pytest.mark.parametrize(
+    "path",
+    [MODULE / "Resources" / "Icons" / "LiverKidneySeg.png", ROOT / "Resources" / "LiverKidneySeg.png"],
+    ids=["module", "extension"],
+)
 def test_icons_are_128_pixel_pngs(path):
     import numpy as np
     from PIL import Image
@@ -276,7 +302,12 @@ def test_nothing_is_installed_at_import(path):
         for stmt in body:
             if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 if isinstance(stmt, ast.ClassDef):
-                    yield from (n for s in stmt.body if not isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(s))
+                    yield from (
+                        n
+                        for s in stmt.body
+                        if not isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))
+                        for n in ast.walk(s)
+                    )
                 continue
             yield from ast.walk(stmt)
 

@@ -307,18 +307,25 @@ def test_conflicts_with_the_whole_model_are_found_before_the_run(lib, mrml_scene
     assert logic.job is None
 
 
-def test_models_shipped_in_the_module_folder_are_found(lib, model, monkeypatch):
+def test_models_shipped_in_the_module_folder_are_found(lib, model, monkeypatch, tmp_path):
+    import shutil
     from pathlib import Path
 
     from LiverKidneySegLib.logic import LiverKidneySegLogicBase
     from lkseg.errors import ModelError
+    from lkseg.models import load_package
 
     modelId, demo = model
-    if demo:
-        pytest.skip("a demo model is installed; this checks the module folder with a test package")
-    monkeypatch.setattr(lib.autoseg, "MODULE_MODELS_DIR", Path(modelId).parent)
-    assert lib.autoseg.resolveModel("lkseg-test-random").folder == Path(modelId)
-    assert "lkseg-test-random" in [m.id for m in LiverKidneySegLogicBase.availableModels()]
-    monkeypatch.setattr(lib.autoseg, "MODULE_MODELS_DIR", Path(modelId).parent / "absent")
+    source = Path(modelId) if not demo else lib.autoseg.resolveModel(modelId).folder
+    shipped = tmp_path / "Models" / "lkseg-shipped-copy"
+    shutil.copytree(source, shipped)
+    manifest = (shipped / "manifest.json").read_text(encoding="utf-8")
+    original_id = load_package(source).id
+    (shipped / "manifest.json").write_text(
+        manifest.replace(f'"{original_id}"', '"lkseg-shipped-copy"', 1), encoding="utf-8"
+    )
     with pytest.raises(ModelError):
-        lib.autoseg.resolveModel("lkseg-test-random")
+        lib.autoseg.resolveModel("lkseg-shipped-copy")  # not in the core's folders
+    monkeypatch.setattr(lib.autoseg, "MODULE_MODELS_DIR", tmp_path / "Models")
+    assert lib.autoseg.resolveModel("lkseg-shipped-copy").folder == shipped
+    assert "lkseg-shipped-copy" in [m.id for m in LiverKidneySegLogicBase.availableModels()]

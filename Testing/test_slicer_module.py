@@ -331,6 +331,8 @@ def test_torch_comes_from_the_pytorch_extension_when_present(headless_slicer, mo
     assert calls == [True]  # the extension was asked first, with a confirmation
     assert installed == [["torch>=999"]]  # still missing afterwards: pip is the fallback
     calls.clear()
-    monkeypatch.setattr(PyTorchUtilsLogic, "installTorch", lambda self, askConfirmation=False: calls.append(askConfirmation))
+    monkeypatch.setattr(
+        PyTorchUtilsLogic, "installTorch", lambda self, askConfirmation=False: calls.append(askConfirmation)
+    )
     with pytest.raises(RuntimeError, match="PyTorch is required"):
         D.ensureDependencies(requirements=["torch>=999"], confirm=lambda text: True)
