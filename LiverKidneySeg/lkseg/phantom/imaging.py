@@ -86,6 +86,7 @@ class NoiseBlur:
         for p in self.passes:
             gain *= float(np.sqrt((_kernel(p) ** 2).sum()))
         self.noise_scale = float(noise_sd) / gain if noise_sd > 0 else 0.0
+        self._lut = (_NORMAL_LUT * F32(self.noise_scale)).astype(F32)
 
     def in_plane(self, image_slab: np.ndarray, k0: int) -> None:
         """Noise and blur along i and j for slices ``k0..`` (ZYX slab, modified in place)."""
@@ -94,9 +95,7 @@ class NoiseBlur:
             for dk in range(nk):
                 rng = np.random.default_rng([self.seed, 0x6E6F, k0 + dk])
                 raw = np.frombuffer(rng.bytes(nj * ni), dtype=np.uint8).reshape(nj, ni)
-                noise = _NORMAL_LUT[raw]
-                noise *= F32(self.noise_scale)
-                image_slab[dk] += noise
+                image_slab[dk] += self._lut[raw]
         for w in self.passes[0]:
             _blur_axis(image_slab, 2, w)
         for w in self.passes[1]:
