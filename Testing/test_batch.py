@@ -598,7 +598,8 @@ def test_batch_cli_args_round_trip(opts):
 
 
 @pytest.mark.timeout(60)
-def test_hard_interrupt_returns_at_once_and_keeps_outputs_whole(tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_hard_interrupt_returns_at_once_and_keeps_outputs_whole(tmp_path, workers):
     """A second Ctrl-C (KeyboardInterrupt in the inference thread) stops the run without waiting."""
     src, out = _small_cohort(tmp_path, 5), tmp_path / "out"
 
@@ -609,7 +610,7 @@ def test_hard_interrupt_returns_at_once_and_keeps_outputs_whole(tmp_path):
             return super().predict(volume, **kw)
 
     with pytest.raises(KeyboardInterrupt):
-        run_batch(src, out, Interrupting(), options=BatchOptions(outputs=("nifti",), prefetch=1))
+        run_batch(src, out, Interrupting(), options=BatchOptions(outputs=("nifti",), prefetch=1, workers=workers))
     import threading
 
     deadline = time.monotonic() + 10  # the writer finishes the case it holds, in the background, then exits
@@ -623,3 +624,14 @@ def test_hard_interrupt_returns_at_once_and_keeps_outputs_whole(tmp_path):
     assert rows["case4"] == "cancelled" and set(rows.values()) <= {"done", "cancelled"}
     rerun = run_batch(src, out, ThresholdEngine(), options=BatchOptions(outputs=("nifti",)))
     assert rerun.counts["done"] + rerun.counts["skipped"] == 5
+
+
+def test_writer_threads_default_follows_the_device():
+    from lkseg.batch.runner import writer_threads
+
+    class OnGpu(ThresholdEngine):
+        device = "cuda:0"
+
+    assert writer_threads(BatchOptions(), ThresholdEngine()) == 0  # CPU: the inference thread writes
+    assert writer_threads(BatchOptions(), OnGpu()) == 1  # GPU: writing overlaps inference
+    assert writer_threads(BatchOptions(workers=3), ThresholdEngine()) == 3

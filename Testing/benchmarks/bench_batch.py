@@ -3,8 +3,10 @@
 On 10 phantom CTs of 256x256x100 (written once as NIfTI under ``--work``), with every output
 (.seg.nrrd, NIfTI labels, GLB meshes, planning JSON):
 
-1. the local runner (model loaded once, read/write overlapped with inference): cases per hour,
-   wall time, per-stage medians per case, peak RSS (fresh process);
+1. the local runner (model loaded once, the next case read while one is inferred): cases per
+   hour, wall time, per-stage medians per case, peak RSS (fresh process); by default on a CPU the
+   outputs are written by the inference thread, and a second run with ``--workers 1`` writes them
+   on a thread beside inference, to show what that overlap costs on this CPU;
 2. the Ray runner on a private local Ray instance (2 CPUs, no dashboard) on the same machine, with
    1 CPU per task (2 cases in parallel, 1 torch thread each) and with 2 CPUs per task (1 case at
    a time, 2 threads): processing time vs the local runner (target: within 15 %), and Ray's
@@ -79,11 +81,11 @@ def _stage_medians(out: Path) -> dict:
     return {k: median(float(r[k]) for r in rows) for k in ("read_s", "infer_s", "write_s", "total_s")}
 
 
-def run_local(src: str, out: str, kind: str, model: str | None) -> dict:
+def run_local(src: str, out: str, kind: str, model: str | None, workers: int = 0) -> dict:
     from lkseg.batch import BatchOptions, run_batch
 
     t0 = time.perf_counter()
-    report = run_batch(src, out, _engine(kind, model, src), options=BatchOptions())
+    report = run_batch(src, out, _engine(kind, model, src), options=BatchOptions(workers=workers))
     info = report.to_dict()
     info.update(_stage_medians(Path(out)), call_s=time.perf_counter() - t0)
     return info
@@ -184,6 +186,7 @@ def main() -> None:
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--skip-resume", action="store_true")
     parser.add_argument("--ray-cpus", default="1,2", help="CPUs per Ray task to measure (comma-separated)")
+    parser.add_argument("--local-workers", default="0,1", help="local runner --workers values to measure (0: default)")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
     work = Path(args.work)
@@ -207,11 +210,14 @@ def main() -> None:
     print(f"phantoms ready in {time.perf_counter() - t:.1f} s: {src}")
 
     rows = []
-    out = work / "out-local"
-    shutil.rmtree(out, ignore_errors=True)
-    local = measure_in_subprocess(run_local, str(src), str(out), args.engine, args.model)
-    res = local["result"]
-    rows.append(_row("local", res, local["peak_rss_mb"], None))
+    res = None
+    for workers in (int(w) for w in args.local_workers.split(",")):
+        out = work / f"out-local-{workers}"
+        shutil.rmtree(out, ignore_errors=True)
+        local = measure_in_subprocess(run_local, str(src), str(out), args.engine, args.model, workers)
+        name = "local" if workers == 0 else f"local, {workers} writer thread(s)"
+        rows.append(_row(name, local["result"], local["peak_rss_mb"], res))
+        res = res or local["result"]  # the first (default) local run is the reference
     if not args.skip_ray:
         for cpus in (float(c) for c in args.ray_cpus.split(",")):
             out = work / f"out-ray-{cpus:g}"
@@ -258,7 +264,7 @@ def _row(name: str, res: dict, rss: float, local: dict | None) -> dict:
         "batch_s": batch_s,
         "process_s": res["process_s"],
         "cases_per_hour": res["cases_per_hour"],
-        "vs_local_pct": f"{100.0 * (batch_s / (local['call_s']) - 1):+.1f}" if local else "",
+        "vs_local_pct": f"{100.0 * (batch_s / local['call_s'] - 1):+.1f}" if local else "",
         "ray_init_s": res.get("ray_init_s", ""),
         "read_s": res["read_s"],
         "infer_s": res["infer_s"],

@@ -38,7 +38,7 @@ from lkseg.errors import InputError
 from lkseg.io.atomic import atomic_write_text
 from lkseg.progress import CancelToken, ProgressCallback
 
-__all__ = ["BatchReport", "run_batch", "run_local"]
+__all__ = ["BatchReport", "engine_on_gpu", "run_batch", "run_local", "writer_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,19 @@ def _resolve_source(model: ModelSource, device: str) -> EngineSpec | Engine | Ca
 
 
 # -- local runner -------------------------------------------------------------------------------
+def engine_on_gpu(engine: object) -> bool:
+    """Whether the engine computes on a GPU (its ``device`` attribute names CUDA/MPS)."""
+    device = str(getattr(engine, "device", "cpu") or "cpu").lower()
+    return device.startswith(("cuda", "mps"))
+
+
+def writer_threads(options: BatchOptions, engine: object) -> int:
+    """Writer threads of the local runner (see :func:`run_local`)."""
+    if options.workers > 0:
+        return options.workers
+    return 1 if engine_on_gpu(engine) else 0
+
+
 def run_local(
     cases: Sequence[CaseInput],
     engine: Engine,
@@ -167,10 +180,19 @@ def run_local(
     reporter: Reporter,
     cancel: CancelToken,
 ) -> None:
-    """Process ``cases`` with ``engine`` on this machine, overlapping read, inference and writing."""
+    """Process ``cases`` with ``engine`` on this machine, overlapping read, inference and writing.
+
+    Writer threads: ``options.workers`` when given; by default one when the engine runs on a GPU
+    (writing then costs no inference time) and none on a CPU, where the engine already uses every
+    core: there, writing beside inference was measured to slow inference down by more than the
+    writing takes (thread oversubscription), so each case is written by the inference thread
+    while the reader still prefetches the next one.
+    """
+    n_writers = writer_threads(job.options, engine)
     q_in: queue.Queue = queue.Queue(maxsize=job.options.prefetch)
-    q_out: queue.Queue = queue.Queue(maxsize=max(job.options.workers, 1))
+    q_out: queue.Queue = queue.Queue(maxsize=max(n_writers, 1))
     errors: list[BaseException] = []
+    log.info("local runner: %d writer thread(s), %d case(s) read ahead", n_writers, job.options.prefetch)
 
     def reader() -> None:
         try:
@@ -200,10 +222,7 @@ def run_local(
                 cancel.cancel()
 
     threads = [threading.Thread(target=reader, name="lkseg-batch-reader", daemon=True)]
-    threads += [
-        threading.Thread(target=writer, name=f"lkseg-batch-writer-{i}", daemon=True)
-        for i in range(max(job.options.workers, 1))
-    ]
+    threads += [threading.Thread(target=writer, name=f"lkseg-batch-writer-{i}", daemon=True) for i in range(n_writers)]
     for t in threads:
         t.start()
     try:
@@ -219,8 +238,10 @@ def run_local(
             out = infer_case(loaded, engine, job, lambda f, m, cid=cid: reporter.case_progress(cid, f, m), cancel)
             if isinstance(out, CaseResult):
                 reporter.add(out)
-            else:
+            elif n_writers:
                 q_out.put(out)
+            else:
+                reporter.add(finish_case(out, job))
     except BaseException:  # a second Ctrl-C, or a bug: stop now, without waiting for the threads
         cancel.cancel()
         threading.Thread(target=_close, args=(q_in, q_out, len(threads) - 1), daemon=True).start()
