@@ -36,8 +36,9 @@ class BatchOptions:
         structures: restrict the engine to these structure names (``None``: all of the model's).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` for the engine.
         workers: local runner: threads that write outputs (planning, meshes) while the next case
-            is inferred (``0``: one); Ray runner: at most this many cases in flight (``0``: as
-            many as the cluster's CPU/GPU slots allow).
+            is inferred (``0``: one when the engine runs on a GPU, none on a CPU, where the
+            inference thread writes each case itself); Ray runner: at most this many cases in
+            flight (``0``: as many as the cluster's CPU/GPU slots allow).
         prefetch: local runner: cases read ahead of inference (bounded queue).
         force: redo every case even if its manifest says it is finished.
         rehash: hash every input's bytes even when size and modification time are unchanged.

@@ -56,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=0,
-        help="local: writer threads (default 1); Ray: cases in flight (default: cluster slots)",
+        help="local: writer threads beside inference (default: 1 on GPU, 0 on CPU); Ray: cases in flight "
+        "(default: cluster slots)",
     )
     p.add_argument("--prefetch", type=int, default=2, help="local: cases read ahead of inference (default 2)")
     p.add_argument("--force", action="store_true", help="redo every case, even finished ones")
