@@ -1,0 +1,216 @@
+"""Anatomical postprocessing of an automatic label map.
+
+Rules (each can be switched off through :class:`PostprocessConfig`):
+
+* **one organ, one piece**: the liver and the spleen keep their largest connected component;
+  kidneys keep at most two components. Components are taken over the organ *and its lesions*
+  together, so a tumour at the organ's border does not cut it in two, and components are ranked
+  by their organ (not lesion) voxels. Pieces under ``min_organ_ml`` are dropped as noise.
+* **lesions inside their organ**: a tumour or cyst component that does not touch a kept
+  component of its organ is removed.
+* **holes filled**: background voxels fully enclosed by an organ component become that organ.
+* **kidney laterality by position**: with two kidney components, the one with the larger RAS x
+  (toward the patient's right) is the right kidney; a single kidney keeps the side most of its
+  voxels were given by the network. RAS x uses the grid's full direction, so any storage
+  orientation works.
+
+All functions work on ZYX label arrays holding :data:`lkseg.labels.PRODUCT_LABELS`-style values
+named by a :class:`~lkseg.labels.LabelTable`; they never change a label's grid.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from lkseg.labels import LabelTable, get_structure
+from lkseg.volume import Grid
+
+__all__ = ["ORGAN_GROUPS", "PostprocessConfig", "organ_groups", "postprocess_labels"]
+
+log = logging.getLogger(__name__)
+
+#: Organ -> the structures that make one connected piece with it.
+ORGAN_GROUPS = {
+    "liver": ("liver",),
+    "kidney": ("kidney_right", "kidney_left"),
+    "spleen": ("spleen",),
+}
+_MAX_PIECES = {"liver": 1, "kidney": 2, "spleen": 1}
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Switches of :func:`postprocess_labels`.
+
+    Attributes:
+        largest_component: keep one piece per organ (two for the kidneys).
+        lesions_inside_organ: drop tumour/cyst pieces that do not touch their organ.
+        fill_holes: fill background enclosed by an organ.
+        laterality: assign left/right kidney by RAS x position.
+        min_organ_ml: organ pieces smaller than this (mL) are noise.
+    """
+
+    largest_component: bool = True
+    lesions_inside_organ: bool = True
+    fill_holes: bool = True
+    laterality: bool = True
+    min_organ_ml: float = 5.0
+
+
+def _organ_of(name: str) -> str | None:
+    for organ, members in ORGAN_GROUPS.items():
+        if name in members:
+            return organ
+    s = get_structure(name)
+    if s.organ is not None:
+        return "kidney" if s.organ.startswith("kidney") else s.organ
+    return None
+
+
+def organ_groups(table: LabelTable) -> dict[str, tuple[list[int], list[int]]]:
+    """Organ -> (organ label values, lesion label values) present in ``table``."""
+    groups: dict[str, tuple[list[int], list[int]]] = {}
+    for value, name in table.items():
+        organ = _organ_of(name)
+        if organ is None or organ not in ORGAN_GROUPS:
+            continue
+        organs, lesions = groups.setdefault(organ, ([], []))
+        (organs if name in ORGAN_GROUPS[organ] else lesions).append(value)
+    return {k: v for k, v in groups.items() if v[0]}
+
+
+def _bbox(mask_slices: list, shape: tuple[int, ...]) -> tuple[slice, ...] | None:
+    found = [s for s in mask_slices if s is not None]
+    if not found:
+        return None
+    lo = [min(s[d].start for s in found) for d in range(3)]
+    hi = [max(s[d].stop for s in found) for d in range(3)]
+    return tuple(slice(max(0, a - 1), min(n, b + 1)) for a, b, n in zip(lo, hi, shape))
+
+
+def postprocess_labels(
+    labels: np.ndarray, grid: Grid, table: LabelTable, config: PostprocessConfig | None = None
+) -> list[str]:
+    """Clean ``labels`` in place (ZYX integer array on ``grid``); returns notes on what changed.
+
+    Args:
+        labels: writable ZYX label array (values of ``table``).
+        grid: its grid (spacing for volumes in mL, direction for RAS x).
+        table: label value -> structure name.
+        config: which rules to apply.
+    """
+    config = config or PostprocessConfig()
+    notes: list[str] = []
+    if labels.size == 0 or not labels.any():
+        return notes
+    objects = ndimage.find_objects(labels)
+    voxel_ml = grid.voxel_volume_ml
+    for organ, (organ_values, lesion_values) in organ_groups(table).items():
+        values = organ_values + lesion_values
+        box = _bbox([objects[v - 1] if v - 1 < len(objects) else None for v in values], labels.shape)
+        if box is None:
+            continue
+        view = labels[box]
+        group = np.isin(view, values)
+        is_organ = np.isin(view, organ_values)
+        comp, n = ndimage.label(group)
+        if n == 0:
+            continue
+        organ_counts = np.bincount(comp[is_organ], minlength=n + 1)[1:]
+        order = np.argsort(organ_counts)[::-1]
+        keep: list[int] = []
+        for idx in order:
+            if organ_counts[idx] == 0:
+                break
+            if organ_counts[idx] * voxel_ml < config.min_organ_ml:
+                continue
+            if config.largest_component and len(keep) >= _MAX_PIECES[organ]:
+                break
+            keep.append(int(idx) + 1)
+        if not config.largest_component:
+            keep = [int(i) + 1 for i in range(n) if organ_counts[i] * voxel_ml >= config.min_organ_ml]
+        if not config.lesions_inside_organ:
+            keep_mask = np.isin(comp, keep) | (group & ~is_organ)
+        else:
+            keep_mask = np.isin(comp, keep)
+        dropped = group & ~keep_mask
+        if dropped.any():
+            notes.append(f"{organ}: removed {dropped.sum() * voxel_ml:.1f} mL outside the main piece(s)")
+            view[dropped] = 0
+        if not keep:
+            notes.append(f"{organ}: nothing larger than {config.min_organ_ml:g} mL found")
+            continue
+        if organ == "kidney" and config.laterality:
+            _assign_laterality(view, comp, keep, box, grid, table, notes)
+        if config.fill_holes:
+            _fill_holes(view, comp, keep, organ_values, notes, organ, voxel_ml)
+    return notes
+
+
+def _fill_holes(
+    view: np.ndarray,
+    comp: np.ndarray,
+    keep: list[int],
+    organ_values: list[int],
+    notes: list[str],
+    organ: str,
+    voxel_ml: float,
+) -> None:
+    filled_total = 0
+    for c in keep:
+        piece = comp == c
+        sl = ndimage.find_objects(piece.astype(np.uint8))[0]
+        sub = piece[sl]
+        holes = ndimage.binary_fill_holes(sub) & ~sub & (view[sl] == 0)
+        if holes.any():
+            sub_view = view[sl]
+            organ_here = sub_view[np.isin(sub_view, organ_values)]
+            value = int(np.bincount(organ_here).argmax()) if organ_here.size else organ_values[0]
+            sub_view[holes] = value
+            filled_total += int(holes.sum())
+    if filled_total:
+        notes.append(f"{organ}: filled {filled_total * voxel_ml:.2f} mL of enclosed holes")
+
+
+def _assign_laterality(
+    view: np.ndarray,
+    comp: np.ndarray,
+    keep: list[int],
+    box: tuple[slice, ...],
+    grid: Grid,
+    table: LabelTable,
+    notes: list[str],
+) -> None:
+    try:
+        right, left = table.value_of("kidney_right"), table.value_of("kidney_left")
+    except KeyError:
+        return
+    offset = np.array([box[2].start, box[1].start, box[0].start], dtype=np.float64)  # (i, j, k)
+    info = []
+    for c in keep:
+        piece = comp == c
+        kz, kj, ki = (float(np.mean(a)) for a in np.nonzero(piece))
+        ras_x = float(grid.index_to_ras(offset + np.array([ki, kj, kz]))[0])
+        votes_right = int(np.count_nonzero(view[piece] == right))
+        votes_left = int(np.count_nonzero(view[piece] == left))
+        info.append((c, ras_x, votes_right, votes_left))
+    if len(info) == 2:
+        (c1, x1, *_), (c2, x2, *_) = info
+        sides = {c1: right if x1 > x2 else left, c2: left if x1 > x2 else right}
+    else:
+        c, _, vr, vl = info[0]
+        sides = {c: right if vr >= vl else left}
+    for c, _, vr, vl in info:
+        side = sides[c]
+        piece = comp == c
+        organ_vox = piece & ((view == right) | (view == left))
+        wrong = int(np.count_nonzero(view[organ_vox] != side))
+        if wrong:
+            view[organ_vox] = side
+            name = "right" if side == right else "left"
+            notes.append(f"kidney: {wrong} voxels relabelled as the {name} kidney by position")
+        log.debug("kidney piece %d: RAS x %.1f mm, votes right %d left %d", c, _, vr, vl)

@@ -1,0 +1,466 @@
+"""The automatic segmenter: load a model package once, segment many CTs.
+
+Pipeline of :meth:`AutoSegmenter.predict` (each stage timed in ``AutoResult.timings``):
+
+1. ``checks``: the input must look like a CT in HU (:mod:`lkseg.auto.checks`).
+2. ``coarse``: the model grids are defined in the canonical orientation (``"LPS"``: the input
+   grid permuted/flipped by :func:`lkseg.orientation.reorient_grid`, so no voxel is interpolated
+   for that) at the model spacing; the coarse network labels the whole scan at low resolution and
+   gives one padded box per organ (:mod:`lkseg.auto.cascade`). Without a cascade, one box covers
+   the whole scan.
+3. ``fine_resample`` / ``fine_infer``: inside each box the CT is sampled at the fine spacing,
+   normalised (HU clip + z-score) and segmented by Gaussian-blended sliding windows
+   (:mod:`lkseg.auto.window`), optionally with mirroring test-time augmentation.
+4. ``resample_back``: the probabilities are resampled (linear, physical space) onto the exact
+   input grid, slab by slab, and the arg-max taken.
+5. ``postprocess``: one piece per organ, lesions inside their organ, holes filled, kidney side by
+   RAS x (:mod:`lkseg.auto.postprocess`).
+
+The label map returned lies on the input grid voxel for voxel, with
+:data:`lkseg.labels.PRODUCT_LABELS` values.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from lkseg.auto.cascade import (
+    Box,
+    bounding_box,
+    covering_box,
+    expand_to_multiple,
+    find_organ_boxes,
+    merge_boxes,
+    sub_grid,
+)
+from lkseg.auto.checks import check_ct_volume
+from lkseg.auto.postprocess import PostprocessConfig, organ_groups, postprocess_labels
+from lkseg.auto.sampling import ImageSampler, ProbabilityField
+from lkseg.auto.window import WindowConfig, plan_windows, run_sliding_window
+from lkseg.errors import InputError
+from lkseg.labels import PRODUCT_LABELS, LabelTable
+from lkseg.models import ModelManifest, StageSpec, configure_threads, find_model, load_stage_network, resolve_device
+from lkseg.orientation import reorient_grid
+from lkseg.progress import CancelToken, ProgressCallback, SubProgress, report
+from lkseg.resample import grid_for_spacing
+from lkseg.volume import Grid, Volume
+
+__all__ = ["AutoOptions", "AutoResult", "AutoSegmenter"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AutoOptions:
+    """Inference settings; ``None`` means "the model package's default".
+
+    Attributes:
+        cascade: run the coarse locator first (only when the package has one).
+        tta: mirroring test-time augmentation along the package's ``mirror_axes``.
+        overlap: sliding-window overlap fraction.
+        sw_batch_size: windows per forward pass.
+        margin_mm: padding of the organ boxes of the cascade.
+        amp: float16 autocast on CUDA.
+        return_probabilities: also return the winning probability and a normalised-entropy
+            uncertainty map on the input grid.
+        check_input: refuse inputs that do not look like CT.
+        postprocess: postprocessing switches (default: all on).
+        roi: ``"auto"`` (fewest windows of up to 1.5x the patch, see
+            :func:`lkseg.auto.window.plan_windows`) or ``"patch"`` (MONAI's plain tiling).
+    """
+
+    cascade: bool | None = None
+    tta: bool = False
+    overlap: float | None = None
+    sw_batch_size: int | None = None
+    margin_mm: float | None = None
+    amp: bool = True
+    return_probabilities: bool = False
+    check_input: bool = True
+    postprocess: PostprocessConfig | None = None
+    roi: str = "auto"
+
+
+@dataclass
+class AutoResult:
+    """What :meth:`AutoSegmenter.predict` returns.
+
+    Attributes:
+        labels: uint8 label map on the exact input grid (ZYX), values of ``label_table``.
+        label_table: value -> structure name (:data:`~lkseg.labels.PRODUCT_LABELS` values).
+        timings: seconds per stage.
+        warnings: problems the user should see (input doubts, organs not found, empty result).
+        notes: what postprocessing changed.
+        probability: (optional) float32 probability of the chosen label per voxel.
+        uncertainty: (optional) float32 normalised entropy in [0, 1] per voxel.
+        boxes_mm: the fine boxes, each ``(lps_min, lps_max)`` in mm (for display and debugging).
+    """
+
+    labels: Volume
+    label_table: LabelTable
+    timings: dict[str, float]
+    warnings: list[str]
+    notes: list[str] = field(default_factory=list)
+    model_id: str = ""
+    model_version: str = ""
+    device: str = "cpu"
+    cascade: bool = False
+    probability: Volume | None = None
+    uncertainty: Volume | None = None
+    boxes_mm: list[tuple[list[float], list[float]]] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not bool(self.labels.array.any())
+
+    @property
+    def volumes_ml(self) -> dict[str, float]:
+        """Structure name -> volume in mL (0 for structures not found)."""
+        counts = np.bincount(self.labels.array.reshape(-1), minlength=max(self.label_table, default=0) + 1)
+        ml = self.labels.grid.voxel_volume_ml
+        return {name: float(counts[v]) * ml for v, name in self.label_table.items()}
+
+    @property
+    def found(self) -> list[str]:
+        return [name for name, ml in self.volumes_ml.items() if ml > 0]
+
+    def to_segmentation(self):
+        """The result as a :class:`lkseg.segmentation.Segmentation` (colours and terminology)."""
+        from lkseg.segmentation import Segmentation
+
+        return Segmentation.from_label_volume(self.labels, self.label_table)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    def add(self, key: str, start: float) -> None:
+        self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
+
+
+class AutoSegmenter:
+    """Load a model package once, then segment many CTs with :meth:`predict`.
+
+    Args:
+        model: a model id (``"lkseg-demo-abdomen"``, ``"id@version"``), a package folder, or a
+            loaded :class:`~lkseg.models.ModelManifest`; ``None`` picks the default model.
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        options: default inference options for every call.
+        threads: CPU threads for torch (default: all CPUs this process may use).
+
+    Raises:
+        ModelError / ChecksumError: the package is missing, malformed or its weights do not match.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | ModelManifest | None = None,
+        device: str = "auto",
+        options: AutoOptions | None = None,
+        threads: int | None = None,
+    ):
+        t0 = time.perf_counter()
+        self.manifest = model if isinstance(model, ModelManifest) else find_model(model)
+        self.device = resolve_device(device)
+        self.threads = configure_threads(threads)
+        self.options = options or AutoOptions()
+        self.nets = {
+            name: load_stage_network(self.manifest, stage, self.device) for name, stage in self.manifest.stages.items()
+        }
+        self.output_table, self._channel_map = _output_mapping(self.manifest)
+        self.load_seconds = time.perf_counter() - t0
+        log.info(
+            "model %s@%s ready on %s in %.2f s", self.manifest.id, self.manifest.version, self.device, self.load_seconds
+        )
+
+    # -- public ------------------------------------------------------------------------------
+    @property
+    def structures(self) -> list[str]:
+        """Structure names this model can produce."""
+        return list(self.output_table.values())
+
+    def predict(
+        self,
+        volume: Volume,
+        structures: Sequence[str] | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+        options: AutoOptions | None = None,
+    ) -> AutoResult:
+        """Segment ``volume`` (a CT in HU, any orientation).
+
+        Args:
+            volume: the CT.
+            structures: names to keep (default: all the model produces); lesions need their
+                organ, which is then segmented too but not returned.
+            progress: callback ``(fraction, message)``.
+            cancel: token polled between sliding-window batches (within about a second).
+            options: overrides the segmenter's default options for this call.
+
+        Returns:
+            :class:`AutoResult` with labels on the exact input grid.
+
+        Raises:
+            InputError: not a CT, too small, NaN voxels, unknown structure names.
+            CancelledError: cancelled through ``cancel``.
+        """
+        opts = options or self.options
+        timer = _Timer()
+        start = time.perf_counter()
+        keep = self._select(structures)
+        warnings = check_ct_volume(volume) if opts.check_input else []
+        timer.add("checks", start)
+        report(progress, 0.02, "checked input")
+        plan = reorient_grid(volume.grid, self.manifest.orientation)
+        canonical = plan.reoriented
+        sampler = ImageSampler(volume)
+        use_cascade = self.manifest.coarse is not None and (
+            opts.cascade if opts.cascade is not None else self.manifest.inference.cascade
+        )
+        fine_grid = grid_for_spacing(canonical, self.manifest.fine.spacing)
+        if use_cascade:
+            start = time.perf_counter()
+            boxes = self._locate(
+                sampler,
+                canonical,
+                fine_grid,
+                keep,
+                opts,
+                SubProgress(progress, 0.02, 0.15, "locating organs: "),
+                cancel,
+            )
+            timer.add("coarse", start)
+        else:
+            boxes = [Box((0, 0, 0), fine_grid.shape, ("all",))]
+        if not boxes:
+            warnings.append("no liver, kidney or spleen found: the scan may not show the abdomen; the result is empty")
+            labels = np.zeros(volume.shape, dtype=np.uint8)
+            return self._result(volume, labels, keep, timer, warnings, [], use_cascade, None, None, [])
+        probs, union = self._fine(
+            sampler, fine_grid, boxes, opts, timer, SubProgress(progress, 0.15, 0.85, "segmenting: "), cancel
+        )
+        report(progress, 0.86, "resampling onto the input grid")
+        start = time.perf_counter()
+        union_grid = sub_grid(fine_grid, union)
+        field = ProbabilityField(probs, union_grid)
+        del probs
+        target = covering_box(union_grid, Box((0, 0, 0), union.shape), canonical)
+        labels_can = np.zeros(canonical.shape, dtype=np.uint8)
+        prob_can = unc_can = None
+        if opts.return_probabilities:
+            prob_can = np.ones(canonical.shape, dtype=np.float32)
+            unc_can = np.zeros(canonical.shape, dtype=np.float32)
+        if target is not None:
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            target_grid = sub_grid(canonical, target)
+            labels_can[target.slices] = self._channel_map[field.argmax(target_grid)]
+            if prob_can is not None:
+                prob_can[target.slices], unc_can[target.slices] = field.confidence(target_grid)
+        del field
+        timer.add("resample_back", start)
+        report(progress, 0.93, "postprocessing")
+        start = time.perf_counter()
+        notes: list[str] = []
+        if target is not None:
+            post = opts.postprocess or PostprocessConfig(min_organ_ml=self.manifest.inference.min_organ_ml)
+            notes = postprocess_labels(labels_can[target.slices], target_grid, self.output_table, post)
+        timer.add("postprocess", start)
+        start = time.perf_counter()
+        labels = np.ascontiguousarray(plan.undo_array(labels_can))
+        prob_map = np.ascontiguousarray(plan.undo_array(prob_can)) if prob_can is not None else None
+        unc_map = np.ascontiguousarray(plan.undo_array(unc_can)) if unc_can is not None else None
+        timer.add("assemble", start)
+        boxes_mm = [_box_mm(fine_grid, b) for b in boxes]
+        result = self._result(volume, labels, keep, timer, warnings, notes, use_cascade, prob_map, unc_map, boxes_mm)
+        report(progress, 1.0, "done")
+        return result
+
+    # -- stages ------------------------------------------------------------------------------
+    def _select(self, structures: Sequence[str] | None) -> list[str]:
+        available = self.structures
+        if not structures:
+            return available
+        unknown = [s for s in structures if s not in available]
+        if unknown:
+            raise InputError(f"model {self.manifest.id!r} does not segment {unknown}; it segments {available}")
+        return list(structures)
+
+    def _needed_organs(self, keep: list[str]) -> list[str]:
+        groups = organ_groups(LabelTable(dict(enumerate(self.structures, start=1))))
+        wanted = set(keep)
+        organs = []
+        for organ, (organ_values, lesion_values) in groups.items():
+            names = {self.structures[v - 1] for v in organ_values + lesion_values}
+            if names & wanted:
+                organs.append(organ)
+        return organs
+
+    def _run(self, stage: StageSpec, image: np.ndarray, opts: AutoOptions, progress, cancel) -> np.ndarray:
+        """Normalised ZYX image -> (C, Z, Y, X) probabilities of ``stage``."""
+        ijk = self.manifest.array_order == "ijk"
+        arr = image.transpose(2, 1, 0) if ijk else image
+        patch = stage.patch_size if ijk else tuple(reversed(stage.patch_size))
+        overlap = self.manifest.inference.overlap if opts.overlap is None else opts.overlap
+        if opts.roi == "auto":
+            roi, overlap = plan_windows(arr.shape, patch, overlap)
+        else:
+            roi = tuple(patch)
+        mirror = ()
+        if opts.tta:
+            axes = self.manifest.inference.mirror_axes
+            if not axes:
+                log.warning("model %s was not trained with mirroring; test-time augmentation skipped", self.manifest.id)
+            mirror = tuple(a if ijk else 2 - a for a in axes)
+        config = WindowConfig(
+            roi=roi,  # type: ignore[arg-type]
+            overlap=overlap,
+            sw_batch_size=opts.sw_batch_size or self.manifest.inference.sw_batch_size,
+            mirror_dims=mirror,
+            amp=opts.amp,
+        )
+        run = run_sliding_window(self.nets[stage.name], arr, config, self.device, progress, cancel)
+        if run.device != self.device:
+            log.warning("model moved to %s after running out of GPU memory (%s)", run.device, "; ".join(run.attempts))
+            self.device = run.device
+            self.nets = {k: n.to(run.device) for k, n in self.nets.items()}
+        probs = run.probabilities
+        return probs.transpose(0, 3, 2, 1) if ijk else probs
+
+    def _normalise(self, image: np.ndarray) -> np.ndarray:
+        return self.manifest.intensity.apply(image)
+
+    def _locate(
+        self, sampler: ImageSampler, canonical: Grid, fine_grid: Grid, keep, opts, progress, cancel
+    ) -> list[Box]:
+        stage = self.manifest.coarse
+        assert stage is not None
+        coarse_grid = grid_for_spacing(canonical, stage.spacing)
+        whole = Box((0, 0, 0), coarse_grid.shape)
+        padded = expand_to_multiple(whole)
+        image = self._normalise(sampler.sample(sub_grid(coarse_grid, padded)))
+        probs = self._run(stage, image, opts, progress, cancel)
+        inner = tuple(slice(a - p, b - p) for a, b, p in zip(whole.lo, whole.hi, padded.lo))
+        coarse_labels = probs.argmax(axis=0).astype(np.uint8)[inner]
+        organs = self._needed_organs(keep)
+        found = find_organ_boxes(coarse_labels, coarse_grid, stage.labels, organs, self.manifest.inference.min_organ_ml)
+        margin = self.manifest.inference.margin_mm if opts.margin_mm is None else opts.margin_mm
+        boxes = [b for b in (covering_box(coarse_grid, box, fine_grid, margin) for box in found) if b is not None]
+        merged = merge_boxes(boxes)
+        log.info(
+            "cascade: %d organ piece(s) -> %d box(es), %.1f%% of the fine grid",
+            len(found),
+            len(merged),
+            100 * sum(b.size for b in merged) / max(1, math.prod(fine_grid.shape)),
+        )
+        return merged
+
+    def _fine(
+        self, sampler: ImageSampler, fine_grid: Grid, boxes: list[Box], opts, timer: _Timer, progress, cancel
+    ) -> tuple[np.ndarray, Box]:
+        stage = self.manifest.fine
+        boxes = [expand_to_multiple(b) for b in boxes]
+        union = bounding_box(boxes)
+        channels = stage.num_classes
+        probs: np.ndarray | None = None
+        count = np.zeros(union.shape, dtype=np.float32) if len(boxes) > 1 else None
+        total = sum(b.size for b in boxes)
+        done = 0
+        for box in boxes:
+            start = time.perf_counter()
+            image = self._normalise(sampler.sample(sub_grid(fine_grid, box)))
+            timer.add("fine_resample", start)
+            start = time.perf_counter()
+            sub = SubProgress(progress, done / total, (done + box.size) / total)
+            box_probs = self._run(stage, image, opts, sub, cancel)
+            done += box.size
+            channels = box_probs.shape[0]
+            rel = tuple(slice(a - u, b - u) for a, b, u in zip(box.lo, box.hi, union.lo))
+            if count is None:
+                probs = box_probs
+            else:
+                if probs is None:
+                    probs = np.zeros((channels, *union.shape), dtype=np.float32)
+                probs[(slice(None), *rel)] += box_probs
+                count[rel] += 1.0
+            timer.add("fine_infer", start)
+        assert probs is not None
+        if count is not None:
+            covered = count > 0
+            probs[:, covered] /= count[covered]
+            probs[0][~covered] = 1.0
+        return probs, union
+
+    def _result(self, volume, labels, keep, timer, warnings, notes, cascade, prob_map, unc_map, boxes_mm) -> AutoResult:
+        start = time.perf_counter()
+        drop = [v for v, name in self.output_table.items() if name not in keep]
+        if drop:
+            labels[np.isin(labels, drop)] = 0
+        table = LabelTable({v: n for v, n in self.output_table.items() if n in keep})
+        meta = {"model": f"{self.manifest.id}@{self.manifest.version}", "source": volume.meta.get("source")}
+        result = AutoResult(
+            labels=volume.with_array(labels, meta=meta),
+            label_table=table,
+            timings=timer.timings,
+            warnings=list(warnings),
+            notes=notes,
+            model_id=self.manifest.id,
+            model_version=self.manifest.version,
+            device=str(self.device),
+            cascade=cascade,
+            probability=volume.with_array(prob_map, meta={}) if prob_map is not None else None,
+            uncertainty=volume.with_array(unc_map, meta={}) if unc_map is not None else None,
+            boxes_mm=boxes_mm,
+        )
+        volumes = result.volumes_ml
+        missing = [n for n in keep if volumes.get(n, 0) == 0 and _is_organ(n)]
+        if result.empty:
+            if not any("empty" in w for w in warnings):
+                result.warnings.append("nothing was found: the result is empty")
+        elif missing:
+            result.warnings.append(f"not found: {', '.join(missing)}")
+        timer.add("assemble", start)
+        return result
+
+    def with_options(self, **changes) -> AutoSegmenter:
+        """This segmenter with some default options changed (networks shared, not reloaded)."""
+        clone = object.__new__(AutoSegmenter)
+        clone.__dict__.update(self.__dict__)
+        clone.options = replace(self.options, **changes)
+        return clone
+
+
+def _is_organ(name: str) -> bool:
+    return name in ("liver", "kidney_right", "kidney_left", "spleen")
+
+
+def _box_mm(grid: Grid, box: Box) -> tuple[list[float], list[float]]:
+    corners = np.array([[box.lo[2], box.lo[1], box.lo[0]], [box.hi[2] - 1, box.hi[1] - 1, box.hi[0] - 1]], dtype=float)
+    lps = grid.index_to_lps(corners)
+    return (np.round(lps.min(axis=0), 1).tolist(), np.round(lps.max(axis=0), 1).tolist())
+
+
+def _output_mapping(manifest: ModelManifest) -> tuple[LabelTable, np.ndarray]:
+    """Product label table of the model's structures and the channel -> product value lookup."""
+    values: dict[int, str] = {}
+    next_value = max(PRODUCT_LABELS) + 1
+    for name in manifest.structures:
+        try:
+            values[PRODUCT_LABELS.value_of(name)] = name
+        except KeyError:
+            values[next_value] = name
+            next_value += 1
+    table = LabelTable(values)
+    lut = np.zeros(max(256, manifest.fine.num_classes), dtype=np.uint8)
+    for channel, name in manifest.fine.labels.items():
+        if name in table.values():
+            lut[channel] = table.value_of(name)
+    return table, lut

@@ -1,0 +1,401 @@
+"""The automatic predictor: geometry on any orientation, canonical orientation seen by the model,
+cascade boxes, resampling back, postprocessing, fallbacks, bad input, progress and cancellation.
+
+Networks here are tiny random U-Nets or hand-made modules whose output is known, so the tests
+check geometry and logic exactly, not accuracy (see the benchmarks for that).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+torch = pytest.importorskip("torch")
+
+from conftest import DIRECTIONS  # noqa: E402
+from lkseg.auto import AutoOptions, AutoSegmenter, PostprocessConfig, check_ct_volume, postprocess_labels  # noqa: E402
+from lkseg.auto.cascade import Box, covering_box, find_organ_boxes, merge_boxes, sub_grid  # noqa: E402
+from lkseg.auto.sampling import resample_channels  # noqa: E402
+from lkseg.auto.window import WindowConfig, count_windows, fit_roi, run_sliding_window  # noqa: E402
+from lkseg.errors import CancelledError, InputError  # noqa: E402
+from lkseg.labels import PRODUCT_LABELS  # noqa: E402
+from lkseg.models import IntensitySpec, build_network, make_manifest, make_stage, unet_spec, write_package  # noqa: E402
+from lkseg.progress import CancelToken  # noqa: E402
+from lkseg.resample import resample_probabilities_to_grid  # noqa: E402
+from lkseg.volume import Grid, Volume  # noqa: E402
+
+LABELS = {1: "liver", 2: "liver_tumor", 3: "kidney_right", 4: "kidney_left", 5: "spleen"}
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory):
+    torch.manual_seed(0)
+    fine = make_stage("fine", (6, 6, 6), (32, 32, 32), unet_spec(6, (4, 8, 16), 1), LABELS)
+    coarse = make_stage("coarse", (12, 12, 12), (16, 16, 16), unet_spec(6, (4, 8, 16), 1), LABELS)
+    manifest = make_manifest("tiny-auto", "0.1.0", "test", LABELS, [coarse, fine], IntensitySpec((-200, 300), 50, 100))
+    nets = {"fine": build_network(fine.network), "coarse": build_network(coarse.network)}
+    return write_package(tmp_path_factory.mktemp("pkg") / "tiny-auto", manifest, nets)
+
+
+@pytest.fixture(scope="session")
+def segmenter(tiny_package):
+    return AutoSegmenter(tiny_package, device="cpu", threads=2)
+
+
+def body_volume(direction=None, shape=(40, 48, 56), spacing=(4.0, 3.5, 5.0)) -> Volume:
+    """An analytic 'abdomen' on a grid centred at the LPS origin: air, a body cylinder, a bright
+    blob left of the midline (patient left = +LPS x)."""
+    direction = np.eye(3) if direction is None else np.asarray(direction)
+    arr = np.full(shape, -1000, np.int16)
+    grid = Grid(shape, spacing, (0, 0, 0), direction)
+    centre = grid.index_to_lps((np.array(grid.size_ijk) - 1) / 2)
+    grid = Grid(shape, spacing, tuple(-(direction @ np.diag(spacing)) @ ((np.array(grid.size_ijk) - 1) / 2)), direction)
+    kk, jj, ii = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    lps = grid.index_to_lps(np.stack([ii, jj, kk], -1).reshape(-1, 3)).reshape(*shape, 3)
+    body = lps[..., 0] ** 2 + lps[..., 1] ** 2 < 80**2
+    arr[body] = 40
+    organ = (lps[..., 0] - 40) ** 2 + lps[..., 1] ** 2 + lps[..., 2] ** 2 < 30**2
+    arr[organ] = 200
+    assert np.allclose(centre, grid.index_to_lps((np.array(grid.size_ijk) - 1) / 2) * 0 + centre)
+    return Volume(arr, grid, {"modality": "CT"})
+
+
+class PositionNet(torch.nn.Module):
+    """Fake 6-class network on ZYX tensors: bright voxels (> 80 HU) in the upper half of the last
+    array axis are 'spleen' (5), in the lower half 'liver' (1). Over a whole scan in canonical LPS
+    order (i toward the patient's left) the test blob (at LPS x = +40 mm) is all spleen; a model fed
+    a flipped or permuted array would call it liver."""
+
+    def __init__(self, by_position: bool = True):
+        super().__init__()
+        self.by_position = by_position
+
+    def forward(self, x):
+        n = x.shape[-1]
+        bright = (x[:, 0] > 0.3).float() * 10
+        side = torch.ones_like(bright)
+        if self.by_position:
+            side[..., : n // 2] = 0.0
+        logits = torch.zeros(x.shape[0], 6, *x.shape[2:])
+        logits[:, 5] = bright * side
+        logits[:, 1] = bright * (1 - side)
+        logits[:, 0] = 5.0
+        return logits
+
+
+def test_output_lies_on_the_exact_input_grid_for_every_orientation(segmenter, direction):
+    volume = body_volume(direction)
+    result = segmenter.predict(volume)
+    assert result.labels.grid.same_as(volume.grid, tol=1e-9)
+    assert result.labels.array.dtype == np.uint8
+    assert set(np.unique(result.labels.array)) <= set(PRODUCT_LABELS) | {0}
+    assert set(result.timings) >= {"checks", "fine_infer", "resample_back", "postprocess"}
+    assert set(result.label_table.values()) == set(LABELS.values())
+
+
+@pytest.mark.parametrize("name", sorted(DIRECTIONS))
+def test_model_sees_canonical_orientation(segmenter, name):
+    """Single stage: the window covers the whole scan, the fake net labels by array side."""
+    seg = segmenter.with_options()
+    seg.nets = {"fine": PositionNet(), "coarse": PositionNet()}
+    volume = body_volume(DIRECTIONS[name])
+    result = seg.predict(volume, options=AutoOptions(cascade=False, postprocess=PostprocessConfig(min_organ_ml=0.1)))
+    labels = result.labels.array
+    blob = volume.array > 80
+    core = ndimage.binary_erosion(blob, iterations=2)
+    near = ndimage.binary_dilation(blob, iterations=2)
+    assert (labels[core] == PRODUCT_LABELS.value_of("spleen")).mean() > 0.97
+    assert not (labels == PRODUCT_LABELS.value_of("liver")).any()
+    assert not labels[~near].any()
+
+
+@pytest.mark.parametrize("name", ["axial_lps", "sagittal", "oblique"])
+def test_cascade_box_covers_the_organ(segmenter, name):
+    """Cascade: the coarse (position) net finds the blob; the fine net runs only in its box."""
+    seg = segmenter.with_options()
+    seg.nets = {"fine": PositionNet(by_position=False), "coarse": PositionNet()}
+    volume = body_volume(DIRECTIONS[name])
+    result = seg.predict(
+        volume, options=AutoOptions(cascade=True, margin_mm=10, postprocess=PostprocessConfig(min_organ_ml=0.1))
+    )
+    labels = result.labels.array
+    blob = volume.array > 80
+    core = ndimage.binary_erosion(blob, iterations=2)
+    assert result.cascade and (labels[core] == PRODUCT_LABELS.value_of("spleen")).all()
+    assert not labels[~ndimage.binary_dilation(blob, iterations=2)].any()
+    ((lo, hi),) = result.boxes_mm
+    extent = np.array(hi) - np.array(lo)
+    assert np.all(extent < 0.8 * np.array([n * s for n, s in zip(volume.grid.size_ijk, volume.spacing)]).max())
+
+
+def test_probabilities_and_uncertainty(segmenter):
+    volume = body_volume()
+    result = segmenter.predict(volume, options=AutoOptions(return_probabilities=True, cascade=False))
+    assert result.probability.grid.same_as(volume.grid) and result.uncertainty.grid.same_as(volume.grid)
+    p, u = result.probability.array, result.uncertainty.array
+    assert p.dtype == np.float32 and p.min() >= 1 / 6 - 1e-4 and p.max() <= 1 + 1e-5
+    assert u.min() >= 0 and u.max() <= 1 + 1e-5
+
+
+def test_structures_filter_and_unknown_names(segmenter):
+    result = segmenter.predict(body_volume(), structures=["liver"])
+    assert set(result.label_table.values()) == {"liver"}
+    assert set(np.unique(result.labels.array)) <= {0, 1}
+    with pytest.raises(InputError, match="does not segment"):
+        segmenter.predict(body_volume(), structures=["pancreas"])
+
+
+def test_empty_result_is_reported(segmenter):
+    class Background(torch.nn.Module):
+        def forward(self, x):
+            out = torch.zeros(x.shape[0], 6, *x.shape[2:])
+            out[:, 0] = 10
+            return out
+
+    seg = segmenter.with_options()
+    seg.nets = {"fine": Background(), "coarse": Background()}
+    result = seg.predict(body_volume())
+    assert result.empty and not result.labels.array.any()
+    assert any("abdomen" in w or "empty" in w for w in result.warnings)
+    result = seg.predict(body_volume(), options=AutoOptions(cascade=False))
+    assert result.empty and any("empty" in w for w in result.warnings)
+
+
+def test_cancel_stops_prediction(segmenter):
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(CancelledError):
+        segmenter.predict(body_volume(), cancel=token)
+
+
+def test_progress_is_reported_in_order(segmenter):
+    seen = []
+    segmenter.predict(body_volume(), progress=lambda f, m: seen.append(f))
+    assert seen[-1] == 1.0 and all(b >= a - 1e-9 for a, b in itertools.pairwise(seen))
+
+
+def test_tta_runs_and_keeps_geometry(tiny_package):
+    from dataclasses import replace
+
+    from lkseg.models import load_manifest
+
+    manifest = load_manifest(tiny_package.folder)
+    manifest = replace(manifest, inference=replace(manifest.inference, mirror_axes=(1, 2)))
+    seg = AutoSegmenter(manifest, device="cpu")
+    volume = body_volume(DIRECTIONS["oblique"])
+    result = seg.predict(volume, options=AutoOptions(tta=True))
+    assert result.labels.grid.same_as(volume.grid)
+
+
+# -- input checks -------------------------------------------------------------------------------
+def test_bad_inputs_are_refused_or_warned():
+    ok = body_volume()
+    assert check_ct_volume(ok) == []
+    with pytest.raises(InputError, match="MR image"):
+        check_ct_volume(Volume(ok.array, ok.grid, {"modality": "MR"}))
+    with pytest.raises(InputError, match="no voxel below 0 HU"):
+        check_ct_volume(ok.with_array((ok.array + 1024).astype(np.int16)))
+    with pytest.raises(InputError, match="no voxel below 0 HU"):
+        check_ct_volume(ok.with_array(np.random.default_rng(0).random(ok.shape).astype(np.float32)))
+    with pytest.raises(InputError, match="too small"):
+        check_ct_volume(Volume.from_array(np.full((1, 64, 64), -1000, np.int16), (1, 1, 1)))
+    with pytest.raises(InputError, match="too small"):
+        check_ct_volume(Volume.from_array(np.full((6, 6, 6), -1000, np.int16), (1, 1, 1)))
+    nan = ok.array.astype(np.float32)
+    nan[3, 3, 3] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        check_ct_volume(ok.with_array(nan))
+    assert any(
+        "no air" in w for w in check_ct_volume(ok.with_array(np.where(ok.array < 0, -200, ok.array).astype(np.int16)))
+    )
+    huge = Volume.from_array(np.broadcast_to(np.int16(-1000), (1001, 8, 8)), (5, 5, 1))
+    assert any("1001 slices" in w for w in check_ct_volume(huge))
+
+
+def test_predict_refuses_non_ct(segmenter):
+    volume = body_volume()
+    with pytest.raises(InputError, match="not a CT"):
+        segmenter.predict(volume.with_array((volume.array + 1024).astype(np.int16)))
+
+
+# -- postprocessing -----------------------------------------------------------------------------
+def _grid(shape=(30, 40, 50), spacing=(2.0, 2.0, 2.0), direction=None):
+    return Grid(shape, spacing, (0, 0, 0), np.eye(3) if direction is None else direction)
+
+
+def _sphere(shape, centre_zyx, r):
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    return (z - centre_zyx[0]) ** 2 + (y - centre_zyx[1]) ** 2 + (x - centre_zyx[2]) ** 2 <= r * r
+
+
+def test_postprocess_keeps_largest_liver_piece_and_lesions_inside_it():
+    shape = (30, 40, 50)
+    labels = np.zeros(shape, np.uint8)
+    labels[_sphere(shape, (15, 20, 20), 10)] = 1
+    labels[_sphere(shape, (15, 20, 45), 3)] = 1  # a stray liver piece
+    labels[_sphere(shape, (15, 20, 12), 3)] = 2  # tumour at the border: kept
+    labels[_sphere(shape, (5, 5, 45), 2)] = 2  # tumour far from the liver: removed
+    labels[15, 20, 20] = 0  # a hole
+    notes = postprocess_labels(labels, _grid(shape), PRODUCT_LABELS, PostprocessConfig(min_organ_ml=0.01))
+    assert not labels[_sphere(shape, (15, 20, 45), 3)].any()
+    assert (labels[_sphere(shape, (15, 20, 12), 3)] > 0).all()
+    assert not labels[_sphere(shape, (5, 5, 45), 2)].any()
+    assert labels[15, 20, 20] == 1
+    assert any("filled" in n for n in notes) and any("removed" in n for n in notes)
+
+
+@pytest.mark.parametrize("name", ["axial_lps", "flipped_ras", "sagittal"])
+def test_kidney_laterality_follows_ras_x(name):
+    direction = DIRECTIONS[name]
+    shape = (40, 40, 40)
+    grid = _grid(shape, direction=direction)
+    # pick two voxel positions whose RAS x differ clearly
+    a, b = (20, 20, 8), (20, 20, 32)
+    ras_a = grid.index_to_ras(np.array(a[::-1], float))[0]
+    ras_b = grid.index_to_ras(np.array(b[::-1], float))[0]
+    if abs(ras_a - ras_b) < 1:
+        a, b = (20, 8, 20), (20, 32, 20)
+        ras_a, ras_b = grid.index_to_ras(np.array(a[::-1], float))[0], grid.index_to_ras(np.array(b[::-1], float))[0]
+    if abs(ras_a - ras_b) < 1:
+        a, b = (8, 20, 20), (32, 20, 20)
+        ras_a, ras_b = grid.index_to_ras(np.array(a[::-1], float))[0], grid.index_to_ras(np.array(b[::-1], float))[0]
+    labels = np.zeros(shape, np.uint8)
+    labels[_sphere(shape, a, 5)] = 4  # the network called both "left"
+    labels[_sphere(shape, b, 5)] = 4
+    postprocess_labels(labels, grid, PRODUCT_LABELS, PostprocessConfig(min_organ_ml=0.01))
+    right_at = a if ras_a > ras_b else b
+    left_at = b if ras_a > ras_b else a
+    assert labels[right_at] == 3 and labels[left_at] == 4
+
+
+def test_single_kidney_keeps_network_vote_and_drops_noise():
+    shape = (40, 40, 40)
+    labels = np.zeros(shape, np.uint8)
+    kidney = _sphere(shape, (20, 20, 20), 8)
+    labels[kidney] = 3
+    labels[_sphere(shape, (20, 20, 14), 3)] = 4  # minority wrong side inside it
+    labels[_sphere(shape, (3, 3, 3), 1)] = 4  # tiny noise
+    labels[_sphere(shape, (20, 20, 26), 2)] = 5  # kidney tumour inside
+    postprocess_labels(labels, _grid(shape), PRODUCT_LABELS, PostprocessConfig(min_organ_ml=0.5))
+    assert set(np.unique(labels)) == {0, 3, 5}
+    assert labels[3, 3, 3] == 0
+
+
+# -- cascade geometry and windows ---------------------------------------------------------------
+def test_covering_box_contains_the_physical_extent():
+    coarse = Grid((10, 12, 14), (6, 6, 6), (0, 0, 0), DIRECTIONS["oblique"])
+    fine = Grid((40, 48, 56), (1.5, 1.5, 1.5), tuple(coarse.index_to_lps([-0.25, -0.25, -0.25])), DIRECTIONS["oblique"])
+    box = Box((2, 3, 4), (5, 7, 9))
+    fbox = covering_box(coarse, box, fine, margin_mm=3.0)
+    # every fine voxel centre inside the coarse box's voxel extent is inside fbox
+    corners = fine.lps_to_index(
+        coarse.index_to_lps(np.array([[4 - 0.5, 3 - 0.5, 2 - 0.5], [9 - 0.5, 7 - 0.5, 5 - 0.5]]))
+    )
+    lo, hi = np.floor(corners.min(0)), np.ceil(corners.max(0))
+    assert all(fbox.lo[2 - a] <= max(0, lo[a]) and fbox.hi[2 - a] >= min(fine.size_ijk[a], hi[a]) for a in range(3))
+    sub = sub_grid(fine, fbox)
+    assert np.allclose(sub.index_to_lps([0, 0, 0]), fine.index_to_lps([fbox.lo[2], fbox.lo[1], fbox.lo[0]]))
+
+
+def test_merge_boxes_merges_only_when_cheaper():
+    a, b = Box((0, 0, 0), (10, 10, 10)), Box((2, 2, 2), (11, 11, 11))
+    far = Box((50, 50, 50), (60, 60, 60))
+    merged = merge_boxes([a, b, far])
+    assert len(merged) == 2 and Box((0, 0, 0), (11, 11, 11)) in [Box(m.lo, m.hi) for m in merged]
+
+
+def test_find_organ_boxes_one_per_organ_piece():
+    labels = np.zeros((30, 30, 30), np.uint8)
+    labels[_sphere(labels.shape, (10, 10, 10), 4)] = 1
+    labels[_sphere(labels.shape, (20, 20, 5), 3)] = 3
+    labels[_sphere(labels.shape, (20, 20, 25), 3)] = 4
+    boxes = find_organ_boxes(labels, _grid(labels.shape, (4, 4, 4)), PRODUCT_LABELS, min_organ_ml=0.5)
+    assert sorted(b.organs[0] for b in boxes) == ["kidney", "kidney", "liver"]
+    only_liver = find_organ_boxes(
+        labels, _grid(labels.shape, (4, 4, 4)), PRODUCT_LABELS, organs=["liver"], min_organ_ml=0.5
+    )
+    assert len(only_liver) == 1 and only_liver[0].lo == (6, 6, 6)
+
+
+def test_fit_roi_and_window_count_match_monai():
+    from monai.inferers import sliding_window_inference
+
+    assert fit_roi((40, 100, 300), (96, 96, 96)) == (48, 112, 96)
+    calls = []
+
+    def predictor(x):
+        calls.append(x.shape[0])
+        return x
+
+    sliding_window_inference(torch.zeros(1, 1, 50, 70, 90), (32, 32, 32), 1, predictor, overlap=0.25)
+    assert len(calls) == count_windows((50, 70, 90), (32, 32, 32), 0.25)
+
+
+def test_oom_falls_back_to_smaller_batches(monkeypatch):
+    from lkseg.auto import window
+
+    class Flaky(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            if x.shape[0] > 1:
+                raise torch.cuda.OutOfMemoryError("fake OOM")
+            return torch.cat([-x, x], dim=1)
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(window, "_plan", lambda device, b: [(cpu, 4, True), (cpu, 2, True), (cpu, 1, True)])
+    run = run_sliding_window(Flaky(), np.zeros((40, 40, 40), np.float32), WindowConfig((16, 16, 16), 0.25, 4), cpu)
+    assert run.attempts == ["cpu batch 4", "cpu batch 2", "cpu batch 1"]
+    assert run.probabilities.shape == (2, 40, 40, 40)
+    assert np.allclose(run.probabilities, 0.5)
+
+
+def test_plan_on_cuda_ends_on_cpu():
+    from lkseg.auto.window import _plan
+
+    steps = _plan(torch.device("cuda"), 4)
+    assert [s[1] for s in steps] == [4, 2, 1, 1, 4]
+    assert steps[-2][2] is False and steps[-1][0].type == "cpu"
+
+
+def test_slab_resampling_equals_full_resampling():
+    rng = np.random.default_rng(1)
+    source = Grid((12, 14, 16), (3.0, 3.0, 3.0), (0, 0, 0), DIRECTIONS["oblique"])
+    target = Grid(
+        (30, 35, 41), (1.1, 1.2, 1.3), tuple(source.index_to_lps([1.3, 0.7, 2.1])), DIRECTIONS["sagittal"] @ np.eye(3)
+    )
+    logits = rng.normal(size=(4, *source.shape)).astype(np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(0)
+    full = resample_probabilities_to_grid(probs, source, target)
+    part = resample_channels(probs, source, target, [1, 3])
+    assert np.allclose(full[[1, 3]], part, atol=1e-6)
+
+
+def test_probability_field_matches_full_trilinear_resampling():
+    from lkseg.auto.sampling import ProbabilityField
+
+    rng = np.random.default_rng(3)
+    direction = DIRECTIONS["oblique"]
+    source = Grid((14, 16, 18), (3.0, 2.5, 2.0), (5.0, -3.0, 1.0), direction)
+    target = Grid((33, 37, 29), (1.1, 1.2, 1.3), tuple(source.index_to_lps([1.3, 0.7, 2.1])), direction)
+    smooth = ndimage.gaussian_filter(rng.normal(size=(5, *source.shape)), (0, 1.5, 1.5, 1.5)) * 8
+    probs = (np.exp(smooth) / np.exp(smooth).sum(0)).astype(np.float32)
+    field = ProbabilityField(probs, source)
+    fast = field.argmax(target)
+    full = resample_probabilities_to_grid(probs, source, target)
+    kk, jj, ii = np.meshgrid(*(np.arange(n) for n in target.shape), indexing="ij")
+    src_idx = source.lps_to_index(target.index_to_lps(np.stack([ii, jj, kk], -1).reshape(-1, 3))).reshape(
+        *target.shape, 3
+    )
+    inside = np.all((src_idx >= 0) & (src_idx <= np.array(source.size_ijk) - 1), axis=-1)
+    assert inside.mean() > 0.3
+    assert (fast[inside] == full.argmax(0)[inside]).mean() > 0.999
+    assert (~field.uniform).mean() < 0.9  # most blocks are uniform: the shortcut does work
+    best, entropy = field.confidence(target)
+    assert np.allclose(best[inside], full.max(0)[inside], atol=1e-4)
+    assert entropy.min() >= 0 and entropy.max() <= 1 + 1e-5
