@@ -8,6 +8,7 @@ check geometry and logic exactly, not accuracy (see the benchmarks for that).
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from conftest import DIRECTIONS  # noqa: E402
 from lkseg.auto import AutoOptions, AutoSegmenter, PostprocessConfig, check_ct_volume, postprocess_labels  # noqa: E402
 from lkseg.auto.cascade import Box, covering_box, find_organ_boxes, merge_boxes, sub_grid  # noqa: E402
 from lkseg.auto.sampling import resample_channels  # noqa: E402
-from lkseg.auto.window import WindowConfig, count_windows, fit_roi, run_sliding_window  # noqa: E402
+from lkseg.auto.window import WindowConfig, count_windows, fit_roi, plan_windows, run_sliding_window  # noqa: E402
 from lkseg.errors import CancelledError, InputError  # noqa: E402
 from lkseg.labels import PRODUCT_LABELS  # noqa: E402
 from lkseg.models import IntensitySpec, build_network, make_manifest, make_stage, unet_spec, write_package  # noqa: E402
@@ -399,3 +400,23 @@ def test_probability_field_matches_full_trilinear_resampling():
     best, entropy = field.confidence(target)
     assert np.allclose(best[inside], full.max(0)[inside], atol=1e-4)
     assert entropy.min() >= 0 and entropy.max() <= 1 + 1e-5
+
+
+@pytest.mark.parametrize("shape", [(200, 147, 147), (300, 150, 90), (40, 60, 500), (169, 168, 1000), (17, 33, 45)])
+def test_plan_windows_covers_with_few_windows(shape):
+    from monai.inferers import sliding_window_inference
+
+    roi, overlap = plan_windows(shape, (112, 112, 112), 0.25)
+    starts = []
+
+    def predictor(x):
+        starts.append(1)
+        return x
+
+    sliding_window_inference(torch.zeros(1, 1, *shape), roi, 1, predictor, overlap=overlap)
+    assert len(starts) == count_windows(shape, roi, overlap)
+    assert all(r % 16 == 0 and r <= 168 for r in roi)
+    for n, r, o in zip(shape, roi, overlap):
+        windows = 1 if r >= n else math.ceil((n - r) / int(r * (1 - o))) + 1
+        assert windows * r >= n and (windows == 1 or r * (windows - 1) < n + 2 * 28 * (windows - 1))
+        assert windows <= math.ceil(n / 112)
