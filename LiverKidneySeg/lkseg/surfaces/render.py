@@ -8,7 +8,9 @@ anatomical frontal view. Organs are translucent so that lesions show through.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +37,23 @@ _VIEWS = {
 
 class RenderError(LKSegError):
     """Offscreen OpenGL rendering is not available on this machine."""
+
+
+@contextlib.contextmanager
+def _quiet_x11_fallback():
+    """Without a display VTK first tries X11, logs "bad X server connection", then falls back to
+    EGL; hide that warning (only when DISPLAY is unset, restoring the logger afterwards)."""
+    if os.environ.get("DISPLAY"):
+        yield
+        return
+    from vtkmodules.vtkCommonCore import vtkLogger
+
+    old = vtkLogger.GetCurrentVerbosityCutoff()
+    vtkLogger.SetStderrVerbosity(vtkLogger.VERBOSITY_ERROR)
+    try:
+        yield
+    finally:
+        vtkLogger.SetStderrVerbosity(old)
 
 
 def render_png_bytes(
@@ -80,7 +99,8 @@ def render_png_bytes(
         prop.SetSpecular(0.2)
         prop.SetSpecularPower(20)
         renderer.AddActor(actor)
-    window = vtkRenderWindow()
+    with _quiet_x11_fallback():
+        window = vtkRenderWindow()
     window.SetOffScreenRendering(True)
     window.SetAlphaBitPlanes(True)
     window.SetMultiSamples(0)
@@ -99,7 +119,8 @@ def render_png_bytes(
     renderer.ResetCamera()
     renderer.ResetCameraClippingRange()
     try:
-        window.Render()
+        with _quiet_x11_fallback():
+            window.Render()
     except Exception as exc:
         raise RenderError(f"offscreen rendering failed: {exc}") from exc
     if not window.IsCurrent() and window.GetClassName() == "vtkRenderWindow":
