@@ -186,6 +186,7 @@ def main() -> None:
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--skip-resume", action="store_true")
     parser.add_argument("--ray-cpus", default="1,2", help="CPUs per Ray task to measure (comma-separated)")
+    parser.add_argument("--ray-first", action="store_true", help="measure the Ray runs before the local ones")
     parser.add_argument("--local-workers", default="0,1", help="local runner --workers values to measure (0: default)")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
@@ -204,26 +205,30 @@ def main() -> None:
     )
     t = time.perf_counter()
     src = work / f"in-{args.cases}"
-    measure_in_subprocess(
-        make_cases, src, args.cases
-    )  # in a child: keeps this parent's peak RSS (inherited by children) small
+    # in a child process: children inherit this process's peak RSS, so keep it small
+    measure_in_subprocess(make_cases, src, args.cases)
     print(f"phantoms ready in {time.perf_counter() - t:.1f} s: {src}")
 
-    rows = []
-    res = None
-    for workers in (int(w) for w in args.local_workers.split(",")):
-        out = work / f"out-local-{workers}"
-        shutil.rmtree(out, ignore_errors=True)
-        local = measure_in_subprocess(run_local, str(src), str(out), args.engine, args.model, workers)
-        name = "local" if workers == 0 else f"local, {workers} writer thread(s)"
-        rows.append(_row(name, local["result"], local["peak_rss_mb"], res))
-        res = res or local["result"]  # the first (default) local run is the reference
+    runs = [("local", w) for w in (int(w) for w in args.local_workers.split(","))]
     if not args.skip_ray:
-        for cpus in (float(c) for c in args.ray_cpus.split(",")):
-            out = work / f"out-ray-{cpus:g}"
+        ray_runs = [("ray", float(c)) for c in args.ray_cpus.split(",")]
+        runs = ray_runs + runs if args.ray_first else runs + ray_runs
+    measured = {}
+    for kind, value in runs:  # each in a fresh process
+        if kind == "local":
+            name, out = ("local" if value == 0 else f"local, {value} writer thread(s)"), work / f"out-local-{value}"
             shutil.rmtree(out, ignore_errors=True)
-            ray_run = measure_in_subprocess(run_ray, str(src), str(out), args.engine, args.model, cpus)
-            rows.append(_row(f"ray {cpus:g} cpu/task", ray_run["result"], ray_run["peak_rss_mb"], res))
+            measured[name] = (measure_in_subprocess(run_local, str(src), str(out), args.engine, args.model, value), out)
+        else:
+            name, out = f"ray {value:g} cpu/task", work / f"out-ray-{value:g}"
+            shutil.rmtree(out, ignore_errors=True)
+            measured[name] = (measure_in_subprocess(run_ray, str(src), str(out), args.engine, args.model, value), out)
+    reference, ref_out = measured.get("local", next(iter(measured.values())))
+    rows = []
+    for name, (run, out) in measured.items():
+        row = _row(name, run["result"], run["peak_rss_mb"], None if run is reference else reference["result"])
+        row["same_labels"] = _agreement(ref_out, out)
+        rows.append(row)
     print_table(
         rows,
         [
@@ -240,19 +245,40 @@ def main() -> None:
             "write_s",
             "total_s",
             "driver_rss_mb",
+            "same_labels",
         ],
         title=f"{args.cases} phantom cases {SIZE[0]}x{SIZE[1]}x{SIZE[2]}, all outputs (per-stage columns: median s per case)",
     )
     print(
         "batch_s: the whole run_batch call (discovery, model loading, every case; Ray's own start-up excluded, shown as "
         "ray_init_s). process_s: first case started to last case finished; cases_per_hour = done / process_s. "
-        "vs_local_pct compares batch_s. driver_rss_mb: peak RSS of the driver process (Ray workers are separate processes)."
+        "vs_local_pct compares batch_s. driver_rss_mb: peak RSS of the driver process (Ray workers are separate processes). "
+        "same_labels: cases whose label map equals the local run's voxel for voxel (and the largest share of differing voxels)."
     )
     if not args.skip_resume:
         res = resume_test(src, work, args.engine, args.model, kill_after=3)
         print("\n## resume after SIGKILL")
         for key, value in res.items():
             print(f"{key}: {value}")
+
+
+def _agreement(ref: Path, out: Path) -> str:
+    """How many cases have the same label map in both output folders (and the worst mismatch)."""
+    import numpy as np
+
+    from lkseg.io import read_label_map
+
+    same, worst, total = 0, 0.0, 0
+    for path in sorted(ref.glob("cases/*/*_labels.nii.gz")):
+        other = out / path.relative_to(ref)
+        if not other.exists():
+            continue
+        a, b = read_label_map(path).array, read_label_map(other).array
+        total += 1
+        diff = float(np.count_nonzero(a != b)) / a.size
+        same += diff == 0
+        worst = max(worst, diff)
+    return f"{same}/{total}" + (f" (max {100 * worst:.4f}% voxels differ)" if worst else "")
 
 
 def _row(name: str, res: dict, rss: float, local: dict | None) -> dict:
