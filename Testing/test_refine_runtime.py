@@ -84,6 +84,28 @@ def test_onnx_agrees_with_eager_on_a_real_slice(refine_engine, eager_engine, ref
     assert dice(a[0, 0] > 0, b[0, 0] > 0) > 0.995
 
 
+def test_int8_encoder_masks_agree_with_eager(
+    refine_engine, eager_engine, refine_predictor, refine_ct, refine_cache_dir
+):
+    """The CPU default (int8 encoder) is not bit-equal to fp32, but its masks must agree."""
+    from lkseg.refine.runtime import make_engine
+
+    int8 = make_engine(refine_engine.model, "onnx-int8", "cpu", cache_dir=refine_cache_dir)
+    assert int8.backend == "onnx-int8"
+    _, labels = refine_ct
+    window = refine_predictor.slice_context("axial", 5).window
+    image = refine_predictor._model_input("axial", 5, window)[None]
+    q, ref_emb = int8.encode(image), eager_engine.encode(image)
+    canon = refine_predictor.slicer.user_volume_to_canonical(labels.array)
+    tr = refine_predictor.slice_context("axial", 5).transform
+    for value in (5, 3, 1):
+        ref = refine_predictor.slicer.display_slice("axial", 5, canon) == value
+        coords = tr.box_to_model(bbox_rc(ref)).reshape(1, 2, 2)
+        a, _ = int8.decode(q, coords, [[2.0, 3.0]])
+        b, _ = eager_engine.decode(ref_emb, coords, [[2.0, 3.0]])
+        assert dice(a[0, 0] > 0, b[0, 0] > 0) > 0.97, f"label {value}"
+
+
 def bbox_rc(mask):
     from lkseg.refine.maskops import bbox
 
@@ -96,7 +118,7 @@ def test_onnx_export_is_cached_and_verified(refine_engine, refine_cache_dir, tmp
     folder = next((refine_cache_dir / "onnx").iterdir())
     record = json.loads((folder / "exports.json").read_text())
     assert record["weights_sha256"] == refine_engine.spec.sha256
-    assert set(record["files"]) == {"encoder_b1.onnx", "decoder.onnx"}
+    assert {"encoder_b1.onnx", "decoder.onnx"} <= set(record["files"])
     # a second engine reuses the files (no export) ...
     again = make_engine(refine_engine.model, "onnx", "cpu", cache_dir=refine_cache_dir)
     assert not any(key.startswith("export") for key in again.timings)

@@ -25,6 +25,7 @@ or ``"combined"`` (default, the best measured; see README).
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -154,7 +155,9 @@ class SliceEditor:
         if float(data.std()) < 1e-6:
             return None
         try:
-            labels = random_walker(data, seeds, beta=self.config.beta, mode="cg_j", tol=1e-3, spacing=self.px)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "probability range outside [0, 1]" at tol=1e-3
+                labels = random_walker(data, seeds, beta=self.config.beta, mode="cg_j", tol=1e-3, spacing=self.px)
         except Exception:
             log.debug("random walker failed", exc_info=True)
             return None

@@ -40,8 +40,8 @@ class PredictorConfig:
     """Tuning of a :class:`PromptPredictor` (defaults are the measured best, see README).
 
     Attributes:
-        backend: ``"auto"`` (ONNX Runtime on CPU, eager PyTorch on CUDA), ``"onnx"``, ``"eager"``
-            or ``"torchscript"``.
+        backend: ``"auto"`` (ONNX Runtime with an int8 encoder on CPU, eager PyTorch on CUDA),
+            ``"onnx"`` (fp32), ``"onnx-int8"``, ``"eager"`` (fp32 reference) or ``"torchscript"``.
         threads: intra-op threads (default: torch's setting).
         cache_slices: LRU capacity in slices (4 MiB each).
         prefetch: neighbouring slices precomputed on each side in the background (0 = off).

@@ -314,11 +314,22 @@ def _export_decoder(model: LoadedModel, path: Path) -> None:
 
 
 def _quantize_encoder(fp32: Path, path: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """Dynamic int8 quantization (per-channel weights) of the encoder's MatMul/Gemm nodes."""
+    import tempfile
 
-    quantize_dynamic(
-        str(fp32), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"], per_channel=True
-    )
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        quantize_dynamic(
+            str(prepared),
+            str(path),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            per_channel=True,
+        )
 
 
 def ensure_onnx_exports(
@@ -398,8 +409,8 @@ def make_engine(
 
     Args:
         model: from :func:`~lkseg.refine.models.load_prompt_model`.
-        backend: ``"auto"`` (ONNX Runtime on CPU, eager PyTorch on CUDA), ``"onnx"`` (fp32),
-            ``"onnx-int8"`` (int8 encoder), ``"eager"`` or ``"torchscript"``.
+        backend: ``"auto"`` (ONNX Runtime with the int8 encoder on CPU, eager PyTorch on CUDA),
+            ``"onnx"`` (fp32), ``"onnx-int8"``, ``"eager"`` (the fp32 reference) or ``"torchscript"``.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         threads: intra-op threads (default: torch's setting).
         cache_dir: cache root for ONNX exports (default: the user cache, see :func:`cache_root`);
@@ -411,7 +422,7 @@ def make_engine(
 
         threads = torch.get_num_threads()
     if backend == "auto":
-        backend = "eager" if device.startswith("cuda") else "onnx"
+        backend = "eager" if device.startswith("cuda") else "onnx-int8"
     if backend == "eager":
         return EagerEngine(model, device, threads)
     if backend == "torchscript":
