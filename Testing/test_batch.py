@@ -626,12 +626,20 @@ def test_hard_interrupt_returns_at_once_and_keeps_outputs_whole(tmp_path, worker
     assert rerun.counts["done"] + rerun.counts["skipped"] == 5
 
 
-def test_writer_threads_default_follows_the_device():
+def test_local_runner_modes_give_the_same_outputs(tmp_path):
+    """Sequential (no reader, no writer thread), default, and several writers: same results."""
     from lkseg.batch.runner import writer_threads
 
-    class OnGpu(ThresholdEngine):
-        device = "cuda:0"
-
-    assert writer_threads(BatchOptions(), ThresholdEngine()) == 0  # CPU: the inference thread writes
-    assert writer_threads(BatchOptions(), OnGpu()) == 1  # GPU: writing overlaps inference
-    assert writer_threads(BatchOptions(workers=3), ThresholdEngine()) == 3
+    assert writer_threads(BatchOptions()) == 1 and writer_threads(BatchOptions(workers=0)) == 0
+    src = _small_cohort(tmp_path, 4)
+    labels = {}
+    for name, opts in {"seq": dict(prefetch=0, workers=0), "default": {}, "many": dict(prefetch=3, workers=3)}.items():
+        engine = ThresholdEngine()
+        report = run_batch(src, tmp_path / name, engine, options=BatchOptions(outputs=("nifti",), **opts))
+        assert report.counts["done"] == 4 and engine.threads == {"MainThread"}
+        labels[name] = [
+            read_label_map(tmp_path / name / "cases" / f"case{i}" / f"case{i}_labels.nii.gz").array for i in range(4)
+        ]
+    for name in ("default", "many"):
+        for a, b in zip(labels["seq"], labels[name]):
+            np.testing.assert_array_equal(a, b)

@@ -3,10 +3,10 @@
 On 10 phantom CTs of 256x256x100 (written once as NIfTI under ``--work``), with every output
 (.seg.nrrd, NIfTI labels, GLB meshes, planning JSON):
 
-1. the local runner (model loaded once, the next case read while one is inferred): cases per
-   hour, wall time, per-stage medians per case, peak RSS (fresh process); by default on a CPU the
-   outputs are written by the inference thread, and a second run with ``--workers 1`` writes them
-   on a thread beside inference, to show what that overlap costs on this CPU;
+1. the local runner (model loaded once, the next case read and the previous one written while
+   one is inferred): cases per hour, wall time, per-stage medians per case, peak RSS (fresh
+   process); and, as a baseline, the same runner with the stages one after the other
+   (``prefetch=0, workers=0``);
 2. the Ray runner on a private local Ray instance (2 CPUs, no dashboard) on the same machine, with
    1 CPU per task (2 cases in parallel, 1 torch thread each) and with 2 CPUs per task (1 case at
    a time, 2 threads): processing time vs the local runner (target: within 15 %), and Ray's
@@ -81,11 +81,15 @@ def _stage_medians(out: Path) -> dict:
     return {k: median(float(r[k]) for r in rows) for k in ("read_s", "infer_s", "write_s", "total_s")}
 
 
-def run_local(src: str, out: str, kind: str, model: str | None, workers: int = 0) -> dict:
+#: Local runner modes: the default pipeline, and the stages one after the other as a baseline.
+LOCAL_MODES = {"local": {}, "local, sequential": {"prefetch": 0, "workers": 0}}
+
+
+def run_local(src: str, out: str, kind: str, model: str | None, mode: str = "local") -> dict:
     from lkseg.batch import BatchOptions, run_batch
 
     t0 = time.perf_counter()
-    report = run_batch(src, out, _engine(kind, model, src), options=BatchOptions(workers=workers))
+    report = run_batch(src, out, _engine(kind, model, src), options=BatchOptions(**LOCAL_MODES[mode]))
     info = report.to_dict()
     info.update(_stage_medians(Path(out)), call_s=time.perf_counter() - t0)
     return info
@@ -187,7 +191,7 @@ def main() -> None:
     parser.add_argument("--skip-resume", action="store_true")
     parser.add_argument("--ray-cpus", default="1,2", help="CPUs per Ray task to measure (comma-separated)")
     parser.add_argument("--ray-first", action="store_true", help="measure the Ray runs before the local ones")
-    parser.add_argument("--local-workers", default="0,1", help="local runner --workers values to measure (0: default)")
+    parser.add_argument("--skip-sequential", action="store_true", help="do not measure the sequential local baseline")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
     work = Path(args.work)
@@ -209,14 +213,14 @@ def main() -> None:
     measure_in_subprocess(make_cases, src, args.cases)
     print(f"phantoms ready in {time.perf_counter() - t:.1f} s: {src}")
 
-    runs = [("local", w) for w in (int(w) for w in args.local_workers.split(","))]
+    runs = [("local", m) for m in LOCAL_MODES if m == "local" or not args.skip_sequential]
     if not args.skip_ray:
         ray_runs = [("ray", float(c)) for c in args.ray_cpus.split(",")]
         runs = ray_runs + runs if args.ray_first else runs + ray_runs
     measured = {}
     for kind, value in runs:  # each in a fresh process
         if kind == "local":
-            name, out = ("local" if value == 0 else f"local, {value} writer thread(s)"), work / f"out-local-{value}"
+            name, out = value, work / ("out-local" if value == "local" else "out-local-sequential")
             shutil.rmtree(out, ignore_errors=True)
             measured[name] = (measure_in_subprocess(run_local, str(src), str(out), args.engine, args.model, value), out)
         else:

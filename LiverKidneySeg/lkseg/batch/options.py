@@ -36,10 +36,11 @@ class BatchOptions:
         structures: restrict the engine to these structure names (``None``: all of the model's).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` for the engine.
         workers: local runner: threads that write outputs (planning, meshes) while the next case
-            is inferred (``0``: one when the engine runs on a GPU, none on a CPU, where the
-            inference thread writes each case itself); Ray runner: at most this many cases in
-            flight (``0``: as many as the cluster's CPU/GPU slots allow).
-        prefetch: local runner: cases read ahead of inference (bounded queue).
+            is inferred (``None``: one; ``0``: the inference thread writes each case itself);
+            Ray runner: at most this many cases in flight (``None`` or ``0``: as many as the
+            cluster's CPU/GPU slots allow).
+        prefetch: local runner: cases read ahead of inference by a reader thread (bounded
+            queue; ``0``: the inference thread reads each case itself).
         force: redo every case even if its manifest says it is finished.
         rehash: hash every input's bytes even when size and modification time are unchanged.
         ray: ``None`` for the local runner; ``"auto"``/``"local"`` or a cluster address
@@ -53,7 +54,7 @@ class BatchOptions:
     plan: dict[str, str] = field(default_factory=dict)
     structures: tuple[str, ...] | None = None
     device: str = "auto"
-    workers: int = 0
+    workers: int | None = None
     prefetch: int = 2
     force: bool = False
     rehash: bool = False
@@ -73,8 +74,8 @@ class BatchOptions:
         object.__setattr__(self, "plan", parse_plan_options(self.plan))
         if self.structures is not None:
             object.__setattr__(self, "structures", tuple(self.structures))
-        if self.workers < 0 or self.prefetch < 1:
-            raise InputError(f"workers must be >= 0 and prefetch >= 1, got {self.workers} and {self.prefetch}")
+        if (self.workers is not None and self.workers < 0) or self.prefetch < 0:
+            raise InputError(f"workers and prefetch must be >= 0, got {self.workers} and {self.prefetch}")
         if self.ray_cpus_per_task <= 0 or self.ray_gpus_per_task < 0:
             raise InputError("ray_cpus_per_task must be > 0 and ray_gpus_per_task >= 0")
 
@@ -118,7 +119,9 @@ def batch_cli_args(
         args += ["--plan", ",".join(f"{k}={v}" for k, v in opts.plan.items())]
     if opts.structures is not None:
         args += ["--structures", ",".join(opts.structures)]
-    for name in ("workers", "prefetch", "ray_cpus_per_task", "ray_gpus_per_task"):
+    if opts.workers is not None:
+        args += ["--workers", str(opts.workers)]
+    for name in ("prefetch", "ray_cpus_per_task", "ray_gpus_per_task"):
         if getattr(opts, name) != getattr(default, name):
             args += [f"--{name.replace('_', '-')}", f"{getattr(opts, name):g}"]
     if opts.ray:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lkseg import __version__
-from lkseg.batch.case import CaseJob, LoadedCase, finish_case, infer_case, prepare_case
+from lkseg.batch.case import CaseJob, finish_case, infer_case, prepare_case
 from lkseg.batch.caselog import install_case_logging
 from lkseg.batch.discovery import CaseInput, discover_cases
 from lkseg.batch.engine import Engine, EngineSpec, engine_identity, get_engine
@@ -38,7 +38,7 @@ from lkseg.errors import InputError
 from lkseg.io.atomic import atomic_write_text
 from lkseg.progress import CancelToken, ProgressCallback
 
-__all__ = ["BatchReport", "engine_on_gpu", "run_batch", "run_local", "writer_threads"]
+__all__ = ["BatchReport", "run_batch", "run_local", "writer_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -160,17 +160,9 @@ def _resolve_source(model: ModelSource, device: str) -> EngineSpec | Engine | Ca
 
 
 # -- local runner -------------------------------------------------------------------------------
-def engine_on_gpu(engine: object) -> bool:
-    """Whether the engine computes on a GPU (its ``device`` attribute names CUDA/MPS)."""
-    device = str(getattr(engine, "device", "cpu") or "cpu").lower()
-    return device.startswith(("cuda", "mps"))
-
-
-def writer_threads(options: BatchOptions, engine: object) -> int:
-    """Writer threads of the local runner (see :func:`run_local`)."""
-    if options.workers > 0:
-        return options.workers
-    return 1 if engine_on_gpu(engine) else 0
+def writer_threads(options: BatchOptions) -> int:
+    """Writer threads of the local runner: ``options.workers``, one by default."""
+    return 1 if options.workers is None else options.workers
 
 
 def run_local(
@@ -182,33 +174,42 @@ def run_local(
 ) -> None:
     """Process ``cases`` with ``engine`` on this machine, overlapping read, inference and writing.
 
-    Writer threads: ``options.workers`` when given; by default one when the engine runs on a GPU
-    (writing then costs no inference time) and none on a CPU, where the engine already uses every
-    core: there, writing beside inference was measured to slow inference down by more than the
-    writing takes (thread oversubscription), so each case is written by the inference thread
-    while the reader still prefetches the next one.
+    A reader thread prepares up to ``options.prefetch`` cases ahead (``0``: the inference thread
+    reads each case itself) and ``options.workers`` writer threads write finished cases (``0``:
+    the inference thread writes them), so ``prefetch=0, workers=0`` runs the stages one after
+    the other.
     """
-    n_writers = writer_threads(job.options, engine)
-    q_in: queue.Queue = queue.Queue(maxsize=job.options.prefetch)
+    n_writers = writer_threads(job.options)
+    prefetch = job.options.prefetch
+    q_in: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
     q_out: queue.Queue = queue.Queue(maxsize=max(n_writers, 1))
     errors: list[BaseException] = []
-    log.info("local runner: %d writer thread(s), %d case(s) read ahead", n_writers, job.options.prefetch)
+    log.info("local runner: %d case(s) read ahead, %d writer thread(s)", prefetch, n_writers)
+
+    def prepared():
+        """The cases to infer, in order (skipped and failed ones are reported on the way)."""
+        for case in cases:
+            if cancel.cancelled:
+                return
+            item = prepare_case(case, job, cancel)
+            if isinstance(item, CaseResult):
+                reporter.add(item)
+            else:
+                yield item
 
     def reader() -> None:
         try:
-            for case in cases:
-                if cancel.cancelled:
-                    break
-                item = prepare_case(case, job, cancel)
-                if isinstance(item, CaseResult):
-                    reporter.add(item)
-                else:
-                    q_in.put(item)
+            for item in prepared():
+                q_in.put(item)
         except BaseException as exc:  # a bug in the framework, not a case error
             errors.append(exc)
             cancel.cancel()
         finally:
             q_in.put(_END)
+
+    def queued():
+        while (item := q_in.get()) is not _END:
+            yield item
 
     def writer() -> None:
         while True:
@@ -221,16 +222,12 @@ def run_local(
                 errors.append(exc)
                 cancel.cancel()
 
-    threads = [threading.Thread(target=reader, name="lkseg-batch-reader", daemon=True)]
-    threads += [threading.Thread(target=writer, name=f"lkseg-batch-writer-{i}", daemon=True) for i in range(n_writers)]
-    for t in threads:
+    threads = [threading.Thread(target=reader, name="lkseg-batch-reader", daemon=True)] if prefetch else []
+    writers = [threading.Thread(target=writer, name=f"lkseg-batch-writer-{i}", daemon=True) for i in range(n_writers)]
+    for t in threads + writers:
         t.start()
     try:
-        while True:
-            item = q_in.get()
-            if item is _END:
-                break
-            loaded: LoadedCase = item
+        for loaded in queued() if prefetch else prepared():
             if cancel.cancelled:
                 reporter.add(CaseResult(loaded.case.case_id, "cancelled", str(loaded.case.path), "not started"))
                 continue
@@ -244,19 +241,19 @@ def run_local(
                 reporter.add(finish_case(out, job))
     except BaseException:  # a second Ctrl-C, or a bug: stop now, without waiting for the threads
         cancel.cancel()
-        threading.Thread(target=_close, args=(q_in, q_out, len(threads) - 1), daemon=True).start()
+        threading.Thread(target=_close, args=(q_in if prefetch else None, q_out, n_writers), daemon=True).start()
         raise
-    for _ in threads[1:]:
+    for _ in writers:
         q_out.put(_END)
-    for t in threads:
+    for t in threads + writers:
         t.join()
     if errors:
         raise errors[0]
 
 
-def _close(q_in: queue.Queue, q_out: queue.Queue, n_writers: int) -> None:
+def _close(q_in: queue.Queue | None, q_out: queue.Queue, n_writers: int) -> None:
     """Let the reader and writers of an aborted run finish their current case and exit."""
-    while q_in.get() is not _END:
+    while q_in is not None and q_in.get() is not _END:
         pass
     for _ in range(n_writers):
         q_out.put(_END)

@@ -55,11 +55,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--workers",
         type=int,
-        default=0,
-        help="local: writer threads beside inference (default: 1 on GPU, 0 on CPU); Ray: cases in flight "
-        "(default: cluster slots)",
+        default=None,
+        help="local: writer threads beside inference (default 1; 0: write in the inference thread); "
+        "Ray: cases in flight (default: cluster slots)",
     )
-    p.add_argument("--prefetch", type=int, default=2, help="local: cases read ahead of inference (default 2)")
+    p.add_argument(
+        "--prefetch", type=int, default=2, help="local: cases read ahead of inference (default 2; 0: no reader thread)"
+    )
     p.add_argument("--force", action="store_true", help="redo every case, even finished ones")
     p.add_argument(
         "--rehash", action="store_true", help="hash every input again even if its size and date are unchanged"
