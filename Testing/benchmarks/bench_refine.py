@@ -22,6 +22,7 @@ The 512x512x200 CT is ``example_ct`` resampled (linear) to 512x512x200 voxels ov
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -83,11 +84,13 @@ def bench_encoders(repeats: int, cache_dir: Path) -> list[dict]:
     for eng in engines.values():
         eng.encode(image)  # warm-up
     times = {name: [] for name in engines}
+    cpu = {name: [] for name in engines}
     for _ in range(repeats):  # interleaved: every back end sees the same machine load
         for name, eng in engines.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             eng.encode(image)
             times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
     ref = engines["eager"].encode(image)
     rows = []
     eager = median(times["eager"])
@@ -98,7 +101,9 @@ def bench_encoders(repeats: int, cache_dir: Path) -> list[dict]:
                 "back end": name,
                 "median s/slice": median(times[name]),
                 "speed-up vs eager": eager / median(times[name]),
-                "max |diff| vs eager": diff,
+                "CPU s/slice": median(cpu[name]),
+                "CPU speed-up": median(cpu["eager"]) / median(cpu[name]),
+                "max |diff| vs eager": f"{diff:.1e}",
             }
         )
     print_table(rows, title=f"encoder per slice, 256x256 input, {repeats} interleaved runs")
@@ -117,15 +122,16 @@ def bench_interactions(
     mid = int(slices[len(slices) // 2])
     # warm-up (session start, first decoder call)
     predictor.predict("axial", mid, box=_slice_box(labels, LIVER, mid), structure="liver")
-    first, further = [], []
+    first, further, first_cpu, further_cpu = [], [], [], []
     for n in range(repeats):
         k = int(slices[(len(slices) // 4 + 5 * n) % len(slices)])
         if k == mid:
             k = int(slices[0])
         box = _slice_box(labels, LIVER, k)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         mask = predictor.predict("axial", k, box=box, structure="liver")
         first.append(time.perf_counter() - start)
+        first_cpu.append(time.process_time() - start_cpu)
         ref = liver[k]
         missed = ref & ~mask
         wrong = mask & ~ref
@@ -137,7 +143,7 @@ def bench_interactions(
             if pts is not None and len(pts) == 0:
                 continue
             points = None if pts is None else np.array([[pts[0][1], pts[0][0], k]], dtype=float)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             predictor.predict(
                 "axial",
                 k,
@@ -148,12 +154,14 @@ def bench_interactions(
                 structure="liver",
             )
             further.append(time.perf_counter() - start)
+            further_cpu.append(time.process_time() - start_cpu)
     # propagation through 60 slices (30 each way) from the central slice
     start_mask = predictor.predict("axial", mid, box=_slice_box(labels, LIVER, mid), structure="liver")
     predictor.cache.clear()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     vol = predictor.propagate("axial", mid, start_mask, structure="liver", max_slices=30)
     prop_s = time.perf_counter() - start
+    prop_cpu = time.process_time() - start_cpu
     n_slices = int(vol.any(axis=(1, 2)).sum())
     predictor.close()
     return {
@@ -163,28 +171,36 @@ def bench_interactions(
         "propagation s": prop_s,
         "propagated slices": n_slices,
         "s per propagated slice": prop_s / max(1, n_slices - 1),
+        "CPU s: first / further / propagation": f"{median(first_cpu):.2f} / {median(further_cpu):.3f} / {prop_cpu:.1f}",
     }
 
 
-def _rss_child(cache_dir: str) -> dict:
+def _rss_child(ct_path: str, mid: int, box: list, cache_dir: str) -> dict:
+    """In a fresh process: read the CT, build the predictor, predict, propagate 80 slices."""
+    from lkseg.io import read_image
     from lkseg.refine import PredictorConfig, PromptPredictor
 
-    image, labels = big_case()
+    image = read_image(ct_path)
     before = peak_rss_mb()
     predictor = PromptPredictor("litemedsam", "cpu", PredictorConfig(prefetch=2, cache_dir=cache_dir))
     predictor.set_volume(image)
-    liver = labels.array == LIVER
-    mid = int(np.flatnonzero(liver.any(axis=(1, 2))).mean())
-    start = predictor.predict("axial", mid, box=_slice_box(labels, LIVER, mid), structure="liver")
+    start = predictor.predict("axial", mid, box=np.asarray(box), structure="liver")
     predictor.propagate("axial", mid, start, structure="liver", max_slices=40)
     predictor.wait_prefetch(60)
     cache_mb = predictor.cache.nbytes / 2**20
     predictor.close()
-    return {"volume_mb": image.array.nbytes / 2**20, "rss_before_predictor_mb": before, "cache_mb": cache_mb}
+    return {"volume_mb": image.array.nbytes / 2**20, "rss_after_reading_ct_mb": before, "cache_mb": cache_mb}
 
 
-def bench_rss(cache_dir: Path) -> None:
-    out = measure_in_subprocess(_rss_child, str(cache_dir))
+def bench_rss(image, labels, cache_dir: Path) -> None:
+    from lkseg.io import write_image
+
+    ct_path = cache_dir / "bench_ct_512x512x200.nii.gz"
+    write_image(image, ct_path)
+    liver = labels.array == LIVER
+    mid = int(np.flatnonzero(liver.any(axis=(1, 2))).mean())
+    box = _slice_box(labels, LIVER, mid).tolist()
+    out = measure_in_subprocess(_rss_child, str(ct_path), mid, box, str(cache_dir))
     res = out["result"]
     print_table(
         [
@@ -193,11 +209,11 @@ def bench_rss(cache_dir: Path) -> None:
                 "peak RSS MB": out["peak_rss_mb"],
                 "CT MB": res["volume_mb"],
                 "embedding cache MB": res["cache_mb"],
-                "RSS before predictor MB": res["rss_before_predictor_mb"],
+                "RSS after reading the CT MB": res["rss_after_reading_ct_mb"],
                 "wall s": out["wall_s"],
             }
         ],
-        title="peak RSS (fresh process)",
+        title="peak RSS (fresh process: read CT, load model, predict, propagate)",
     )
 
 
@@ -229,12 +245,18 @@ def bench_accuracy(cache_dir: Path, clicks: int) -> None:
         print("summary: " + "; ".join(f"{r.name} {r.box_dice:.3f} -> {r.final_dice:.3f}" for r in results))
 
 
+def _load() -> str:
+    """The machine's load average: other processes on the 2 cores slow every timing here."""
+    return "load average (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--clicks", type=int, default=5)
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--gpu-only", action="store_true", help="only the CUDA timings (GPU machine)")
+    parser.add_argument("--only", choices=["encoders", "interactions", "rss", "accuracy"], help="run one section")
     parser.add_argument("--cache-dir", help="ONNX export cache root (default: a fresh temporary folder)")
     args = parser.parse_args(argv)
     import torch
@@ -248,13 +270,21 @@ def main(argv=None) -> int:
         print_table(rows, title=f"GPU ({torch.cuda.get_device_name(0)}), eager PyTorch fp32")
     if args.gpu_only:
         return 0
-    bench_encoders(args.repeats, cache_dir)
-    rows = [
-        bench_interactions(image, labels, args.repeats, cache_dir, "cpu", backend) for backend in ("onnx", "onnx-int8")
-    ]
-    print_table(rows, title=f"CPU interactions, {torch.get_num_threads()} threads (medians of {args.repeats})")
-    bench_rss(cache_dir)
-    if not args.skip_accuracy:
+    sections = [args.only] if args.only else ["encoders", "interactions", "rss", "accuracy"]
+    if args.skip_accuracy and "accuracy" in sections:
+        sections.remove("accuracy")
+    if "encoders" in sections:
+        print(_load())
+        bench_encoders(args.repeats, cache_dir)
+    if "interactions" in sections:
+        print(_load())
+        rows = [bench_interactions(image, labels, args.repeats, cache_dir, "cpu", b) for b in ("onnx", "onnx-int8")]
+        print_table(rows, title=f"CPU interactions, {torch.get_num_threads()} threads (medians of {args.repeats})")
+    if "rss" in sections:
+        print(_load())
+        bench_rss(image, labels, cache_dir)
+    print(_load())
+    if "accuracy" in sections:
         bench_accuracy(cache_dir, args.clicks)
     return 0
 

@@ -82,6 +82,9 @@ class InputTransform:
         h, w: slice size in pixels (rows, columns).
         row_mm, col_mm: pixel spacing along rows (vertical) and columns (horizontal) in mm.
         size: model input side (256 for LiteMedSAM, 1024 for SAM).
+        box_extent: class-wide switch of the box convention: True (default) maps a box to the
+            model pixels its slice pixels cover; False to SAM's ``index x scale`` (a measured
+            variant: about one model pixel tighter on the bottom/right side).
     """
 
     h: int
