@@ -21,7 +21,19 @@ __all__ = ["environment", "measure_in_subprocess", "median", "peak_rss_mb", "pri
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB."""
+    """Peak resident set size of this process so far, in MB.
+
+    On Linux this reads ``VmHWM`` from ``/proc/self/status``: it belongs to the process image and
+    starts afresh at ``exec``, whereas ``ru_maxrss`` survives ``fork``+``exec`` and would report a
+    spawned child's parent peak when that was higher.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024.0 if sys.platform != "darwin" else kb / 1024.0 / 1024.0
 
