@@ -31,6 +31,15 @@ from lkseg.volume import Grid, Volume  # noqa: E402
 LABELS = {1: "liver", 2: "liver_tumor", 3: "kidney_right", 4: "kidney_left", 5: "spleen"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _private_onnx_cache(tmp_path_factory):
+    """ONNX exports of this module's test models go to a temporary cache, not the user's."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LKSEG_CACHE", str(tmp_path_factory.mktemp("lkseg-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_package(tmp_path_factory):
     torch.manual_seed(0)
@@ -43,7 +52,7 @@ def tiny_package(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def segmenter(tiny_package):
-    return AutoSegmenter(tiny_package, device="cpu", threads=2)
+    return AutoSegmenter(tiny_package, device="cpu", threads=2, backend="torch")
 
 
 def body_volume(direction=None, shape=(40, 48, 56), spacing=(4.0, 3.5, 5.0)) -> Volume:
@@ -420,3 +429,24 @@ def test_plan_windows_covers_with_few_windows(shape):
         windows = 1 if r >= n else math.ceil((n - r) / int(r * (1 - o))) + 1
         assert windows * r >= n and (windows == 1 or r * (windows - 1) < n + 2 * 28 * (windows - 1))
         assert windows <= math.ceil(n / 112)
+
+
+def test_onnx_backend_matches_torch(tiny_package, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("LKSEG_CACHE", str(tmp_path / "cache"))
+    eager = AutoSegmenter(tiny_package, device="cpu", backend="torch")
+    ort_seg = AutoSegmenter(tiny_package, device="cpu", backend="onnx")
+    assert ort_seg.backend == "onnx" and eager.backend == "torch"
+    exported = sorted((tmp_path / "cache" / "onnx").glob("auto-tiny-auto-*.onnx"))
+    assert [p.name.split("-")[3] for p in exported] == ["coarse", "fine"]
+    x = torch.randn(2, 1, 32, 48, 32)
+    with torch.inference_mode():
+        assert torch.allclose(eager.nets["fine"](x), ort_seg.nets["fine"](x), atol=1e-3)
+    volume = body_volume(DIRECTIONS["oblique"])
+    a = eager.predict(volume, options=AutoOptions(cascade=False)).labels.array
+    b = ort_seg.predict(volume, options=AutoOptions(cascade=False)).labels.array
+    assert (a == b).mean() > 0.999
+    # a damaged cache file is exported again, never loaded
+    exported[1].write_bytes(b"garbage")
+    again = AutoSegmenter(tiny_package, device="cpu", backend="onnx")
+    assert again.backend == "onnx" and exported[1].stat().st_size > 1000

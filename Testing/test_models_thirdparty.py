@@ -24,6 +24,15 @@ NO_POST = AutoOptions(
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _private_onnx_cache(tmp_path_factory):
+    """ONNX exports of this module's test models go to a temporary cache, not the user's."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LKSEG_CACHE", str(tmp_path_factory.mktemp("lkseg-cache")))
+    yield
+    mp.undo()
+
+
 def ct_volume(direction, shape=(24, 28, 32), spacing=(5.0, 4.5, 6.0)) -> Volume:
     """Air with a body cylinder; upper (superior) half brighter, so models see something."""
     direction = np.asarray(direction)
@@ -296,7 +305,7 @@ def test_nnunet_folder_loads_with_mapping_and_geometry(tmp_path):
 
 def test_nnunet_ensemble_of_folds_and_refusals(tmp_path):
     folder = _nnunet_folder(tmp_path / "ens", folds=(0, 1))
-    seg = AutoSegmenter(folder, device="cpu")
+    seg = AutoSegmenter(folder, device="cpu", backend="torch")
     assert len(seg.nets["fine"].members) == 2
     assert seg.predict(ct_volume(np.eye(3))).labels.shape == (24, 28, 32)
     plans = json.loads((folder / "plans.json").read_text())

@@ -17,6 +17,15 @@ from lkseg.train import PRESETS, LabelMapping, StageConfig, TrainConfig, read_da
 from lkseg.volume import Grid, Volume  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _private_onnx_cache(tmp_path_factory):
+    """ONNX exports of this module's test models go to a temporary cache, not the user's."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LKSEG_CACHE", str(tmp_path_factory.mktemp("lkseg-cache")))
+    yield
+    mp.undo()
+
+
 def _toy_case(rng, shape=(24, 40, 40), spacing=(5.0, 5.0, 6.0)):
     """Air, a body, a bright 'liver' sphere with a dark 'tumour' inside (labels 1 and 2)."""
     z, y, x = np.mgrid[: shape[0], : shape[1], : shape[2]]

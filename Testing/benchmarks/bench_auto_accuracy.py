@@ -158,6 +158,34 @@ def _summary(rows: list[dict], names: list[str]) -> list[dict]:
     return out
 
 
+def update_manifest(manifest, seeds: str, summary: list[dict], lesions: list[dict], real: list[dict]) -> None:
+    """Write the held-out and real-CT numbers into the package's manifest (``accuracy``)."""
+    from dataclasses import replace
+
+    def clean(value):
+        if isinstance(value, float):
+            return round(value, 4) if math.isfinite(value) else None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    accuracy = dict(manifest.accuracy)
+    accuracy["held_out_phantoms"] = {
+        "seeds": seeds,
+        "benchmark": "Testing/benchmarks/bench_auto_accuracy.py (Dice and HD95 on the input grid)",
+        "per_structure": clean(summary),
+        "per_lesion_10mm_or_more": clean(lesions),
+    }
+    accuracy["real_ct"] = {
+        "data": "../shared/data/real-ct/totalsegmentator (reference masks are TotalSegmentator output)",
+        "cases": clean([{k: v for k, v in r.items() if k != "warnings"} for r in real]),
+    }
+    replace(manifest, accuracy=accuracy).save(manifest.folder)
+    print(f"accuracy written to {manifest.folder / 'manifest.json'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from lkseg.auto import AutoSegmenter
 
@@ -167,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="1000-1011")
     p.add_argument("--no-real", action="store_true")
     p.add_argument("--json", default=None)
+    p.add_argument(
+        "--update-manifest", action="store_true", help="store the summary in the model's manifest.json (accuracy)"
+    )
     args = p.parse_args(argv)
     print("environment:", json.dumps(environment()))
     seg = AutoSegmenter(args.model, device=args.device)
@@ -218,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  {r['case']}: output grid == input grid: {r['grid_equal']}, {r['seconds']:.1f} s, warnings: {r['warnings']}"
             )
+    if args.update_manifest:
+        update_manifest(seg.manifest, args.seeds, _summary(rows, ORGANS + TUMOURS), lesion_rows, real)
     if args.json:
         Path(args.json).write_text(
             json.dumps(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -51,7 +52,9 @@ def make_input(path: Path, size, spacing, seed: int) -> dict:
     return {"size": list(size), "spacing": list(spacing), "seed": seed}
 
 
-def segment_once(image: str, out: str, model: str | None, device: str, cascade: bool, threads: int | None) -> dict:
+def segment_once(
+    image: str, out: str, model: str | None, device: str, cascade: bool, threads: int | None, backend: str = "auto"
+) -> dict:
     """One complete segmentation as ``lkseg segment`` does it; returns seconds per stage."""
     t0 = time.perf_counter()
     import torch
@@ -62,7 +65,7 @@ def segment_once(image: str, out: str, model: str | None, device: str, cascade: 
 
     timings = {"import": time.perf_counter() - t0}
     t = time.perf_counter()
-    seg = AutoSegmenter(model, device=device, threads=threads)
+    seg = AutoSegmenter(model, device=device, threads=threads, backend=backend)
     timings["load_model"] = time.perf_counter() - t
     t = time.perf_counter()
     volume = read_image(image)
@@ -79,15 +82,25 @@ def segment_once(image: str, out: str, model: str | None, device: str, cascade: 
     timings["total_in_process"] = time.perf_counter() - t0
     timings["_volumes_ml"] = result.volumes_ml
     timings["_device"] = result.device
+    timings["_backend"] = seg.backend
     return timings
 
 
-def warm_predict(image: str, model: str | None, device: str, cascade: bool, repeats: int) -> list[float]:
+def prepare_model(model: str | None, device: str, backend: str) -> str:
+    """Load the model once (exports and caches the ONNX graph on first use)."""
+    from lkseg.auto import AutoSegmenter
+
+    return AutoSegmenter(model, device=device, backend=backend).backend
+
+
+def warm_predict(
+    image: str, model: str | None, device: str, cascade: bool, repeats: int, backend: str = "auto"
+) -> list[float]:
     """``predict()`` times with the model loaded once (first call included, listed first)."""
     from lkseg.auto import AutoOptions, AutoSegmenter
     from lkseg.io import read_image
 
-    seg = AutoSegmenter(model, device=device)
+    seg = AutoSegmenter(model, device=device, backend=backend)
     volume = read_image(image)
     times = []
     for _ in range(repeats):
@@ -111,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=4242)
     p.add_argument("--modes", nargs="+", default=["cascade", "single"], choices=["cascade", "single"])
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
     p.add_argument("--warm", type=int, default=0, help="also time N predict() calls with the model loaded once")
     p.add_argument("--workdir", default=None)
     p.add_argument("--json", default=None, help="also write the results as JSON here")
@@ -123,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         make_input(image, args.size, args.spacing, args.seed)
         print(f"phantom written in {time.perf_counter() - t:.1f} s: {image}")
+    t = time.perf_counter()
+    prepared = measure_in_subprocess(prepare_model, args.model, args.device, args.backend)
+    print(
+        f"model prepared (first use: ONNX export when the back end is onnx, then cached) in {time.perf_counter() - t:.1f} s: {prepared['result']}"
+    )
     env = environment()
     print("environment:", json.dumps(env))
     print(
@@ -140,10 +159,14 @@ def main(argv: list[str] | None = None) -> int:
                 args.device,
                 mode == "cascade",
                 args.threads,
+                args.backend,
             )
             runs.append(out)
+            res = out["result"]
             print(
-                f"  {mode} run {n + 1}: wall {out['wall_s']:.2f} s, peak RSS {out['peak_rss_mb']:.0f} MB, device {out['result']['_device']}"
+                f"  {mode} run {n + 1}: wall {out['wall_s']:.2f} s, peak RSS {out['peak_rss_mb']:.0f} MB, "
+                f"device {res['_device']}, back end {res['_backend']}, load average {os.getloadavg()[0]:.1f}",
+                flush=True,
             )
         rows = []
         for stage in [*STAGES, "total_in_process"]:
@@ -175,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
         }
         if args.warm:
-            times = warm_predict(str(image), args.model, args.device, mode == "cascade", args.warm)
+            times = warm_predict(str(image), args.model, args.device, mode == "cascade", args.warm, args.backend)
             print(
                 f"warm predict() {mode} on {args.device}: "
                 + ", ".join(f"{t:.2f}" for t in times)

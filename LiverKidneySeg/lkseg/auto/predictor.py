@@ -11,8 +11,10 @@ Pipeline of :meth:`AutoSegmenter.predict` (each stage timed in ``AutoResult.timi
 3. ``fine_resample`` / ``fine_infer``: inside each box the CT is sampled at the fine spacing,
    normalised (HU clip + z-score) and segmented by Gaussian-blended sliding windows
    (:mod:`lkseg.auto.window`), optionally with mirroring test-time augmentation.
-4. ``resample_back``: the probabilities are resampled (linear, physical space) onto the exact
-   input grid, slab by slab, and the arg-max taken.
+4. ``resample_back``: the probabilities are resampled (trilinear, physical space) onto the exact
+   input grid and the arg-max taken (:class:`lkseg.auto.sampling.ProbabilityField`: only voxels
+   near label boundaries need interpolating); the label map is built in the canonical grid and
+   put back into the input's storage order (permutation/flips only).
 5. ``postprocess``: one piece per organ, lesions inside their organ, holes filled, kidney side by
    RAS x (:mod:`lkseg.auto.postprocess`).
 
@@ -44,7 +46,7 @@ from lkseg.auto.checks import check_ct_volume
 from lkseg.auto.postprocess import PostprocessConfig, organ_groups, postprocess_labels
 from lkseg.auto.sampling import ImageSampler, ProbabilityField
 from lkseg.auto.window import WindowConfig, plan_windows, run_sliding_window
-from lkseg.errors import InputError
+from lkseg.errors import InputError, LKSegError
 from lkseg.labels import PRODUCT_LABELS, LabelTable
 from lkseg.models import ModelManifest, StageSpec, configure_threads, find_model, load_stage_network, resolve_device
 from lkseg.orientation import reorient_grid
@@ -155,6 +157,8 @@ class AutoSegmenter:
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         options: default inference options for every call.
         threads: CPU threads for torch (default: all CPUs this process may use).
+        backend: ``"auto"`` (ONNX Runtime on the CPU when installed - about 1.8x faster there -,
+            PyTorch on CUDA), ``"torch"`` or ``"onnx"`` (see :mod:`lkseg.models.onnx`).
 
     Raises:
         ModelError / ChecksumError: the package is missing, malformed or its weights do not match.
@@ -166,6 +170,7 @@ class AutoSegmenter:
         device: str = "auto",
         options: AutoOptions | None = None,
         threads: int | None = None,
+        backend: str = "auto",
     ):
         t0 = time.perf_counter()
         self.manifest = model if isinstance(model, ModelManifest) else find_model(model)
@@ -175,11 +180,35 @@ class AutoSegmenter:
         self.nets = {
             name: load_stage_network(self.manifest, stage, self.device) for name, stage in self.manifest.stages.items()
         }
+        self.backend = self._select_backend(backend)
         self.output_table, self._channel_map = _output_mapping(self.manifest)
         self.load_seconds = time.perf_counter() - t0
         log.info(
             "model %s@%s ready on %s in %.2f s", self.manifest.id, self.manifest.version, self.device, self.load_seconds
         )
+
+    def _select_backend(self, backend: str) -> str:
+        """``torch`` (eager), or ``onnx`` (ONNX Runtime; CPU only). ``auto``: ONNX Runtime on the
+        CPU when it is installed, eager PyTorch on CUDA."""
+        from lkseg.models.onnx import onnx_available, onnx_network
+
+        if backend not in ("auto", "torch", "onnx"):
+            raise InputError(f"unknown back end {backend!r}; use auto, torch or onnx")
+        if backend == "torch" or self.device.type != "cpu" or (backend == "auto" and not onnx_available()):
+            if backend == "onnx" and self.device.type != "cpu":
+                log.warning("the ONNX back end runs on the CPU only; using PyTorch on %s", self.device)
+            return "torch"
+        try:
+            self.nets = {
+                name: onnx_network(self.manifest, self.manifest.stages[name], net, self.threads)
+                for name, net in self.nets.items()
+            }
+        except LKSegError as exc:
+            if backend == "onnx":
+                raise
+            log.warning("ONNX Runtime back end unavailable (%s); using PyTorch", exc)
+            return "torch"
+        return "onnx"
 
     # -- public ------------------------------------------------------------------------------
     @property
@@ -243,7 +272,7 @@ class AutoSegmenter:
         if not boxes:
             warnings.append("no liver, kidney or spleen found: the scan may not show the abdomen; the result is empty")
             labels = np.zeros(volume.shape, dtype=np.uint8)
-            return self._result(volume, labels, keep, timer, warnings, [], use_cascade, None, None, [])
+            return self._result(volume, labels, keep, timer, warnings, [], use_cascade)
         probs, union = self._fine(
             sampler, fine_grid, boxes, opts, timer, SubProgress(progress, 0.15, 0.85, "segmenting: "), cancel
         )
@@ -280,7 +309,16 @@ class AutoSegmenter:
         unc_map = np.ascontiguousarray(plan.undo_array(unc_can)) if unc_can is not None else None
         timer.add("assemble", start)
         boxes_mm = [_box_mm(fine_grid, b) for b in boxes]
-        result = self._result(volume, labels, keep, timer, warnings, notes, use_cascade, prob_map, unc_map, boxes_mm)
+        result = self._result(
+            volume,
+            labels,
+            keep,
+            timer,
+            warnings,
+            notes,
+            use_cascade,
+            {"probability": prob_map, "uncertainty": unc_map, "boxes_mm": boxes_mm},
+        )
         report(progress, 1.0, "done")
         return result
 
@@ -323,7 +361,9 @@ class AutoSegmenter:
         config = WindowConfig(
             roi=roi,  # type: ignore[arg-type]
             overlap=overlap,
-            sw_batch_size=opts.sw_batch_size or self.manifest.inference.sw_batch_size,
+            # on a CPU a batch of windows is no faster, only bigger in memory
+            sw_batch_size=opts.sw_batch_size
+            or (1 if self.device.type == "cpu" else self.manifest.inference.sw_batch_size),
             mirror_dims=mirror,
             amp=opts.amp,
         )
@@ -399,7 +439,10 @@ class AutoSegmenter:
             probs[0][~covered] = 1.0
         return probs, union
 
-    def _result(self, volume, labels, keep, timer, warnings, notes, cascade, prob_map, unc_map, boxes_mm) -> AutoResult:
+    def _result(self, volume, labels, keep, timer, warnings, notes, cascade, extras: dict | None = None) -> AutoResult:
+        """Assemble the result; ``extras`` may hold ``probability``, ``uncertainty`` (arrays) and ``boxes_mm``."""
+        extras = extras or {}
+        prob_map, unc_map = extras.get("probability"), extras.get("uncertainty")
         start = time.perf_counter()
         drop = [v for v, name in self.output_table.items() if name not in keep]
         if drop:
@@ -418,7 +461,7 @@ class AutoSegmenter:
             cascade=cascade,
             probability=volume.with_array(prob_map, meta={}) if prob_map is not None else None,
             uncertainty=volume.with_array(unc_map, meta={}) if unc_map is not None else None,
-            boxes_mm=boxes_mm,
+            boxes_mm=extras.get("boxes_mm", []),
         )
         volumes = result.volumes_ml
         missing = [n for n in keep if volumes.get(n, 0) == 0 and _is_organ(n)]

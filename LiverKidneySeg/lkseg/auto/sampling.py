@@ -1,23 +1,21 @@
 """Physical-space resampling used by the predictor: image -> model grids, probabilities -> input grid.
 
-Both directions go through SimpleITK in LPS physical space, so any storage orientation (flipped,
-permuted, oblique) is handled exactly, and the image is never copied to float: SimpleITK reads the
-int16 CT and writes float32 samples of only the requested sub-grid. Probabilities come back onto
-the exact input grid slab by slab (bounded memory), and channels that can never win the arg-max
-are skipped (exact: linear interpolation keeps probabilities convex, so a channel whose maximum
-is below 1/C everywhere stays below the arg-max).
+The image goes through SimpleITK in LPS physical space and is never copied to float: SimpleITK
+reads the stored CT (int16) and writes float32 samples of only the requested sub-grid.
+Probabilities come back with :class:`ProbabilityField`: the model grids share the input grid's
+direction up to a permutation/flip (they are built on its canonical reorientation), so the map
+between the two is separable and trilinear interpolation needs no general resampler; and since
+a convex combination cannot change an arg-max that all 8 neighbours share, only voxels near label
+boundaries are interpolated. :func:`resample_channels` is the plain SimpleITK reference.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 
-from lkseg.auto.cascade import Box, sub_grid
 from lkseg.volume import Grid, Volume
 
-__all__ = ["ImageSampler", "resample_channels", "slabs"]
+__all__ = ["ImageSampler", "ProbabilityField", "axis_maps", "resample_channels"]
 
 
 def _reference(grid: Grid):
@@ -66,14 +64,6 @@ class ImageSampler:
         return sitk.GetArrayFromImage(out)
 
 
-def slabs(box: Box, max_voxels: int) -> Iterator[Box]:
-    """Split ``box`` along its first (Z) axis into slabs of at most ``max_voxels`` voxels."""
-    per_slice = max(1, box.shape[1] * box.shape[2])
-    step = max(1, max_voxels // per_slice)
-    for z in range(box.lo[0], box.hi[0], step):
-        yield Box((z, box.lo[1], box.lo[2]), (min(z + step, box.hi[0]), box.hi[1], box.hi[2]), box.organs)
-
-
 def resample_channels(probs: np.ndarray, source: Grid, target: Grid, channels: list[int]) -> np.ndarray:
     """Linearly resample the listed channels of a (C, Z, Y, X) stack onto ``target``.
 
@@ -88,10 +78,6 @@ def resample_channels(probs: np.ndarray, source: Grid, target: Grid, channels: l
         res = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         out[n] = sitk.GetArrayViewFromImage(res)
     return out
-
-
-def target_subgrid(grid: Grid, box: Box) -> Grid:
-    return sub_grid(grid, box)
 
 
 def axis_maps(source: Grid, target: Grid) -> list[tuple[float, float]] | None:
@@ -111,21 +97,22 @@ class ProbabilityField:
     """A (C, Z, Y, X) probability stack on a source grid, read by trilinear interpolation at the
     voxels of an axis-aligned target grid (same direction, any spacing and offset).
 
-    Outside the source every sample is background (channel 0 = 1). The arg-max is computed
-    exactly but cheaply: where the 8 source voxels around a target voxel share one arg-max, a
-    convex combination cannot change it, so only voxels near label boundaries are interpolated.
+    Interpolation follows ITK's linear interpolator: within half a voxel outside the source the
+    edge value is used, farther out every sample is background (channel 0). The arg-max is
+    computed exactly but cheaply: where the 8 source voxels around a target voxel share one
+    arg-max, a convex combination cannot change it, so only voxels near label boundaries are
+    interpolated. The stack is used in place (not copied).
     """
 
     def __init__(self, probs: np.ndarray, source: Grid):
-        padded = np.zeros((probs.shape[0], *(n + 2 for n in probs.shape[1:])), dtype=np.float32)
-        padded[0] = 1.0
-        padded[:, 1:-1, 1:-1, 1:-1] = probs
-        self.probs = padded
+        if min(probs.shape[1:]) < 2:
+            probs = np.pad(probs, [(0, 0)] + [(0, 1 if n < 2 else 0) for n in probs.shape[1:]], mode="edge")
+        self.probs = probs
         self.source = source
-        self.labels = padded.argmax(axis=0).astype(np.uint8)
+        self.labels = probs.argmax(axis=0).astype(np.uint8)
         lab = self.labels
-        uniform = np.ones(tuple(n - 1 for n in lab.shape), dtype=bool)
         base = lab[:-1, :-1, :-1]
+        uniform = np.ones(base.shape, dtype=bool)
         for dz in (0, 1):
             for dy in (0, 1):
                 for dx in (0, 1):
@@ -141,13 +128,20 @@ class ProbabilityField:
             raise ValueError("the target grid's direction differs from the source grid's")
         axes = []
         for (a, b), n, n_src in zip(maps, target.shape, self.probs.shape[1:]):
-            f = np.clip(a * np.arange(n, dtype=np.float64) + b + 1.0, 0.0, n_src - 1 - 1e-6)
+            f = a * np.arange(n, dtype=np.float64) + b
+            outside = (f < -0.5) | (f > n_src - 0.5)
+            f = np.clip(f, 0.0, n_src - 1 - 1e-6)
             i0 = np.floor(f).astype(np.int64)
-            axes.append((i0, (f - i0).astype(np.float32)))
+            axes.append((i0, (f - i0).astype(np.float32), outside))
         return axes
 
+    @staticmethod
+    def _outside(axes) -> np.ndarray:
+        oz, oy, ox = (a[2] for a in axes)
+        return oz[:, None, None] | oy[None, :, None] | ox[None, None, :]
+
     def _interpolate(self, axes, flat: np.ndarray, shape, channels: list[int]) -> np.ndarray:
-        """Probabilities (len(channels), n) at the flat target indices ``flat``."""
+        """Probabilities (len(channels), n) at the flat target indices ``flat`` (inside the source)."""
         iz, iy, ix = np.unravel_index(flat, shape)
         (z0, wz), (y0, wy), (x0, wx) = ((a[0][i], a[1][i]) for a, i in zip(axes, (iz, iy, ix)))
         out = np.zeros((len(channels), flat.size), dtype=np.float32)
@@ -166,7 +160,9 @@ class ProbabilityField:
         axes = self._axes(target)
         grid_ix = np.ix_(axes[0][0], axes[1][0], axes[2][0])
         out = self.labels[grid_ix]
-        todo = np.flatnonzero(~self.uniform[grid_ix])
+        outside = self._outside(axes)
+        out[outside] = 0
+        todo = np.flatnonzero(~self.uniform[grid_ix] & ~outside)
         channels = [
             c for c in range(self.probs.shape[0]) if float(self.probs[c].max()) >= 1.0 / self.probs.shape[0] - 1e-6
         ]
@@ -178,14 +174,15 @@ class ProbabilityField:
         return out
 
     def confidence(self, target: Grid, chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
-        """(winning probability, normalised entropy in [0, 1]) on ``target``, float32 ZYX."""
+        """(winning probability, normalised entropy in [0, 1]) on ``target``, float32 ZYX;
+        outside the source: probability 1 (background), entropy 0."""
         axes = self._axes(target)
         n_ch = self.probs.shape[0]
-        size = int(np.prod(target.shape))
-        best = np.empty(size, dtype=np.float32)
-        entropy = np.empty(size, dtype=np.float32)
-        for start in range(0, size, chunk):
-            part = np.arange(start, min(size, start + chunk))
+        best = np.ones(target.shape, dtype=np.float32).reshape(-1)
+        entropy = np.zeros(target.shape, dtype=np.float32).reshape(-1)
+        inside = np.flatnonzero(~self._outside(axes))
+        for start in range(0, inside.size, chunk):
+            part = inside[start : start + chunk]
             p = np.clip(self._interpolate(axes, part, target.shape, list(range(n_ch))), 1e-8, 1.0)
             best[part] = p.max(axis=0)
             entropy[part] = -(p * np.log(p)).sum(axis=0) / np.log(max(2, n_ch))

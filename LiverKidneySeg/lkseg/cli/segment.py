@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--tta", action="store_true", help="mirroring test-time augmentation (models trained with mirroring)"
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    p.add_argument(
+        "--backend", default="auto", choices=["auto", "torch", "onnx"], help="auto: ONNX Runtime on CPU, PyTorch on GPU"
+    )
     p.add_argument("--series-uid", help="SeriesInstanceUID when a DICOM folder holds several series")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no-input-checks", action="store_true", help="skip the checks that the image is a CT in HU")
@@ -97,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     progress = _progress_printer(args.progress_lines)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    segmenter = AutoSegmenter(args.model, device=args.device, threads=args.threads)
+    segmenter = AutoSegmenter(args.model, device=args.device, threads=args.threads, backend=args.backend)
     timings["load_model"] = time.perf_counter() - t0
     if progress:
         progress(0.02, "model loaded")
@@ -142,6 +145,7 @@ def _print_summary(args, segmenter, result, timings: dict[str, float], paths: di
         summary = {
             "model": f"{result.model_id}@{result.model_version}",
             "device": result.device,
+            "backend": segmenter.backend,
             "cascade": result.cascade,
             "empty": result.empty,
             "volumes_ml": {k: round(v, 2) for k, v in volumes.items()},
@@ -152,9 +156,8 @@ def _print_summary(args, segmenter, result, timings: dict[str, float], paths: di
         }
         print(json.dumps(summary, indent=2))
         return
-    print(
-        f"model      {result.model_id}@{result.model_version} on {result.device} ({'cascade' if result.cascade else 'single stage'})"
-    )
+    mode = "cascade" if result.cascade else "single stage"
+    print(f"model      {result.model_id}@{result.model_version} on {result.device} via {segmenter.backend} ({mode})")
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if result.empty:
