@@ -60,7 +60,7 @@ def msd_dataset(tmp_path_factory):
     return root
 
 
-def _fast_stages(epochs=6, iters=12):
+def _fast_stages(epochs=4, iters=10):
     return [
         StageConfig(
             "coarse", (10.0, 10.0, 10.0), (16, 16, 16), (8, 16), 1, epochs=2, iters_per_epoch=4, batch_size=2, lr=3e-3
@@ -81,7 +81,7 @@ def _fast_stages(epochs=6, iters=12):
 
 @pytest.mark.slow
 def test_training_learns_and_writes_a_working_package(msd_dataset, tmp_path):
-    from lkseg.auto import AutoSegmenter
+    from lkseg.auto import AutoOptions, AutoSegmenter
     from lkseg.io import read_image, read_label_map
     from lkseg.metrics import dice
     from lkseg.models import check_weights, load_manifest
@@ -94,14 +94,15 @@ def test_training_learns_and_writes_a_working_package(msd_dataset, tmp_path):
     loaded = load_manifest(out)
     assert all(s == "ok" for s in check_weights(out, loaded.weights).values())
     fine = loaded.accuracy["validation"]["fine"]
-    assert len(fine["history"]) == 6 and "liver" in fine["dice"]
+    assert len(fine["history"]) == 4 and "liver" in fine["dice"]
     assert fine["dice"]["liver"] > 0.7, fine
     assert (out / ".train" / "fine.ckpt").is_file()
     # the package segments a training image with the predictor
     case = loaded.training["cases_validation"][0]
     image = read_image(msd_dataset / "imagesTr" / f"{case}.nii.gz")
     ref = read_label_map(msd_dataset / "labelsTr" / f"{case}.nii.gz")
-    result = AutoSegmenter(out, device="cpu").predict(image)
+    # MONAI's plain patch tiling, as the tiny network was trained on 32^3 patches
+    result = AutoSegmenter(out, device="cpu").predict(image, options=AutoOptions(roi="patch"))
     assert result.labels.grid.same_as(image.grid)
     assert dice(result.labels.array == 1, ref.array == 1) > 0.6
 

@@ -157,8 +157,8 @@ class AutoSegmenter:
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         options: default inference options for every call.
         threads: CPU threads for torch (default: all CPUs this process may use).
-        backend: ``"auto"`` (ONNX Runtime on the CPU when installed - about 1.8x faster there -,
-            PyTorch on CUDA), ``"torch"`` or ``"onnx"`` (see :mod:`lkseg.models.onnx`).
+        backend: ``"auto"`` (ONNX Runtime on the CPU when installed - somewhat faster there, see
+            :mod:`lkseg.models.onnx` -, PyTorch on CUDA), ``"torch"`` or ``"onnx"``.
 
     Raises:
         ModelError / ChecksumError: the package is missing, malformed or its weights do not match.
