@@ -450,3 +450,26 @@ def test_onnx_backend_matches_torch(tiny_package, tmp_path, monkeypatch):
     exported[1].write_bytes(b"garbage")
     again = AutoSegmenter(tiny_package, device="cpu", backend="onnx")
     assert again.backend == "onnx" and exported[1].stat().st_size > 1000
+
+
+def test_demo_model_flags_a_scan_without_abdomen():
+    """Two thighs (fat, muscle, bone): whatever the phantom-trained model finds there, the result
+    must say that organs are missing and the abdomen may not be in view."""
+    from lkseg.models import DEFAULT_MODEL_ID, builtin_models_dir
+
+    if not (builtin_models_dir() / DEFAULT_MODEL_ID).is_dir():
+        pytest.skip("demo model not present")
+    rng = np.random.default_rng(0)
+    _, y, x = np.mgrid[:60, :128, :128]
+    arr = np.full((60, 128, 128), -1000.0)
+    for cx in (40, 88):
+        r2 = (x - cx) ** 2 + (y - 64) ** 2
+        arr[r2 < 22**2] = -100
+        arr[r2 < 18**2] = 50
+        arr[r2 < 5**2] = 900
+    volume = Volume.from_array(
+        (arr + rng.normal(0, 12, arr.shape)).astype(np.int16), (3.0, 3.0, 3.0), meta={"modality": "CT"}
+    )
+    result = AutoSegmenter(DEFAULT_MODEL_ID, device="cpu", backend="torch").predict(volume)
+    assert result.labels.grid.same_as(volume.grid)
+    assert result.empty or any("may not show the abdomen" in w for w in result.warnings), result.warnings

@@ -469,7 +469,12 @@ class AutoSegmenter:
             if not any("empty" in w for w in warnings):
                 result.warnings.append("nothing was found: the result is empty")
         elif missing:
-            result.warnings.append(f"not found: {', '.join(missing)}")
+            wanted = [n for n in keep if _is_organ(n)]
+            hint = ""
+            if len(missing) >= 2 and len(missing) >= len(wanted) / 2:
+                hint = "; the scan may not show the abdomen, or only part of it - review the result before use"
+            result.warnings.append(f"not found: {', '.join(missing)}{hint}")
+        result.warnings.extend(_implausible_volumes(volumes))
         timer.add("assemble", start)
         return result
 
@@ -479,6 +484,27 @@ class AutoSegmenter:
         clone.__dict__.update(self.__dict__)
         clone.options = replace(self.options, **changes)
         return clone
+
+
+#: Adult organ volumes (mL) outside which a result is flagged; deliberately wide (clinical.md:
+#: liver ~1200-1800 mL, each kidney ~120-200 mL, spleen ~150-250 mL).
+_PLAUSIBLE_ML = {
+    "liver": (500.0, 5000.0),
+    "kidney_right": (30.0, 600.0),
+    "kidney_left": (30.0, 600.0),
+    "spleen": (20.0, 2000.0),
+}
+
+
+def _implausible_volumes(volumes: dict[str, float]) -> list[str]:
+    out = []
+    for name, (lo, hi) in _PLAUSIBLE_ML.items():
+        ml = volumes.get(name, 0.0)
+        if ml > 0 and not lo <= ml <= hi:
+            out.append(
+                f"{name} volume {ml:.0f} mL is outside the plausible adult range {lo:.0f}-{hi:.0f} mL: review it"
+            )
+    return out
 
 
 def _is_organ(name: str) -> bool:
