@@ -318,7 +318,14 @@ def train_stage(
             )
         if bar is not None:
             bar.close()
-        if not losses:
+        if not losses:  # the budget ran out at an epoch boundary
+            if out_of_time:
+                log.info(
+                    "stage %s: time budget of %.1f min spent after %d steps",
+                    config.name,
+                    config.max_minutes,
+                    step_count,
+                )
             break
         dice = _validate(net, val_cases, config, table, device, amp) if val_cases else {}
         score = float(np.mean(list(dice.values()))) if dice else -float(np.mean(losses))
