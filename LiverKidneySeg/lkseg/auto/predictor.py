@@ -76,6 +76,8 @@ class AutoOptions:
         postprocess: postprocessing switches (default: all on).
         roi: ``"auto"`` (fewest windows of up to 1.5x the patch, see
             :func:`lkseg.auto.window.plan_windows`) or ``"patch"`` (MONAI's plain tiling).
+        class_weights: structure name -> factor on that fine-stage probability before the
+            arg-max (then renormalised); ``None``: the package's ``inference.class_weights``.
     """
 
     cascade: bool | None = None
@@ -88,6 +90,7 @@ class AutoOptions:
     check_input: bool = True
     postprocess: PostprocessConfig | None = None
     roi: str = "auto"
+    class_weights: dict[str, float] | None = None
 
 
 @dataclass
@@ -278,6 +281,9 @@ class AutoSegmenter:
         )
         report(progress, 0.86, "resampling onto the input grid")
         start = time.perf_counter()
+        weights = self.manifest.inference.class_weights if opts.class_weights is None else opts.class_weights
+        if weights:
+            _weigh_classes(probs, weights, self.manifest.fine.labels)
         union_grid = sub_grid(fine_grid, union)
         field = ProbabilityField(probs, union_grid)
         del probs
@@ -509,6 +515,22 @@ def _implausible_volumes(volumes: dict[str, float]) -> list[str]:
 
 def _is_organ(name: str) -> bool:
     return name in ("liver", "kidney_right", "kidney_left", "spleen")
+
+
+def _weigh_classes(probs: np.ndarray, weights: dict[str, float], labels: LabelTable) -> None:
+    """Multiply channels of the (C, Z, Y, X) stack ``probs`` by their structure's factor and
+    renormalise in place (a shift of the class priors: tumour voxels that the network calls
+    uncertain go to the tumour when its factor is above 1)."""
+    unknown = sorted(set(weights) - set(labels.values()))
+    if unknown:
+        raise InputError(f"class_weights name {unknown}, not labels of this model ({sorted(labels.values())})")
+    for channel, name in labels.items():
+        factor = float(weights.get(name, 1.0))
+        if factor != 1.0:
+            probs[channel] *= factor
+    total = probs.sum(axis=0)
+    np.maximum(total, 1e-12, out=total)
+    probs /= total
 
 
 def _box_mm(grid: Grid, box: Box) -> tuple[list[float], list[float]]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,7 @@ _REQUIRED_TOP = ("id", "version", "task", "labels", "intensity", "stages", "weig
 _STAGE_FIELDS = {"role", "spacing", "patch_size", "network", "weights", "labels", "weights_dtype"}
 _INTENSITY_FIELDS = {"clip", "mean", "std", "scheme"}
 _LABEL_FIELDS = {"name", "display", "color", "snomed"}
-_INFERENCE_FIELDS = {"overlap", "sw_batch_size", "mirror_axes", "cascade", "margin_mm", "min_organ_ml"}
+_INFERENCE_FIELDS = {"overlap", "sw_batch_size", "mirror_axes", "cascade", "margin_mm", "min_organ_ml", "class_weights"}
 
 
 def _extension(key: str) -> bool:
@@ -208,7 +209,11 @@ class StageSpec:
 
 @dataclass(frozen=True)
 class InferenceSpec:
-    """Default inference settings of a package (each can be overridden by the predictor)."""
+    """Default inference settings of a package (each can be overridden by the predictor).
+
+    ``class_weights`` maps structure names to a factor applied to that channel's fine-stage
+    probability before the arg-max (a prior shift, tuned on validation data; 1 when absent).
+    """
 
     overlap: float = 0.25
     sw_batch_size: int = 2
@@ -216,9 +221,10 @@ class InferenceSpec:
     cascade: bool = True
     margin_mm: float = 20.0
     min_organ_ml: float = 5.0
+    class_weights: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {
+        data = {
             "overlap": self.overlap,
             "sw_batch_size": self.sw_batch_size,
             "mirror_axes": list(self.mirror_axes),
@@ -226,6 +232,9 @@ class InferenceSpec:
             "margin_mm": self.margin_mm,
             "min_organ_ml": self.min_organ_ml,
         }
+        if self.class_weights:
+            data["class_weights"] = dict(self.class_weights)
+        return data
 
 
 @dataclass(frozen=True)
@@ -401,7 +410,24 @@ def _parse_intensity(raw: Any, source: str) -> IntensitySpec:
     return IntensitySpec((lo, hi), mean, std)
 
 
-def _parse_inference(raw: Any, source: str) -> InferenceSpec:
+def _parse_class_weights(raw: Any, names: set[str], source: str) -> dict[str, float]:
+    if not isinstance(raw, Mapping):
+        raise ModelError(f"{source}: inference.class_weights must map structure names to factors, got {raw!r}")
+    out = {}
+    for name, value in raw.items():
+        if name not in names:
+            raise ModelError(f"{source}: inference.class_weights names {name!r}, not a label of this model")
+        try:
+            factor = float(value)
+        except (TypeError, ValueError):
+            factor = float("nan")
+        if not math.isfinite(factor) or factor <= 0:
+            raise ModelError(f"{source}: inference.class_weights[{name!r}] must be a positive number, got {value!r}")
+        out[str(name)] = factor
+    return out
+
+
+def _parse_inference(raw: Any, source: str, names: set[str] | None = None) -> InferenceSpec:
     if raw is None:
         return InferenceSpec()
     if not isinstance(raw, Mapping):
@@ -421,6 +447,7 @@ def _parse_inference(raw: Any, source: str) -> InferenceSpec:
         cascade=bool(raw.get("cascade", d.cascade)),
         margin_mm=float(raw.get("margin_mm", d.margin_mm)),
         min_organ_ml=float(raw.get("min_organ_ml", d.min_organ_ml)),
+        class_weights=_parse_class_weights(raw.get("class_weights", {}), names or set(), source),
     )
 
 
@@ -502,7 +529,7 @@ def parse_manifest(data: Mapping, folder: str | Path | None = None, source: str 
         orientation=str(data.get("orientation", "LPS")),
         framework=str(data.get("framework", "lkseg")),
         array_order=_parse_array_order(data.get("array_order", "zyx"), source),
-        inference=_parse_inference(data.get("inference"), source),
+        inference=_parse_inference(data.get("inference"), source, {spec.name for spec in labels.values()}),
         training=dict(data.get("training", {})),
         accuracy=dict(data.get("accuracy", {})),
         intended_use=str(data.get("intended_use", "")),
