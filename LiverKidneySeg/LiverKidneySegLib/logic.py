@@ -10,6 +10,7 @@ Example (Slicer Python console)::
     seg = logic.segment(getNode("CT"))                  # automatic, waits until done
     logic.refine(getNode("CT"), seg, "Liver tumor", positive=getNode("P"), mode="add")
     logic.undo()
+    summary = logic.runBatch("/data/cohort", "/data/out")  # a whole cohort, resumable
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from LiverKidneySegLib.autoseg import SegmentationJob, SegmentOptions
+from LiverKidneySegLib.batch import BatchJob, summaryTable
 from LiverKidneySegLib.history import EditHistory
 from LiverKidneySegLib.markups import NEGATIVE, POSITIVE, SlicePrompts, controlPointsWorld, slicePrompts
 from LiverKidneySegLib.refinement import (
@@ -91,6 +93,7 @@ class LiverKidneySegLogicBase:
         self._refiner: Refiner | None = None
         self._volumeCache: tuple[object, Volume] | None = None
         self.job: SegmentationJob | None = None
+        self.batchJob: BatchJob | None = None
         self._lastSlice: tuple | None = None
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -203,6 +206,84 @@ class LiverKidneySegLogicBase:
         """Cancel the running automatic segmentation (kills the child process tree)."""
         if self.job is not None:
             self.job.cancel()
+
+    # -- batch ---------------------------------------------------------------------------------
+    def runBatch(
+        self,
+        source,
+        output,
+        *,
+        modelId: str | None = None,
+        device: str = "auto",
+        outputs: Sequence[str] | None = None,
+        meshFormats: Sequence[str] | None = None,
+        plan: dict | None = None,
+        structures: Sequence[str] | None = None,
+        workers: int | None = None,
+        ray: str | None = None,
+        force: bool = False,
+        options=None,
+        waitForCompletion: bool = True,
+        progressCallback: Callable[[float, str], None] | None = None,
+        summaryTableNode=None,
+    ):
+        """Segment (and plan) a whole cohort: the core's batch run (``lkseg batch``), out of process.
+
+        The same run as :func:`lkseg.batch.run_batch` and the ``lkseg batch`` CLI: resumable
+        (a rerun into the same ``output`` skips finished cases and redoes changed ones), failing
+        cases are recorded and the run goes on, outputs are written atomically.
+
+        Args:
+            source: a folder of NIfTI/NRRD files and DICOM series (searched recursively), a CSV
+                case list (``path``, optional ``case_id``, ``height_cm``, ``weight_kg``, ...) or
+                one image file.
+            output: the output folder (``cases/<id>/...``, ``summary.csv``, ``failures.csv``).
+            modelId: model package id or folder (the default model when None).
+            device: "auto", "cpu" or "cuda".
+            outputs, meshFormats, plan, structures, workers, ray, force: as the fields of
+                :class:`lkseg.batch.BatchOptions` (None keeps the default); ``plan`` is e.g.
+                ``{"height_cm": 175, "weight_kg": 80}``.
+            options: a complete :class:`lkseg.batch.BatchOptions` instead of the fields above.
+            waitForCompletion: block until done (console use). When False, returns the started
+                :class:`~LiverKidneySegLib.batch.BatchJob`; call its ``poll()`` from a timer.
+            progressCallback: ``progress(fraction, message)``.
+            summaryTableNode: fill this table node with the per-case summary (when waiting); a
+                new one is created when it is None and ``waitForCompletion`` is True.
+
+        Returns:
+            The run's summary dict (``counts``, ``model``, ``cases_per_hour``, ``summary_csv``,
+            ``rows``, ``table``: the table node) when waiting, else the running job.
+
+        Raises:
+            InputError: bad source, output or options; ModelError: the model is not installed;
+            LKSegError: the run could not go on; CancelledError: cancelled with :meth:`cancelBatch`.
+        """
+        from lkseg.batch import BatchOptions
+
+        if self.batchJob is not None and not self.batchJob.finished:
+            raise RuntimeError("a batch run is already going on; cancel it first")
+        if options is None:
+            fields: dict = {"device": device, "force": force, "workers": workers, "ray": ray}
+            if outputs is not None:
+                fields["outputs"] = tuple(outputs)
+            if meshFormats is not None:
+                fields["mesh_formats"] = tuple(meshFormats)
+            if plan:
+                fields["plan"] = {k: str(v) for k, v in plan.items()}
+            if structures is not None:
+                fields["structures"] = tuple(structures)
+            options = BatchOptions(**fields)
+        self.batchJob = BatchJob(source, output, modelId, options, progressCallback).start()
+        if not waitForCompletion:
+            return self.batchJob
+        summary = self.batchJob.wait()
+        summary["table"] = summaryTable(summary, summaryTableNode, scene=self.scene)
+        return summary
+
+    def cancelBatch(self) -> None:
+        """Stop the running batch (kills its process tree); finished cases are kept."""
+        if self.batchJob is not None:
+            self.batchJob.cancel()
 
     # -- refinement -----------------------------------------------------------------------------
     def _segmentId(self, segmentationNode, segmentName: str, create: bool = True) -> str:
@@ -513,6 +594,7 @@ class LiverKidneySegLogicBase:
     def cleanup(self) -> None:
         """Cancel running work and stop the refinement worker thread."""
         self.cancel()
+        self.cancelBatch()
         if self._engine is not None:
             self._engine.shutdown()
 
