@@ -214,3 +214,32 @@ def test_concurrent_builds_do_not_mix_meshes():
         results = list(pool.map(lambda v: build_surfaces(v, TABLE), [small, big, small, big]))
     for n, meshes in enumerate(results):
         assert [m.volume_ml for m in meshes] == pytest.approx(expected[n % 2], rel=1e-9)
+
+
+RENDER_THEN_TORCHVISION = """
+import numpy as np, sys
+from lkseg.surfaces import RenderError, build_surfaces, render_png_bytes
+from lkseg.volume import Volume
+a = np.zeros((20, 20, 20), np.uint8)
+a[5:15, 5:15, 5:15] = 1
+try:
+    png = render_png_bytes(build_surfaces(Volume.from_array(a, (1, 1, 1), (0, 0, 0), np.eye(3)), {1: "liver"}))
+except RenderError:
+    sys.exit(3)
+import torchvision  # loads torch._dynamo and triton, whose LLVM crashed after Mesa's
+print("rendered", len(png), "then imported torchvision")
+"""
+
+
+def test_render_then_refine_libraries_in_one_process():
+    """Rendering a report (Mesa's LLVM) and then importing LiteMedSAM's libraries (triton's LLVM)
+    used to kill the process with a segmentation fault; run in a child so a crash fails the test."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torchvision")
+    proc = subprocess.run([sys.executable, "-c", RENDER_THEN_TORCHVISION], capture_output=True, text=True, timeout=300)
+    if proc.returncode == 3:
+        pytest.skip("no offscreen OpenGL here")
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
+    assert "then imported torchvision" in proc.stdout

@@ -56,6 +56,29 @@ def _quiet_x11_fallback():
         vtkLogger.SetStderrVerbosity(old)
 
 
+def _load_llvm_users_first() -> None:
+    """Import triton (when installed) before the first OpenGL context exists.
+
+    Without a GPU, VTK's offscreen context comes from Mesa (EGL/llvmpipe), which loads the system
+    ``libLLVM``. triton bundles its own LLVM; loaded after Mesa's, its static initialisers crash
+    the process with a segmentation fault (seen with torch 2.14 / triton and Mesa's LLVM 15).
+    torch imports triton lazily (``torchvision`` pulls in ``torch._dynamo``), so rendering a
+    report and then refining with LiteMedSAM in the same process crashed. Loaded in the other
+    order both work; this import costs about 0.3 s once.
+    """
+    import importlib.util
+    import sys
+
+    if "triton" in sys.modules:
+        return
+    try:
+        if importlib.util.find_spec("triton") is None:
+            return
+        import triton  # noqa: F401
+    except Exception as exc:  # a broken triton must not stop the rendering
+        log.debug("triton not pre-loaded before OpenGL: %s", exc)
+
+
 def render_png_bytes(
     meshes: Sequence[SurfaceMesh],
     size: tuple[int, int] = (800, 600),
@@ -67,6 +90,7 @@ def render_png_bytes(
     Raises:
         RenderError: no usable offscreen OpenGL context.
     """
+    _load_llvm_users_first()
     import vtkmodules.vtkRenderingOpenGL2  # noqa: F401  (registers the OpenGL render window)
     from vtkmodules.vtkIOImage import vtkPNGWriter
     from vtkmodules.vtkRenderingCore import (
