@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from LiverKidneySegLib.process import CoreProcess
+from LiverKidneySegLib.process import CoreJob, CoreProcess
 from LiverKidneySegLib.segmentations import SegmentExistsError, findSegmentId, labelMapToSegmentation
 from LiverKidneySegLib.volumes import volumeFromNode
-from lkseg.errors import CancelledError, LKSegError
+from lkseg.errors import LKSegError
 from lkseg.labels import get_structure
 
 __all__ = ["MODULE_MODELS_DIR", "SegmentOptions", "SegmentationJob", "modelFolders", "resolveModel", "temporaryRoot"]
@@ -87,7 +87,7 @@ def temporaryRoot() -> Path:
     return Path(tempfile.gettempdir())
 
 
-class SegmentationJob:
+class SegmentationJob(CoreJob):
     """One automatic segmentation of ``volumeNode`` into ``segmentationNode``.
 
     Args:
@@ -108,15 +108,11 @@ class SegmentationJob:
         progress: Callable[[float, str], None] | None = None,
         logCallback: Callable[[str], None] | None = None,
     ):
+        super().__init__(progress, logCallback)
         self.volumeNode = volumeNode
         self.segmentationNode = segmentationNode
         self.options = options or SegmentOptions()
-        self.progress = progress
-        self.logCallback = logCallback
-        self.state = "new"
-        self.error: Exception | None = None
         self.segmentIds: list[str] = []
-        self._process: CoreProcess | None = None
         self._workDir: Path | None = None
         self._grid = None
 
@@ -159,48 +155,13 @@ class SegmentationJob:
         self.state = "running"
         return self
 
-    def _report(self, fraction: float, message: str) -> None:
-        if self.progress:
-            self.progress(min(max(fraction, 0.0), 1.0), message)
+    title = "lkseg segment"
+    cancelMessage = "automatic segmentation cancelled by the user"
 
-    def _log(self, line: str) -> None:
-        log.info("lkseg: %s", line)
-        if self.logCallback:
-            self.logCallback(line)
-
-    # -- driving ----------------------------------------------------------------------------
-    @property
-    def finished(self) -> bool:
-        return self.state in ("done", "failed", "cancelled")
-
-    def poll(self) -> bool:
-        """Deliver progress; when the child has ended, import the result (on this thread).
-
-        Returns:
-            True once the job is finished (see :attr:`state` and :attr:`error`).
-        """
-        if self.finished:
-            return True
-        if self._process is None:
-            raise RuntimeError("call start() first")
-        code = self._process.poll()
-        if code is None:
-            return False
-        try:
-            if self._process.cancelled:
-                raise CancelledError("automatic segmentation cancelled by the user")
-            if code != 0:
-                raise LKSegError(f"lkseg segment failed (exit code {code}): {self._process.errorText()}")
-            self._import()
-            self.state = "done"
-            self._report(1.0, "done")
-        except CancelledError as exc:
-            self.state, self.error = "cancelled", exc
-        except Exception as exc:
-            self.state, self.error = "failed", exc
-        finally:
-            self._cleanup()
-        return True
+    def _finish(self, code: int) -> None:
+        if code != 0:
+            raise LKSegError(f"lkseg segment failed (exit code {code}): {self._process.errorText()}")
+        self._import()
 
     def _import(self) -> None:
         from lkseg.io.segnrrd import read_seg_nrrd
@@ -222,22 +183,9 @@ class SegmentationJob:
             replaceExisting=self.options.replaceExisting,
         )
 
-    def wait(self, interval: float = 0.1) -> list[str]:
-        """Poll until finished; returns the written segment IDs or raises the job's error."""
-        import time
-
-        while not self.poll():
-            time.sleep(interval)
-        if self.error is not None:
-            raise self.error
+    def _result(self) -> list[str]:
+        """:meth:`wait` returns the written segment IDs."""
         return self.segmentIds
-
-    def cancel(self) -> None:
-        """Kill the child process tree (within 2 s); the job ends as ``"cancelled"`` at the next poll."""
-        if self._process is not None and not self.finished:
-            self._process.cancel()
-        elif self.state == "new":
-            self.state = "cancelled"
 
     def _cleanup(self) -> None:
         if self._workDir is not None:

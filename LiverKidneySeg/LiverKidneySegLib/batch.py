@@ -22,8 +22,8 @@ import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from LiverKidneySegLib.process import CoreProcess
-from lkseg.errors import CancelledError, InputError, LKSegError
+from LiverKidneySegLib.process import CoreJob, CoreProcess
+from lkseg.errors import InputError, LKSegError
 
 __all__ = ["BatchJob", "readBatchSummary", "summaryTable"]
 
@@ -54,7 +54,7 @@ def readBatchSummary(outputFolder: str | Path) -> dict:
     return summary
 
 
-class BatchJob:
+class BatchJob(CoreJob):
     """One ``lkseg batch SOURCE OUTPUT`` run in a child process.
 
     Args:
@@ -83,16 +83,12 @@ class BatchJob:
     ):
         from lkseg.batch import BatchOptions
 
+        super().__init__(progress, logCallback)
         self.source = Path(source)
         self.output = Path(output)
         self.modelId = modelId
         self.options = options if options is not None else BatchOptions()
-        self.progress = progress
-        self.logCallback = logCallback
-        self.state = "new"
-        self.error: Exception | None = None
         self.summary: dict | None = None
-        self._process: CoreProcess | None = None
 
     def start(self) -> BatchJob:
         """Check the inputs and start the child; returns self.
@@ -118,65 +114,20 @@ class BatchJob:
         self.state = "running"
         return self
 
-    def _report(self, fraction: float, message: str) -> None:
-        if self.progress:
-            self.progress(min(max(fraction, 0.0), 1.0), message)
+    title = "lkseg batch"
+    cancelMessage = "batch cancelled by the user; finished cases are kept (rerun to resume)"
 
-    def _log(self, line: str) -> None:
-        log.info("lkseg batch: %s", line)
-        if self.logCallback:
-            self.logCallback(line)
+    def _finish(self, code: int) -> None:
+        # exit 1 = the run finished but some cases failed; anything else is the run failing
+        if code not in (0, 1):
+            raise LKSegError(f"lkseg batch failed (exit code {code}): {self._process.errorText()}")
+        self.summary = readBatchSummary(self.output)
+        if code == 1 and not self.summary.get("counts", {}).get("failed"):
+            raise LKSegError(f"lkseg batch failed: {self._process.errorText()}")
 
-    @property
-    def finished(self) -> bool:
-        return self.state in ("done", "failed", "cancelled")
-
-    def poll(self) -> bool:
-        """Deliver progress; once the child has ended, read the run's summary.
-
-        Returns:
-            True once the job is finished (see :attr:`state`, :attr:`summary`, :attr:`error`).
-        """
-        if self.finished:
-            return True
-        if self._process is None:
-            raise RuntimeError("call start() first")
-        code = self._process.poll()
-        if code is None:
-            return False
-        try:
-            if self._process.cancelled:
-                raise CancelledError("batch cancelled by the user; finished cases are kept (rerun to resume)")
-            # exit 1 = the run finished but some cases failed; anything else is the run failing
-            if code not in (0, 1):
-                raise LKSegError(f"lkseg batch failed (exit code {code}): {self._process.errorText()}")
-            self.summary = readBatchSummary(self.output)
-            if code == 1 and not self.summary.get("counts", {}).get("failed"):
-                raise LKSegError(f"lkseg batch failed: {self._process.errorText()}")
-            self.state = "done"
-            self._report(1.0, "done")
-        except CancelledError as exc:
-            self.state, self.error = "cancelled", exc
-        except Exception as exc:
-            self.state, self.error = "failed", exc
-        return True
-
-    def wait(self, interval: float = 0.2) -> dict:
-        """Poll until finished; returns :attr:`summary` or raises the job's error."""
-        import time
-
-        while not self.poll():
-            time.sleep(interval)
-        if self.error is not None:
-            raise self.error
+    def _result(self) -> dict:
+        """:meth:`wait` returns :attr:`summary`."""
         return self.summary
-
-    def cancel(self) -> None:
-        """Kill the child process tree (within about 2 s); finished cases stay in the output."""
-        if self._process is not None and not self.finished:
-            self._process.cancel()
-        elif self.state == "new":
-            self.state = "cancelled"
 
 
 def summaryTable(summary: Mapping, tableNode=None, scene=None):

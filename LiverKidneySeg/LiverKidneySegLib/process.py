@@ -30,6 +30,7 @@ from pathlib import Path
 
 __all__ = [
     "PROGRESS_PREFIX",
+    "CoreJob",
     "CoreProcess",
     "coreCommand",
     "coreEnvironment",
@@ -292,3 +293,101 @@ class CoreProcess:
         if errors:
             return errors[-1]
         return "\n".join(list(self.tail)[-15:]) or f"lkseg exited with code {self.returncode}"
+
+
+class CoreJob:
+    """A long ``lkseg`` run driven from the thread that owns the MRML scene.
+
+    Subclasses start :attr:`_process` (a :class:`CoreProcess`) in their ``start()`` and implement
+    :meth:`_finish` (read the child's results, on the polling thread). States: ``"new"`` ->
+    ``"running"`` -> ``"done"`` | ``"failed"`` | ``"cancelled"``.
+
+    Args:
+        progress: ``progress(fraction, message)``, called from :meth:`poll`.
+        logCallback: the child's other output lines, called from :meth:`poll`.
+    """
+
+    #: what the job is called in log lines and messages
+    title = "lkseg"
+    #: the error raised (as :attr:`error`) when the user cancelled
+    cancelMessage = "cancelled by the user"
+
+    def __init__(
+        self,
+        progress: Callable[[float, str], None] | None = None,
+        logCallback: Callable[[str], None] | None = None,
+    ):
+        self.progress = progress
+        self.logCallback = logCallback
+        self.state = "new"
+        self.error: Exception | None = None
+        self._process: CoreProcess | None = None
+
+    def _report(self, fraction: float, message: str) -> None:
+        if self.progress:
+            self.progress(min(max(fraction, 0.0), 1.0), message)
+
+    def _log(self, line: str) -> None:
+        log.info("%s: %s", self.title, line)
+        if self.logCallback:
+            self.logCallback(line)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed", "cancelled")
+
+    def _finish(self, code: int) -> None:
+        """Called once the child has ended with exit ``code`` (not cancelled); raise to fail."""
+        raise NotImplementedError
+
+    def _cleanup(self) -> None:
+        """Called once when the job ends, whatever the outcome."""
+
+    def poll(self) -> bool:
+        """Deliver progress; once the child has ended, collect its result (on this thread).
+
+        Returns:
+            True once the job is finished (see :attr:`state` and :attr:`error`).
+        """
+        from lkseg.errors import CancelledError
+
+        if self.finished:
+            return True
+        if self._process is None:
+            raise RuntimeError("call start() first")
+        code = self._process.poll()
+        if code is None:
+            return False
+        try:
+            if self._process.cancelled:
+                raise CancelledError(self.cancelMessage)
+            self._finish(code)
+            self.state = "done"
+            self._report(1.0, "done")
+        except CancelledError as exc:
+            self.state, self.error = "cancelled", exc
+        except Exception as exc:
+            self.state, self.error = "failed", exc
+        finally:
+            self._cleanup()
+        return True
+
+    def _result(self):
+        """What :meth:`wait` returns."""
+        return None
+
+    def wait(self, interval: float = 0.1):
+        """Poll until finished; returns the job's result or raises its error."""
+        while not self.poll():
+            time.sleep(interval)
+        if self.error is not None:
+            raise self.error
+        return self._result()
+
+    def cancel(self) -> None:
+        """Kill the child process tree (within about 2 s); the job ends as ``"cancelled"`` at the
+        next poll."""
+        if self._process is not None and not self.finished:
+            self._process.cancel()
+        elif self.state == "new":
+            self.state = "cancelled"

@@ -47,7 +47,8 @@ def grid_for_spacing(grid: Grid, spacing: Sequence[float]) -> Grid:
     return Grid((int(new_size[2]), int(new_size[1]), int(new_size[0])), tuple(new_spacing), tuple(origin), grid.direction)
 
 
-def _reference(grid: Grid):
+def sitk_reference(grid: Grid):
+    """An empty SimpleITK image (uint8) with ``grid``'s size, spacing, origin and direction (LPS)."""
     import SimpleITK as sitk
 
     ref = sitk.Image([int(s) for s in grid.size_ijk], sitk.sitkUInt8)
@@ -57,7 +58,8 @@ def _reference(grid: Grid):
     return ref
 
 
-def _sitk_image(array: np.ndarray, grid: Grid):
+def sitk_image(array: np.ndarray, grid: Grid):
+    """A SimpleITK image of the ZYX ``array`` placed on ``grid`` (LPS geometry)."""
     import SimpleITK as sitk
 
     img = sitk.GetImageFromArray(np.ascontiguousarray(array))
@@ -91,8 +93,8 @@ def resample_array_to_grid(
         src = src.astype(np.float32)
     if src.dtype == np.bool_:
         src = src.astype(np.uint8)
-    img = _sitk_image(src, source)
-    out = sitk.Resample(img, _reference(target), sitk.Transform(), interp, float(default_value), img.GetPixelID())
+    img = sitk_image(src, source)
+    out = sitk.Resample(img, sitk_reference(target), sitk.Transform(), interp, float(default_value), img.GetPixelID())
     result = sitk.GetArrayFromImage(out)
     return result.astype(array.dtype, copy=False) if array.dtype == np.bool_ else result
 

@@ -13,29 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from lkseg.resample import sitk_image, sitk_reference
 from lkseg.volume import Grid, Volume
 
 __all__ = ["ImageSampler", "ProbabilityField", "axis_maps", "resample_channels"]
-
-
-def _reference(grid: Grid):
-    import SimpleITK as sitk
-
-    ref = sitk.Image([int(s) for s in grid.size_ijk], sitk.sitkUInt8)
-    ref.SetSpacing(grid.spacing)
-    ref.SetOrigin(grid.origin)
-    ref.SetDirection(tuple(float(v) for v in grid.direction.reshape(-1)))
-    return ref
-
-
-def _image(array: np.ndarray, grid: Grid):
-    import SimpleITK as sitk
-
-    img = sitk.GetImageFromArray(np.ascontiguousarray(array))
-    img.SetSpacing(grid.spacing)
-    img.SetOrigin(grid.origin)
-    img.SetDirection(tuple(float(v) for v in grid.direction.reshape(-1)))
-    return img
 
 
 class ImageSampler:
@@ -50,7 +31,7 @@ class ImageSampler:
         arr = volume.array
         if arr.dtype == np.float64 or arr.dtype.itemsize > 4 or arr.dtype == np.bool_:
             arr = arr.astype(np.float32)
-        self.image = _image(arr, volume.grid)
+        self.image = sitk_image(arr, volume.grid)
         self.grid = volume.grid
         self.outside = float(outside_hu)
 
@@ -59,7 +40,7 @@ class ImageSampler:
         import SimpleITK as sitk
 
         out = sitk.Resample(
-            self.image, _reference(grid), sitk.Transform(), sitk.sitkLinear, self.outside, sitk.sitkFloat32
+            self.image, sitk_reference(grid), sitk.Transform(), sitk.sitkLinear, self.outside, sitk.sitkFloat32
         )
         return sitk.GetArrayFromImage(out)
 
@@ -72,9 +53,9 @@ def resample_channels(probs: np.ndarray, source: Grid, target: Grid, channels: l
     import SimpleITK as sitk
 
     out = np.empty((len(channels), *target.shape), dtype=np.float32)
-    ref = _reference(target)
+    ref = sitk_reference(target)
     for n, c in enumerate(channels):
-        img = _image(probs[c], source)
+        img = sitk_image(probs[c], source)
         res = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         out[n] = sitk.GetArrayViewFromImage(res)
     return out
