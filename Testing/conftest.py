@@ -70,6 +70,17 @@ def headless_slicer():
     return setupHeadlessSlicer()
 
 
+@pytest.fixture(scope="module")
+def private_onnx_cache(tmp_path_factory):
+    """ONNX exports of a test module's models go to a temporary cache (``$LKSEG_CACHE``, which
+    child processes inherit), not the user's; use with
+    ``pytestmark = pytest.mark.usefixtures("private_onnx_cache")``."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LKSEG_CACHE", str(tmp_path_factory.mktemp("lkseg-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def mrml_scene(headless_slicer):
     """The headless MRML scene; every node a test adds is removed afterwards."""
@@ -154,7 +165,9 @@ def refine_ct(real_ct_dir):
     origin = image.grid.index_to_lps([0.0, 0.0, 10.0])
 
     def crop(vol: Volume) -> Volume:
-        return Volume.from_array(np.ascontiguousarray(vol.array[10:22]), vol.spacing, origin, vol.direction, dict(vol.meta))
+        return Volume.from_array(
+            np.ascontiguousarray(vol.array[10:22]), vol.spacing, origin, vol.direction, dict(vol.meta)
+        )
 
     return crop(image), crop(labels)
 

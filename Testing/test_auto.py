@@ -31,13 +31,7 @@ from lkseg.volume import Grid, Volume  # noqa: E402
 LABELS = {1: "liver", 2: "liver_tumor", 3: "kidney_right", 4: "kidney_left", 5: "spleen"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _private_onnx_cache(tmp_path_factory):
-    """ONNX exports of this module's test models go to a temporary cache, not the user's."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LKSEG_CACHE", str(tmp_path_factory.mktemp("lkseg-cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("private_onnx_cache")
 
 
 @pytest.fixture(scope="session")

@@ -21,12 +21,7 @@ from lkseg.volume import Volume  # noqa: E402
 LABELS = {1: "liver", 2: "liver_tumor", 3: "spleen"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _private_onnx_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LKSEG_CACHE", str(tmp_path_factory.mktemp("lkseg-cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("private_onnx_cache")
 
 
 @pytest.fixture(scope="module")

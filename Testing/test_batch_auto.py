@@ -19,6 +19,8 @@ pytest.importorskip("lkseg.auto", reason="the automatic engine is not in this tr
 from lkseg.batch import BatchOptions, EngineSpec, engine_identity, run_batch  # noqa: E402
 from lkseg.io import read_image, read_label_map, write_image  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("private_onnx_cache")
+
 LABELS = {
     1: "liver",
     2: "liver_tumor",

@@ -99,7 +99,17 @@ def test_cli_metrics_table_and_json(tmp_path, capsys):
     b = _sphere((30, 40, 40), (22, 20, 22), 9, spacing).astype(np.uint8)
     write_label_map(Volume.from_array(a, spacing), tmp_path / "pred.nii.gz")
     write_label_map(Volume.from_array(b, spacing), tmp_path / "ref.nrrd")
-    rc = main(["metrics", str(tmp_path / "pred.nii.gz"), str(tmp_path / "ref.nrrd"), "--labels", "1=liver", "--json", str(tmp_path / "m.json")])
+    rc = main(
+        [
+            "metrics",
+            str(tmp_path / "pred.nii.gz"),
+            str(tmp_path / "ref.nrrd"),
+            "--labels",
+            "1=liver",
+            "--json",
+            str(tmp_path / "m.json"),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "liver" in out and "HD95" in out
@@ -129,8 +139,14 @@ def test_cli_metrics_matches_seg_nrrd_segments_by_name(tmp_path, capsys):
     pred[liver], pred[kidney] = 1, 3
     ref = np.zeros(liver.shape, np.uint8)
     ref[liver], ref[kidney] = 7, 2  # other values, same names
-    write_seg_nrrd(Segmentation.from_label_volume(Volume.from_array(pred, spacing), {1: "liver", 3: "kidney_right"}), tmp_path / "p.seg.nrrd")
-    write_seg_nrrd(Segmentation.from_label_volume(Volume.from_array(ref, spacing), {7: "liver", 2: "kidney_right"}), tmp_path / "r.seg.nrrd")
+    write_seg_nrrd(
+        Segmentation.from_label_volume(Volume.from_array(pred, spacing), {1: "liver", 3: "kidney_right"}),
+        tmp_path / "p.seg.nrrd",
+    )
+    write_seg_nrrd(
+        Segmentation.from_label_volume(Volume.from_array(ref, spacing), {7: "liver", 2: "kidney_right"}),
+        tmp_path / "r.seg.nrrd",
+    )
     assert main(["metrics", str(tmp_path / "p.seg.nrrd"), str(tmp_path / "r.seg.nrrd")]) == 0
     lines = {ln.split()[0]: ln.split() for ln in capsys.readouterr().out.splitlines() if ln and ln[0].isalpha()}
     assert float(lines["liver"][1]) == 1.0 and float(lines["kidney_right"][1]) == 1.0

@@ -24,13 +24,7 @@ NO_POST = AutoOptions(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _private_onnx_cache(tmp_path_factory):
-    """ONNX exports of this module's test models go to a temporary cache, not the user's."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LKSEG_CACHE", str(tmp_path_factory.mktemp("lkseg-cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("private_onnx_cache")
 
 
 def ct_volume(direction, shape=(24, 28, 32), spacing=(5.0, 4.5, 6.0)) -> Volume:

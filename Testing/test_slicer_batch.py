@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytestmark = pytest.mark.mrml
+pytestmark = [pytest.mark.mrml, pytest.mark.usefixtures("private_onnx_cache")]
 
 LABELS = {1: "liver", 3: "kidney_right", 4: "kidney_left"}
 

@@ -17,14 +17,7 @@ from lkseg.labels import PRODUCT_LABELS  # noqa: E402
 from lkseg.train import PRESETS, LabelMapping, StageConfig, TrainConfig, read_dataset, split_kidney_sides, train_model  # noqa: E402
 from lkseg.volume import Grid, Volume  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _private_onnx_cache(tmp_path_factory):
-    """ONNX exports of this module's test models go to a temporary cache, not the user's."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LKSEG_CACHE", str(tmp_path_factory.mktemp("lkseg-cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("private_onnx_cache")
 
 
 def _toy_case(rng, shape=(24, 40, 40), spacing=(5.0, 5.0, 6.0)):

@@ -54,7 +54,9 @@ def test_sitk_round_trip_keeps_geometry(direction):
     np.testing.assert_array_equal(back.array, vol.array)
     # SimpleITK's own index->point agrees with ours
     img = vol.to_sitk()
-    np.testing.assert_allclose(img.TransformContinuousIndexToPhysicalPoint((3.0, 4.0, 2.0)), vol.grid.index_to_lps([3, 4, 2]), atol=1e-9)
+    np.testing.assert_allclose(
+        img.TransformContinuousIndexToPhysicalPoint((3.0, 4.0, 2.0)), vol.grid.index_to_lps([3, 4, 2]), atol=1e-9
+    )
 
 
 @pytest.mark.parametrize("target", ["LPS", "RAS", "LAS", "SAL"])

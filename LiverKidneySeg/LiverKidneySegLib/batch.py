@@ -97,9 +97,8 @@ class BatchJob(CoreJob):
             InputError: the source does not exist, or the output is an existing file.
             ModelError: the model is not installed.
         """
-        from lkseg.batch.options import batch_cli_args
-
         from LiverKidneySegLib.autoseg import resolveModel
+        from lkseg.batch.options import batch_cli_args
 
         if self.state != "new":
             raise RuntimeError("a BatchJob can be started once")

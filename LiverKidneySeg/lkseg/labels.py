@@ -107,17 +107,58 @@ STRUCTURES: dict[str, Structure] = {
     s.name: s
     for s in [
         Structure("liver", "Liver", _rgb(221, 130, 101), ANATOMICAL_STRUCTURE, _LIVER),
-        Structure("liver_tumor", "Liver tumor", _rgb(255, 220, 40), ALTERED_STRUCTURE, _NEOPLASM, region=_LIVER, organ="liver"),
-        Structure("kidney_right", "Right kidney", _rgb(185, 102, 83), ANATOMICAL_STRUCTURE, _sct("9846003", "Right kidney")),
-        Structure("kidney_left", "Left kidney", _rgb(150, 80, 200), ANATOMICAL_STRUCTURE, _sct("18639004", "Left kidney")),
-        Structure("kidney_tumor", "Kidney tumor", _rgb(0, 200, 80), ALTERED_STRUCTURE, _NEOPLASM, region=_KIDNEY, organ="kidney"),
-        Structure("kidney_cyst", "Kidney cyst", _rgb(90, 180, 255), ALTERED_STRUCTURE, _sct("441457006", "Cyst"), region=_KIDNEY, organ="kidney"),
+        Structure(
+            "liver_tumor", "Liver tumor", _rgb(255, 220, 40), ALTERED_STRUCTURE, _NEOPLASM, region=_LIVER, organ="liver"
+        ),
+        Structure(
+            "kidney_right", "Right kidney", _rgb(185, 102, 83), ANATOMICAL_STRUCTURE, _sct("9846003", "Right kidney")
+        ),
+        Structure(
+            "kidney_left", "Left kidney", _rgb(150, 80, 200), ANATOMICAL_STRUCTURE, _sct("18639004", "Left kidney")
+        ),
+        Structure(
+            "kidney_tumor",
+            "Kidney tumor",
+            _rgb(0, 200, 80),
+            ALTERED_STRUCTURE,
+            _NEOPLASM,
+            region=_KIDNEY,
+            organ="kidney",
+        ),
+        Structure(
+            "kidney_cyst",
+            "Kidney cyst",
+            _rgb(90, 180, 255),
+            ALTERED_STRUCTURE,
+            _sct("441457006", "Cyst"),
+            region=_KIDNEY,
+            organ="kidney",
+        ),
         Structure("spleen", "Spleen", _rgb(157, 108, 162), ANATOMICAL_STRUCTURE, _sct("78961009", "Spleen")),
-        Structure("portal_vein", "Portal vein", _rgb(0, 151, 206), ANATOMICAL_STRUCTURE, _sct("32764006", "Portal vein")),
-        Structure("hepatic_vein", "Hepatic vein", _rgb(0, 90, 180), ANATOMICAL_STRUCTURE, _sct("8993003", "Hepatic vein")),
+        Structure(
+            "portal_vein", "Portal vein", _rgb(0, 151, 206), ANATOMICAL_STRUCTURE, _sct("32764006", "Portal vein")
+        ),
+        Structure(
+            "hepatic_vein", "Hepatic vein", _rgb(0, 90, 180), ANATOMICAL_STRUCTURE, _sct("8993003", "Hepatic vein")
+        ),
         Structure("aorta", "Aorta", _rgb(224, 97, 76), ANATOMICAL_STRUCTURE, _sct("15825003", "Aorta")),
-        Structure("renal_pelvis", "Renal pelvis and sinus", _rgb(255, 250, 160), ANATOMICAL_STRUCTURE, _sct("25990002", "Renal pelvis"), region=_KIDNEY),
-        Structure("liver_cyst", "Liver cyst", _rgb(120, 200, 255), ALTERED_STRUCTURE, _sct("441457006", "Cyst"), region=_LIVER, organ="liver"),
+        Structure(
+            "renal_pelvis",
+            "Renal pelvis and sinus",
+            _rgb(255, 250, 160),
+            ANATOMICAL_STRUCTURE,
+            _sct("25990002", "Renal pelvis"),
+            region=_KIDNEY,
+        ),
+        Structure(
+            "liver_cyst",
+            "Liver cyst",
+            _rgb(120, 200, 255),
+            ALTERED_STRUCTURE,
+            _sct("441457006", "Cyst"),
+            region=_LIVER,
+            organ="liver",
+        ),
         Structure("spine", "Spine", _rgb(241, 214, 145), ANATOMICAL_STRUCTURE, _sct("421060004", "Spine")),
         Structure("body", "Body", _rgb(177, 122, 101), ANATOMICAL_STRUCTURE, _sct("38266002", "Entire body")),
         Structure("resection", "Resection", _rgb(255, 0, 0), ANATOMICAL_STRUCTURE, _LIVER),
@@ -174,5 +215,13 @@ class LabelTable(Mapping[int, str]):
 
 #: The label map written by the automatic engine.
 PRODUCT_LABELS = LabelTable(
-    {1: "liver", 2: "liver_tumor", 3: "kidney_right", 4: "kidney_left", 5: "kidney_tumor", 6: "kidney_cyst", 7: "spleen"}
+    {
+        1: "liver",
+        2: "liver_tumor",
+        3: "kidney_right",
+        4: "kidney_left",
+        5: "kidney_tumor",
+        6: "kidney_cyst",
+        7: "spleen",
+    }
 )

@@ -163,7 +163,9 @@ def compute_metrics(
     else:
         pred_arr = pred.array if isinstance(pred, Volume) else np.asarray(pred)
         ref_arr = ref.array if isinstance(ref, Volume) else np.asarray(ref)
-        spacing = spacing or (pred.spacing if isinstance(pred, Volume) else ref.spacing if isinstance(ref, Volume) else None)
+        spacing = spacing or (
+            pred.spacing if isinstance(pred, Volume) else ref.spacing if isinstance(ref, Volume) else None
+        )
         if spacing is None:
             raise InputError("spacing is required when label maps are given as arrays")
         if pred_arr.shape != ref_arr.shape:

@@ -44,7 +44,9 @@ def grid_for_spacing(grid: Grid, spacing: Sequence[float]) -> Grid:
     new_size = np.maximum(1, np.round(extent / new_spacing).astype(int))
     shift = (new_spacing - old_spacing) / 2.0
     origin = np.asarray(grid.origin) + grid.direction @ shift
-    return Grid((int(new_size[2]), int(new_size[1]), int(new_size[0])), tuple(new_spacing), tuple(origin), grid.direction)
+    return Grid(
+        (int(new_size[2]), int(new_size[1]), int(new_size[0])), tuple(new_spacing), tuple(origin), grid.direction
+    )
 
 
 def sitk_reference(grid: Grid):
@@ -87,7 +89,9 @@ def resample_array_to_grid(
         raise InputError(f"array shape {array.shape} does not match its grid {source.shape}")
     if source.same_as(target, tol=1e-6):
         return np.array(array, copy=True) if interpolation == "nearest" else array.astype(np.float32, copy=True)
-    interp = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}[interpolation]
+    interp = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}[
+        interpolation
+    ]
     src = array
     if interpolation != "nearest" and src.dtype != np.float32:
         src = src.astype(np.float32)
@@ -99,7 +103,9 @@ def resample_array_to_grid(
     return result.astype(array.dtype, copy=False) if array.dtype == np.bool_ else result
 
 
-def resample_to_grid(volume: Volume, target: Grid, interpolation: Interpolation = "linear", default_value: float = 0.0) -> Volume:
+def resample_to_grid(
+    volume: Volume, target: Grid, interpolation: Interpolation = "linear", default_value: float = 0.0
+) -> Volume:
     """Resample a :class:`Volume` onto ``target``; labels should use ``nearest`` or ``label_linear``."""
     if interpolation == "label_linear":
         arr = resample_labels_to_grid(volume.array, volume.grid, target)
@@ -108,7 +114,9 @@ def resample_to_grid(volume: Volume, target: Grid, interpolation: Interpolation 
     return Volume(arr, target, dict(volume.meta))
 
 
-def resample_to_spacing(volume: Volume, spacing: Sequence[float], interpolation: Interpolation = "linear", default_value: float = 0.0) -> Volume:
+def resample_to_spacing(
+    volume: Volume, spacing: Sequence[float], interpolation: Interpolation = "linear", default_value: float = 0.0
+) -> Volume:
     """Resample to a new spacing (i, j, k mm) over the same physical extent."""
     return resample_to_grid(volume, grid_for_spacing(volume.grid, spacing), interpolation, default_value)
 

@@ -59,5 +59,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"extent       {' x '.join(f'{e:.1f}' for e in info['extent_mm'])} mm")
     print(f"orientation  {info['orientation']}")
     print(f"origin (LPS) {', '.join(f'{o:.2f}' for o in info['origin_lps_mm'])} mm")
-    print(f"values       {info['min']:.1f} .. {info['max']:.1f} ({info['dtype']}; 1st-99th percentile {info['p01']:.1f} .. {info['p99']:.1f})")
+    print(
+        f"values       {info['min']:.1f} .. {info['max']:.1f} ({info['dtype']}; 1st-99th percentile {info['p01']:.1f} .. {info['p99']:.1f})"
+    )
     return 0

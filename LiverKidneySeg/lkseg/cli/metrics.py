@@ -18,7 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("pred", help="predicted label map")
     p.add_argument("ref", help="reference label map")
-    p.add_argument("--labels", help="value=name pairs for PRED (and REF), e.g. 1=liver,2=liver_tumor; 'product' for the default map")
+    p.add_argument(
+        "--labels",
+        help="value=name pairs for PRED (and REF), e.g. 1=liver,2=liver_tumor; 'product' for the default map",
+    )
     p.add_argument("--ref-labels", help="value=name pairs for REF when its values differ")
     p.add_argument("--json", dest="json_out", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(func=run)
