@@ -288,6 +288,37 @@ def test_single_kidney_keeps_network_vote_and_drops_noise():
     assert labels[3, 3, 3] == 0
 
 
+@pytest.mark.parametrize("min_mm", [5.0, 0.0])
+def test_lesion_specks_become_the_surrounding_organ(min_mm):
+    """Tumour pieces smaller than a ``min_lesion_mm`` sphere are relabelled to the organ around
+    them; lesions at or above the size are kept exactly; 0 turns the rule off."""
+    shape = (40, 40, 60)
+    spacing = (0.8, 0.8, 2.0)  # (i, j, k) mm, anisotropic: sizes are in mm, not voxels
+    voxel_mm3 = 0.8 * 0.8 * 2.0
+    labels = np.zeros(shape, np.uint8)
+    labels[_sphere(shape, (20, 20, 15), 12)] = 4  # left kidney (voxel radius 12 on a 0.8-2 mm grid)
+    labels[_sphere(shape, (20, 20, 45), 12)] = 1  # liver
+    labels[20, 20, 10] = 5  # 1-voxel kidney tumour speck (1.3 mm3)
+    labels[20, 19:21, 48] = 2  # 2-voxel liver tumour speck
+    big = _sphere(shape, (20, 25, 42), 3)  # 123 voxels = 157 mm3 = a 6.7 mm sphere: kept
+    labels[big] = 2
+    assert big.sum() * voxel_mm3 > np.pi / 6 * 5.0**3
+    notes = postprocess_labels(
+        labels,
+        Grid(shape, spacing, (0, 0, 0), np.eye(3)),
+        PRODUCT_LABELS,
+        PostprocessConfig(min_organ_ml=0.01, laterality=False, min_lesion_mm=min_mm),
+    )
+    assert (labels[big] == 2).all()
+    if min_mm:
+        assert labels[20, 20, 10] == 4 and (labels[20, 19:21, 48] == 1).all()
+        assert any("speck" in n and "kidney_tumor" in n for n in notes)
+        assert any("speck" in n and "liver_tumor" in n for n in notes)
+    else:
+        assert labels[20, 20, 10] == 5 and (labels[20, 19:21, 48] == 2).all()
+        assert not any("speck" in n for n in notes)
+
+
 # -- cascade geometry and windows ---------------------------------------------------------------
 def test_covering_box_contains_the_physical_extent():
     coarse = Grid((10, 12, 14), (6, 6, 6), (0, 0, 0), DIRECTIONS["oblique"])

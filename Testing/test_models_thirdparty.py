@@ -20,7 +20,9 @@ from lkseg.models.thirdparty import make_mapping  # noqa: E402
 from lkseg.volume import Grid, Volume  # noqa: E402
 
 NO_POST = AutoOptions(
-    postprocess=PostprocessConfig(largest_component=False, fill_holes=False, laterality=False, min_organ_ml=0.0)
+    postprocess=PostprocessConfig(
+        largest_component=False, fill_holes=False, laterality=False, min_organ_ml=0.0, min_lesion_mm=0.0
+    )
 )
 
 

@@ -48,7 +48,7 @@ def parse_variant(text: str) -> dict[str, float] | None:
 
 def score(pred: np.ndarray, ph, table) -> dict:
     """Organ Dice, per-case tumour Dice (small lesions masked out) and per-lesion scores."""
-    from lkseg.metrics import dice
+    from lkseg.metrics import dice, mask_metrics
 
     ref = ph.product_labels().array
     row: dict = {name: dice(pred == table.value_of(name), ref == table.value_of(name)) for name in ORGANS}
@@ -59,6 +59,7 @@ def score(pred: np.ndarray, ph, table) -> dict:
         lesions += [s | {"type": name} for s in scores]
         if (ref[~small] == v).any():
             row[name] = dice((pred == v) & ~small, (ref == v) & ~small)
+            row[f"{name}_hd95"] = mask_metrics((pred == v) & ~small, (ref == v) & ~small, ph.image.grid.spacing).hd95_mm
     row["lesions"] = lesions
     return row
 
@@ -68,6 +69,9 @@ def summary(name: str, rows: list[dict]) -> dict:
     for s in [*ORGANS, "liver_tumor", "kidney_tumor"]:
         vals = [r[s] for r in rows if s in r]
         out[s] = float(np.mean(vals)) if vals else float("nan")
+    for s in ("liver_tumor", "kidney_tumor"):
+        vals = [r[f"{s}_hd95"] for r in rows if f"{s}_hd95" in r]
+        out[f"{s}_hd95_median"] = float(np.median(vals)) if vals else float("nan")
     for kind, short in (("liver_tumor", "lt"), ("kidney_tumor", "kt")):
         les = [le for r in rows for le in r["lesions"] if le["type"] == kind]
         out[f"{short}_found"] = f"{sum(le['detected'] for le in les)}/{len(les)}"
