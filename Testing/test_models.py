@@ -233,3 +233,65 @@ def test_demo_model_package_is_valid_and_small():
     assert set(manifest.structures) >= {"liver", "liver_tumor", "kidney_right", "kidney_left", "kidney_tumor"}
     assert np.isfinite(manifest.intensity.mean)
     assert shutil
+
+
+def test_wheel_install_finds_the_bundled_models(tmp_path, monkeypatch):
+    """Without the source tree (a non-editable ``pip install``), the registry finds the packages
+    that the wheel put under ``<prefix>/share/lkseg/models``."""
+    import sys
+
+    from lkseg.models import registry
+
+    prefix = tmp_path / "prefix"
+    installed = prefix / registry.INSTALLED_MODELS_SUBDIR
+    shutil.copytree(registry.SOURCE_MODELS_DIR / "lkseg-demo-abdomen", installed / "lkseg-demo-abdomen")
+    monkeypatch.setattr(registry, "SOURCE_MODELS_DIR", tmp_path / "no-source-tree" / "models")
+    monkeypatch.setattr(sys, "prefix", str(prefix))
+    monkeypatch.setenv("LKSEG_MODELS_DIR", str(tmp_path / "empty-user-folder"))
+    assert registry.builtin_models_dir() == installed
+    manifest = registry.find_model(None)  # the default model, checksums verified on load
+    assert manifest.folder == installed / "lkseg-demo-abdomen"
+
+
+def test_wheel_carries_the_bundled_models(tmp_path):
+    """The wheel built from pyproject.toml holds every file of the bundled model packages, byte
+    for byte (so ``pip install .`` gets the demo model and the LiteMedSAM manifest)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from conftest import ROOT
+    from lkseg.models import registry
+
+    pytest.importorskip("setuptools")
+    pytest.importorskip("wheel")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(ROOT),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    source = registry.SOURCE_MODELS_DIR
+    expected = {p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file()}
+    with zipfile.ZipFile(wheel) as zf:
+        shipped = {}
+        for name in zf.namelist():
+            marker = "/data/share/lkseg/models/"
+            if ".data/" in name and marker in name:
+                shipped[name.split(marker, 1)[1]] = zf.read(name)
+    assert set(shipped) == expected
+    for rel, data in shipped.items():
+        assert data == (source / rel).read_bytes(), rel

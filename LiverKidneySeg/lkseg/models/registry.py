@@ -2,7 +2,8 @@
 
 Folders searched, in order:
 
-1. the built-in ``models/`` folder at the root of the LiverKidneySeg source tree (demo models);
+1. the built-in ``models/`` folder at the root of the LiverKidneySeg source tree (demo models), or
+   ``<sys.prefix>/share/lkseg/models`` where a wheel installed them;
 2. the user model folder(s): ``$LKSEG_MODELS_DIR`` (several separated by ``os.pathsep``) when set,
    else ``~/.lkseg/models``. The variable is read at call time, never at import.
 
@@ -42,9 +43,26 @@ MAPPING_NAME = "lkseg-mapping.json"
 ENV_VAR = "LKSEG_MODELS_DIR"
 
 
+#: Where a wheel install puts the bundled packages (``[tool.setuptools.data-files]``).
+INSTALLED_MODELS_SUBDIR = Path("share") / "lkseg" / "models"
+#: The bundled packages in a source tree or editable install.
+SOURCE_MODELS_DIR = Path(__file__).resolve().parents[3] / "models"
+
+
 def builtin_models_dir() -> Path:
-    """``<source root>/models`` (``LiverKidneySeg/lkseg/../../models``)."""
-    return Path(__file__).resolve().parents[3] / "models"
+    """The bundled model packages: ``<source root>/models`` (``LiverKidneySeg/lkseg/../../models``)
+    in a source tree or editable install, else ``<sys.prefix>/share/lkseg/models`` of a wheel
+    install (the source path is returned when neither exists, for messages)."""
+    import sys
+
+    source = SOURCE_MODELS_DIR
+    if source.is_dir():
+        return source
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        installed = Path(prefix) / INSTALLED_MODELS_SUBDIR
+        if installed.is_dir():
+            return installed
+    return source
 
 
 def user_models_dirs() -> list[Path]:
