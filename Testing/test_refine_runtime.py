@@ -115,7 +115,8 @@ def bbox_rc(mask):
 def test_onnx_export_is_cached_and_verified(refine_engine, refine_cache_dir, tmp_path):
     from lkseg.refine.runtime import make_engine
 
-    folder = next((refine_cache_dir / "onnx").iterdir())
+    # the session cache also holds the automatic models' exports (files); the prompt model's is a folder
+    (folder,) = [p for p in (refine_cache_dir / "onnx").iterdir() if (p / "exports.json").is_file()]
     record = json.loads((folder / "exports.json").read_text())
     assert record["weights_sha256"] == refine_engine.spec.sha256
     assert {"encoder_b1.onnx", "decoder.onnx"} <= set(record["files"])
