@@ -100,6 +100,9 @@ class SegmentationJob(CoreJob):
     States: ``"new"`` -> ``"running"`` -> ``"done"`` | ``"failed"`` | ``"cancelled"``.
     """
 
+    title = "lkseg segment"
+    cancelMessage = "automatic segmentation cancelled by the user"
+
     def __init__(
         self,
         volumeNode,
@@ -154,9 +157,6 @@ class SegmentationJob(CoreJob):
         ).start()
         self.state = "running"
         return self
-
-    title = "lkseg segment"
-    cancelMessage = "automatic segmentation cancelled by the user"
 
     def _finish(self, code: int) -> None:
         if code != 0:

@@ -72,6 +72,9 @@ class BatchJob(CoreJob):
     folder locked by another run, model missing).
     """
 
+    title = "lkseg batch"
+    cancelMessage = "batch cancelled by the user; finished cases are kept (rerun to resume)"
+
     def __init__(
         self,
         source: str | Path,
@@ -112,9 +115,6 @@ class BatchJob(CoreJob):
         self._process = CoreProcess(args, progress=self._report, logCallback=self._log).start()
         self.state = "running"
         return self
-
-    title = "lkseg batch"
-    cancelMessage = "batch cancelled by the user; finished cases are kept (rerun to resume)"
 
     def _finish(self, code: int) -> None:
         # exit 1 = the run finished but some cases failed; anything else is the run failing
