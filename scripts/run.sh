@@ -23,7 +23,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[lkseg] installing torch 2.14.1 + torchvision 0.29.1 and the project (first run takes a few minutes)" >&2
   "$venv/bin/python" -m pip install -q --upgrade pip >&2
   "$venv/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1" >&2
-  "$venv/bin/python" -m pip install -q -e "$root[refine,ray,test,dev]" >&2
+  "$venv/bin/python" -m pip install -q -e "$root[refine,ray,nnunet,test,dev]" >&2
   echo "$want" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"
