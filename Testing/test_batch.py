@@ -331,6 +331,62 @@ def test_run_planning_and_meshes(tmp_path):
     assert set(empty_res.outputs) == {"seg_nrrd", "nifti"}
 
 
+def test_per_case_resection_plane_gives_the_flr(tmp_path):
+    """A ``resection_plane`` column makes planning compute that case's FLR (the same numbers as
+    planning the written label map directly); cases without one have empty FLR columns."""
+    from lkseg.io import read_image, read_label_map
+    from lkseg.planning import PlanOptions, Resection, ResectionPlane, run_plan
+
+    src = _small_cohort(tmp_path, 2)
+    engine = ThresholdEngine()
+    probe = engine.predict(read_image(src / "case0.nii.gz"))
+    liver = np.argwhere(probe.labels.array == 1)  # (k, j, i)
+    centre_ras = np.asarray(probe.labels.grid.index_to_ras(liver[:, ::-1].mean(axis=0))).reshape(-1)
+    plane = f"{centre_ras[0]:.3f} {centre_ras[1]:.3f} {centre_ras[2]:.3f}:1 0 0:positive"  # no commas in CSV
+    lst = tmp_path / "cases.csv"
+    lst.write_text(
+        f"path,height_cm,weight_kg,resection_plane\nin/case0.nii.gz,175,70,{plane}\nin/case1.nii.gz,175,70,\n"
+    )
+    report = run_batch(lst, tmp_path / "out", ThresholdEngine(), options=BatchOptions(outputs=("nifti", "plan")))
+    assert report.counts["done"] == 2, [(r.case_id, r.error) for r in report.results]
+    rows = {r["case_id"]: r for r in read_csv(tmp_path / "out" / "summary.csv")}
+    labels = read_label_map(tmp_path / "out" / "cases" / "case0" / "case0_labels.nii.gz")
+    expected = run_plan(
+        labels,
+        probe.label_table,
+        PlanOptions(resection=Resection(planes=(ResectionPlane.parse(plane),)), surfaces=False),
+    ).flr
+    assert 5.0 < expected.flr_percent < 95.0  # the plane through the centre cuts the liver
+    row = rows["case0"]
+    assert float(row["flr_ml"]) == pytest.approx(expected.flr_ml, abs=1e-3)
+    assert float(row["flr_percent"]) == pytest.approx(expected.flr_percent, abs=1e-3)
+    assert float(row["sflr_percent"]) > 0 and row["flr_verdict"] in ("sufficient", "insufficient")
+    plan = json.loads((tmp_path / "out" / "cases" / "case0" / "case0_plan.json").read_text())
+    assert plan["result"]["flr"]["flr_ml"] == pytest.approx(expected.flr_ml, abs=1e-3)
+    assert all(rows["case1"][c] == "" for c in ("flr_ml", "flr_percent", "sflr_percent", "flr_verdict"))
+    # a changed plane redoes that case only
+    lst.write_text(lst.read_text().replace(":1 0 0:positive", ":1 0 0:negative"))
+    again = run_batch(lst, tmp_path / "out", ThresholdEngine(), options=BatchOptions(outputs=("nifti", "plan")))
+    assert again.result("case0").status == "done" and again.result("case1").status == "skipped"
+    rows = {r["case_id"]: r for r in read_csv(tmp_path / "out" / "summary.csv")}
+    assert float(rows["case0"]["flr_percent"]) < 100.0 - expected.flr_percent + 1.0
+
+
+def test_resection_plane_errors(tmp_path):
+    src = _small_cohort(tmp_path, 1)
+    lst = tmp_path / "cases.csv"
+    lst.write_text("path,resection_plane\nin/case0.nii.gz,1,2:0,0,1\n")
+    with pytest.raises(InputError, match="line 2: resection plane"):
+        discover_cases(lst)
+    with pytest.raises(InputError, match="belongs to one patient"):
+        BatchOptions(plan={"resection_plane": "0,0,0:1,0,0"})
+    # a plane that misses the liver fails that case with the planning error, the run goes on
+    lst.write_text('path,resection_plane\nin/case0.nii.gz,"9000,0,0:1,0,0"\n')  # quoted commas work too
+    report = run_batch(lst, tmp_path / "out", ThresholdEngine(), options=BatchOptions(outputs=("nifti", "plan")))
+    assert report.counts["failed"] == 1 and "liver" in report.result("case0").error
+    assert src.exists()
+
+
 # -- resume -----------------------------------------------------------------------------------------
 def _small_cohort(tmp_path: Path, n: int = 3) -> Path:
     src = tmp_path / "in"

@@ -222,6 +222,8 @@ def _record(loaded: LoadedCase, job: CaseJob, stats: dict, extra: dict, case_dir
     if plan:  # the planning report's lesion counts and burden take precedence (one definition)
         stats = {**stats, "lesions": {**stats["lesions"], **plan["lesions"]}, "burden_pct": plan["burden_pct"]}
         stats["total_liver_volume_ml"] = plan["total_liver_volume_ml"]
+        if plan.get("flr"):
+            stats["flr"] = plan["flr"]
     return {
         **stats,
         **extra,

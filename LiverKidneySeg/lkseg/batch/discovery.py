@@ -246,10 +246,23 @@ def _scan_folder(
     return cases
 
 
+def resection_planes(text: str) -> tuple:
+    """The ``resection_plane`` column: one or more planes ``"R,A,S:nR,nA,nS[:side]"`` (RAS mm)
+    separated by ``;``; several planes resect their intersection (a convex wedge)."""
+    from lkseg.planning import ResectionPlane
+
+    parts = [t for t in str(text).split(";") if t.strip()]
+    if not parts:
+        raise InputError("resection_plane is empty")
+    return tuple(ResectionPlane.parse(t) for t in parts)
+
+
 def read_case_list(csv_path: Path, exclude: Path | None = None) -> list[CaseInput]:
     """Read a CSV case list: a ``path`` column (files or DICOM folders, relative to the CSV's folder),
     optional ``case_id`` and ``series_uid`` columns; any other column (``height_cm``,
-    ``weight_kg``...) becomes per-case metadata given to planning."""
+    ``weight_kg``, ``liver_quality``, ``resection_plane``) becomes per-case metadata given to
+    planning. ``resection_plane`` (see :func:`resection_planes`) makes planning compute the
+    future liver remnant of that case."""
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.DictReader(fh))
@@ -268,6 +281,11 @@ def read_case_list(csv_path: Path, exclude: Path | None = None) -> list[CaseInpu
         path = Path(raw).expanduser()
         path = path if path.is_absolute() else (csv_path.parent / path)
         meta = {k: (v or "").strip() for k, v in row.items() if k and k not in _CSV_RESERVED and (v or "").strip()}
+        if "resection_plane" in meta:
+            try:
+                resection_planes(meta["resection_plane"])
+            except InputError as exc:
+                raise InputError(f"line {line}: {exc.args[0]}", csv_path) from None
         case_id = safe_case_id(row["case_id"].strip()) if (row.get("case_id") or "").strip() else None
         uid = (row.get("series_uid") or "").strip() or None
         if not path.exists():

@@ -19,7 +19,9 @@ OUTPUT_KINDS = ("seg_nrrd", "nifti", "dicom_seg", "meshes", "plan")
 #: Mesh formats the surfaces module exports.
 MESH_FORMATS = ("glb", "stl", "obj", "vtp", "ply")
 #: Planning settings accepted by ``--plan key=value`` (and CSV columns of the same names).
-PLAN_KEYS = ("height_cm", "weight_kg", "liver_quality")
+PLAN_KEYS = ("height_cm", "weight_kg", "liver_quality", "resection_plane")
+#: Planning settings that only a case list can give (they belong to one patient).
+CASE_ONLY_PLAN_KEYS = ("resection_plane",)
 LIVER_QUALITIES = ("normal", "chemotherapy", "steatosis", "cirrhosis")
 
 
@@ -141,9 +143,14 @@ def parse_plan_options(spec: str | dict | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in items:
         key, value = str(key).strip().replace("-", "_"), str(value).strip()
-        if key not in PLAN_KEYS:
+        if key in CASE_ONLY_PLAN_KEYS:
             raise InputError(
-                f"unknown planning setting {key!r}; use {', '.join(PLAN_KEYS)} (e.g. --plan height_cm=178,weight_kg=80)"
+                f"{key} belongs to one patient: give it per case in a CSV case list (a {key!r} column), not for the whole batch"
+            )
+        if key not in PLAN_KEYS:
+            shared = [k for k in PLAN_KEYS if k not in CASE_ONLY_PLAN_KEYS]
+            raise InputError(
+                f"unknown planning setting {key!r}; use {', '.join(shared)} (e.g. --plan height_cm=178,weight_kg=80)"
             )
         if key == "liver_quality" and value not in LIVER_QUALITIES:
             raise InputError(f"liver_quality must be one of {', '.join(LIVER_QUALITIES)}, got {value!r}")

@@ -90,7 +90,8 @@ def _plan_and_meshes(
         extra["warnings"].append("empty segmentation: no planning report or meshes")
         return outputs, extra
     patient = _patient(options, case, volume)
-    plan = run_plan(labels, table, PlanOptions(patient=patient, surfaces=meshes), image=volume)
+    resection = _resection(options, case)
+    plan = run_plan(labels, table, PlanOptions(resection=resection, patient=patient, surfaces=meshes), image=volume)
     extra["warnings"] += [f"planning: {w}" for w in plan.warnings]
     if "plan" in wanted:
         from lkseg.report import write_json
@@ -117,6 +118,15 @@ def _plan_and_meshes(
     return outputs, extra
 
 
+def _resection(options: BatchOptions, case: CaseInput):
+    """The case's planned liver resection from its ``resection_plane`` column, else None (no FLR)."""
+    from lkseg.batch.discovery import resection_planes
+    from lkseg.planning import Resection
+
+    text = options.fingerprint(case.meta)["plan"].get("resection_plane")
+    return Resection(planes=resection_planes(text)) if text else None
+
+
 def _plan_summary(plan: Any) -> dict:
     """Planning numbers for the summary row: lesion counts, tumour burden (% of the organ, which
     includes its lesions, as the planning report defines it) and the total liver volume."""
@@ -130,11 +140,21 @@ def _plan_summary(plan: Any) -> dict:
         organ[b.tumour_structure] = organ.get(b.tumour_structure, 0.0) + b.organ_volume_ml
     burden = {k: round(100.0 * tumour[k] / organ[k], 3) for k in tumour if organ[k] > 0}
     tlv = plan.total_liver_volume_ml()
-    return {
+    out = {
         "lesions": counts,
         "burden_pct": burden,
         "total_liver_volume_ml": round(tlv, 3) if tlv is not None else None,
     }
+    if plan.flr is not None:
+        f = plan.flr
+        out["flr"] = {
+            "flr_ml": round(f.flr_ml, 3),
+            "flr_percent": round(f.flr_percent, 3),
+            "sflr_percent": round(f.sflr_percent, 3) if f.sflr_percent is not None else None,
+            "flr_threshold_percent": f.threshold_percent,
+            "flr_verdict": f.verdict,
+        }
+    return out
 
 
 def _table(result: Any) -> LabelTable:

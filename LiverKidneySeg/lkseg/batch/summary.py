@@ -28,6 +28,8 @@ STATUSES = ("done", "skipped", "failed", "cancelled", "pending")
 #: Structures counted as lesions (connected components) in the summary.
 LESION_STRUCTURES = ("liver_tumor", "kidney_tumor", "kidney_cyst")
 _TIMING_COLUMNS = ("read_s", "infer_s", "write_s", "total_s")
+#: Future liver remnant of cases with a ``resection_plane`` (empty otherwise).
+_FLR_COLUMNS = ("flr_ml", "flr_percent", "sflr_percent", "flr_threshold_percent", "flr_verdict")
 #: Tumour burden = tumour volume / volume of the organ including its lesions (as the planning
 #: report defines it; its per-organ figures are used when planning ran).
 ORGAN_PARTS = {
@@ -134,6 +136,10 @@ def _row(res: CaseResult, names: list[str], lesions: list[str]) -> dict:
         organ_ml = _sum(vols, parts)
         fallback = round(100.0 * vols[tumour] / organ_ml, 3) if organ_ml and tumour in vols else ""
         row[f"{tumour}_burden_pct"] = burden.get(tumour, fallback) if rec else ""
+    flr = rec.get("flr") or {}
+    for col in _FLR_COLUMNS:
+        value = flr.get(col, "")
+        row[col] = "" if value is None else value
     for col in _TIMING_COLUMNS:
         row[col] = timings.get(col, "")
     warnings = list(rec.get("warnings", []))

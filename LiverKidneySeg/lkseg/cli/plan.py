@@ -88,21 +88,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def parse_plane(text: str):
     """``"R,A,S:nR,nA,nS[:side]"`` -> :class:`~lkseg.planning.ResectionPlane` (RAS mm)."""
-    from lkseg.errors import InputError
     from lkseg.planning import ResectionPlane
 
-    parts = text.strip().split(":")
-    if len(parts) not in (2, 3):
-        raise InputError(f"--plane {text!r}: expected 'R,A,S:nR,nA,nS' or 'R,A,S:nR,nA,nS:positive|negative'")
-    try:
-        point = [float(v) for v in parts[0].split(",")]
-        normal = [float(v) for v in parts[1].split(",")]
-    except ValueError:
-        raise InputError(f"--plane {text!r}: point and normal must be 3 comma-separated numbers each") from None
-    if len(point) != 3 or len(normal) != 3:
-        raise InputError(f"--plane {text!r}: point and normal must have 3 numbers each")
-    side = parts[2].strip().lower() if len(parts) == 3 else "positive"
-    return ResectionPlane(tuple(point), tuple(normal), side)  # type: ignore[arg-type]
+    return ResectionPlane.parse(text)
 
 
 def read_plane_markups(path: str | Path, side: str = "positive") -> list:

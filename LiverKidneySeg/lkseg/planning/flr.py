@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -164,6 +165,30 @@ class ResectionPlane:
 
     def to_dict(self) -> dict:
         return {"point_ras_mm": list(self.point_ras), "normal_ras": list(self.normal_ras), "side": self.side}
+
+    @classmethod
+    def parse(cls, text: str) -> ResectionPlane:
+        """``"R,A,S:nR,nA,nS[:positive|negative]"`` (RAS mm; the side defaults to positive). The
+        numbers may be separated by spaces instead of commas (``"-20 10 30:1 0 0"``, handy in CSV).
+
+        Raises:
+            InputError: the text does not have that form.
+        """
+        form = "expected 'R,A,S:nR,nA,nS' or 'R,A,S:nR,nA,nS:positive|negative'"
+        parts = str(text).strip().split(":")
+        if len(parts) not in (2, 3):
+            raise InputError(f"resection plane {text!r}: {form}")
+        try:
+            point = [float(v) for v in re.split(r"[,\s]+", parts[0].strip())]
+            normal = [float(v) for v in re.split(r"[,\s]+", parts[1].strip())]
+        except ValueError:
+            raise InputError(
+                f"resection plane {text!r}: point and normal must be 3 comma-separated numbers each"
+            ) from None
+        if len(point) != 3 or len(normal) != 3:
+            raise InputError(f"resection plane {text!r}: point and normal must have 3 numbers each")
+        side = parts[2].strip().lower() if len(parts) == 3 else "positive"
+        return cls(tuple(point), tuple(normal), side)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
