@@ -28,6 +28,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from lkseg.progress import PROGRESS_PREFIX  # the core CLIs' progress lines (one definition)
+
 __all__ = [
     "PROGRESS_PREFIX",
     "CoreJob",
@@ -41,7 +43,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PROGRESS_PREFIX = "LKSEG_PROGRESS"
 #: Folder that contains the core package ``lkseg`` (the module folder, in Slicer and in the repo).
 MODULE_DIR = Path(__file__).resolve().parents[1]
 

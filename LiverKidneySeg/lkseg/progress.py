@@ -9,19 +9,56 @@ a second.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable
 
 from lkseg.errors import CancelledError
 
-__all__ = ["CancelToken", "ProgressCallback", "SubProgress", "null_progress", "report"]
+__all__ = [
+    "PROGRESS_PREFIX",
+    "CancelToken",
+    "ProgressCallback",
+    "SubProgress",
+    "null_progress",
+    "progress_lines",
+    "report",
+]
 
 ProgressCallback = Callable[[float, str], None]
 log = logging.getLogger(__name__)
 
 
+#: First word of the machine-readable progress lines the CLIs print for a GUI (``--progress-lines``);
+#: the Slicer module parses them (``LiverKidneySegLib.process.parseProgressLine``).
+PROGRESS_PREFIX = "LKSEG_PROGRESS"
+
+
 def null_progress(fraction: float, message: str) -> None:
     """A progress callback that does nothing."""
+
+
+def progress_lines(enabled: bool = True, min_step: float = 0.0, digits: int = 3) -> ProgressCallback | None:
+    """A callback printing ``LKSEG_PROGRESS <fraction> <message>`` lines on stdout (flushed), or
+    None when not ``enabled``.
+
+    Args:
+        min_step: print only when the fraction advanced by at least this much since the last
+            printed line (and always at 1.0); 0 prints every call.
+        digits: decimals of the fraction.
+    """
+    if not enabled:
+        return None
+    last = [-1.0]
+
+    def emit(fraction: float, message: str) -> None:
+        if min_step > 0 and fraction - last[0] < min_step and fraction < 1.0:
+            return
+        last[0] = fraction
+        sys.stdout.write(f"{PROGRESS_PREFIX} {fraction:.{digits}f} {message}\n")
+        sys.stdout.flush()
+
+    return emit
 
 
 class CancelToken:

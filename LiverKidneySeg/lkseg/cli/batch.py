@@ -7,6 +7,8 @@ import contextlib
 import signal
 import sys
 
+from lkseg.progress import progress_lines
+
 __all__ = ["options_from_args", "register", "run"]
 
 _EPILOG = """\
@@ -90,11 +92,6 @@ def _split(text: str | None) -> tuple[str, ...]:
     return tuple(t.strip() for t in (text or "").split(",") if t.strip())
 
 
-def _progress_lines(fraction: float, message: str) -> None:
-    sys.stdout.write(f"LKSEG_PROGRESS {fraction:.4f} {message}\n")
-    sys.stdout.flush()
-
-
 def _install_signal_handlers(cancel) -> dict:
     """First Ctrl-C (or SIGTERM): cancel after saving inferred cases; second: stop at once."""
 
@@ -147,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
             args.output,
             args.model,
             options=options,
-            progress=_progress_lines if args.progress_lines else None,
+            progress=progress_lines(args.progress_lines, digits=4),
             cancel=cancel,
             show_progress_bar=not args.no_progress_bar and not args.quiet,
         )

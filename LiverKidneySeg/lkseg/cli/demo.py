@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from lkseg.progress import progress_lines
+
 __all__ = ["register"]
 
 
@@ -45,11 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from lkseg.pipeline import DemoOptions, check_output_dir, run_demo
 
     out = check_output_dir(Path(args.output))
-    progress = None
-    if args.progress_lines:
-
-        def progress(fraction: float, message: str) -> None:
-            print(f"LKSEG_PROGRESS {fraction:.3f} {message}", flush=True)
+    progress = progress_lines(args.progress_lines)
 
     options = DemoOptions(
         image=Path(args.image) if args.image else None,

@@ -99,14 +99,11 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from lkseg.phantom import PRODUCT_FROM_DETAILED, generate_phantom, write_phantom
-    from lkseg.progress import SubProgress
+    from lkseg.progress import SubProgress, progress_lines
 
     config = config_from_args(args)
 
-    def progress(fraction: float, message: str) -> None:
-        print(f"LKSEG_PROGRESS {fraction:.3f} {message}", flush=True)
-
-    show = progress if args.progress_lines else None
+    show = progress_lines(args.progress_lines)
     phantom = generate_phantom(config, progress=SubProgress(show, 0.0, 0.85) if show else None)
     if show:
         show(0.87, "writing files")

@@ -19,6 +19,8 @@ import json
 import sys
 from pathlib import Path
 
+from lkseg.progress import progress_lines
+
 __all__ = ["parse_plane", "read_plane_markups", "register", "run"]
 
 
@@ -152,16 +154,6 @@ def _label_table(spec: str | None):
         raise InputError(f"--label-table {spec!r}: expected a JSON file or '1=liver,2=liver_tumor' ({exc})") from None
 
 
-def _progress(args):
-    if not args.progress_lines:
-        return None
-
-    def emit(fraction: float, message: str) -> None:
-        print(f"LKSEG_PROGRESS {fraction:.3f} {message}", flush=True)
-
-    return emit
-
-
 def _load(args):
     """Image, label map, table and the resection mask/label mode from the arguments."""
     from lkseg.io import read_image, read_segmentation
@@ -188,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     from lkseg.report import collect_provenance, write_report
     from lkseg.surfaces import SurfaceOptions, export_surfaces
 
-    progress = _progress(args)
+    progress = progress_lines(args.progress_lines)
     image, labels, table, resection_mask = _load(args)
     planes = [parse_plane(p) for p in args.plane]
     for f in args.plane_markup:

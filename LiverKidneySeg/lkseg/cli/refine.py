@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from lkseg.progress import progress_lines
+
 __all__ = ["register"]
 
 
@@ -22,6 +24,23 @@ class _ClickAction(argparse.Action):
         clicks = list(getattr(namespace, "clicks", None) or [])
         clicks.append((*[float(v) for v in values], self.const))
         namespace.clicks = clicks
+
+
+def add_prompt_model_arguments(p: argparse.ArgumentParser) -> None:
+    """``--model --checkpoint-kind --checkpoint-sha256 --device --backend``: the prompt model and
+    where it runs (``lkseg refine`` and ``lkseg refine-eval``; read by :func:`prompt_predictor`)."""
+    p.add_argument("--model", default="litemedsam", help="litemedsam (default) or a SAM/MedSAM checkpoint file")
+    p.add_argument("--checkpoint-kind", help="architecture of --model: sam_vit_b, sam_vit_l, sam_vit_h or medsam")
+    p.add_argument("--checkpoint-sha256", help="SHA-256 you trust for a checkpoint without an official digest (MedSAM)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnx", "onnx-int8", "eager", "torchscript"])
+
+
+def prompt_predictor(args: argparse.Namespace, config):
+    """The :class:`~lkseg.refine.PromptPredictor` the arguments of :func:`add_prompt_model_arguments` name."""
+    from lkseg.refine import PromptPredictor
+
+    return PromptPredictor(args.model, args.device, config, args.checkpoint_kind, args.checkpoint_sha256)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,24 +82,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-propagate", action="store_true", help="segment the box's slice only")
     p.add_argument("--max-slices", type=int, help="propagate at most this many slices each way")
-    p.add_argument("--model", default="litemedsam", help="litemedsam (default) or a SAM/MedSAM checkpoint file")
-    p.add_argument("--checkpoint-kind", help="architecture of --model: sam_vit_b, sam_vit_l, sam_vit_h or medsam")
-    p.add_argument("--checkpoint-sha256", help="SHA-256 you trust for a checkpoint without an official digest (MedSAM)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--backend", default="auto", choices=["auto", "onnx", "onnx-int8", "eager", "torchscript"])
+    add_prompt_model_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--progress-lines", action="store_true", help="print LKSEG_PROGRESS lines for a progress bar")
     p.set_defaults(func=run, clicks=[])
-
-
-def _progress_printer(enabled: bool):
-    if not enabled:
-        return None
-
-    def show(fraction: float, message: str) -> None:
-        print(f"LKSEG_PROGRESS {fraction:.3f} {message}", flush=True)
-
-    return show
 
 
 def _write(labels, path, table) -> None:
@@ -104,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from lkseg.io import read_image, read_label_map
     from lkseg.labels import PRODUCT_LABELS, LabelTable
     from lkseg.progress import report
-    from lkseg.refine import PredictorConfig, PromptPredictor, combine
+    from lkseg.refine import PredictorConfig, combine
     from lkseg.refine.session import InteractiveSegment
 
     out = Path(args.output)
@@ -114,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("is the input --seg; write to another file or pass --overwrite", out)
     if args.box is None and not args.clicks:
         raise InputError("give a --box and/or at least one --point / --negative-point")
-    progress = _progress_printer(args.progress_lines)
+    progress = progress_lines(args.progress_lines)
     coords = "ras" if args.ras else "voxel"
 
     image = read_image(args.image)
@@ -134,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"unknown structure {args.structure!r}; give its label value with --label")
     report(progress, 0.02, "loading the model")
     config = PredictorConfig(backend=args.backend, prefetch=0)
-    predictor = PromptPredictor(args.model, args.device, config, args.checkpoint_kind, args.checkpoint_sha256)
+    predictor = prompt_predictor(args, config)
     predictor.set_volume(image)
     current = labels.array == value
     session = InteractiveSegment(

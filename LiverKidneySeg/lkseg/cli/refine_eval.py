@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 
+from lkseg.cli.refine import add_prompt_model_arguments, prompt_predictor
+from lkseg.progress import progress_lines
+
 __all__ = ["register"]
 
 
@@ -31,11 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--view", default="axial", choices=["axial", "coronal", "sagittal"])
     p.add_argument("--follow-slices", type=int, help="slices a click's edit may follow on each side (default 2)")
     p.add_argument("--click-strategy", choices=["combined", "reprompt", "randomwalker"], help="click handling variant")
-    p.add_argument("--model", default="litemedsam")
-    p.add_argument("--checkpoint-kind")
-    p.add_argument("--checkpoint-sha256")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--backend", default="auto", choices=["auto", "onnx", "onnx-int8", "eager", "torchscript"])
+    add_prompt_model_arguments(p)
     p.add_argument("--json", dest="json_out", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--progress-lines", action="store_true", help="print LKSEG_PROGRESS lines")
     p.set_defaults(func=run)
@@ -50,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from lkseg.cli.metrics import parse_label_spec
     from lkseg.errors import InputError
     from lkseg.io import atomic_write_text, read_image, read_label_map
-    from lkseg.refine import FollowConfig, PredictorConfig, PromptPredictor, format_results, simulate_structure
+    from lkseg.refine import FollowConfig, PredictorConfig, format_results, simulate_structure
 
     if args.clicks < 0:
         raise InputError(f"--clicks must be 0 or more, got {args.clicks}")
@@ -64,13 +63,14 @@ def run(args: argparse.Namespace) -> int:
     if args.follow_slices is not None:
         follow.follow_slices = args.follow_slices
     start = time.perf_counter()
-    predictor = PromptPredictor(args.model, args.device, config, args.checkpoint_kind, args.checkpoint_sha256)
+    predictor = prompt_predictor(args, config)
     predictor.set_volume(image)
     load_s = time.perf_counter() - start
     results = []
+    progress = progress_lines(args.progress_lines)
     for n, (value, name) in enumerate(sorted(labels.items(), key=lambda kv: kv[1])):
-        if args.progress_lines:
-            print(f"LKSEG_PROGRESS {n / len(labels):.3f} {name}", flush=True)
+        if progress:
+            progress(n / len(labels), name)
         ref = reference.array == value
         if not ref.any():
             print(f"warning: label {value} ({name}) is absent from the reference; skipped")
@@ -110,6 +110,6 @@ def run(args: argparse.Namespace) -> int:
             },
         }
         atomic_write_text(args.json_out, json.dumps(payload, indent=2))
-    if args.progress_lines:
-        print("LKSEG_PROGRESS 1.000 done", flush=True)
+    if progress:
+        progress(1.0, "done")
     return 0

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from lkseg.progress import progress_lines
+
 __all__ = ["output_paths", "register", "run"]
 
 
@@ -74,19 +76,6 @@ def output_paths(image: str, output: str, nifti: bool, probabilities: bool) -> d
     return paths
 
 
-def _progress_printer(enabled: bool):
-    if not enabled:
-        return None
-    last = [-1.0]
-
-    def progress(fraction: float, message: str) -> None:
-        if fraction - last[0] >= 0.01 or fraction >= 1.0:
-            last[0] = fraction
-            print(f"LKSEG_PROGRESS {fraction:.3f} {message}", flush=True)
-
-    return progress
-
-
 def run(args: argparse.Namespace) -> int:
     from lkseg.auto import AutoOptions, AutoSegmenter
     from lkseg.errors import InputError
@@ -97,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not args.overwrite:
         raise InputError(f"output already exists: {', '.join(existing)} (pass --overwrite to replace)")
-    progress = _progress_printer(args.progress_lines)
+    progress = progress_lines(args.progress_lines, min_step=0.01)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     segmenter = AutoSegmenter(args.model, device=args.device, threads=args.threads, backend=args.backend)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from lkseg.progress import progress_lines
+
 __all__ = ["config_from_args", "register", "run"]
 
 
@@ -115,15 +117,7 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from lkseg.train import train_model
 
-    progress = None
-    if args.progress_lines:
-        last = [-1.0]
-
-        def progress(fraction: float, message: str) -> None:
-            if fraction - last[0] >= 0.005 or fraction >= 1.0:
-                last[0] = fraction
-                print(f"LKSEG_PROGRESS {fraction:.3f} {message}", flush=True)
-
+    progress = progress_lines(args.progress_lines, min_step=0.005)
     manifest = train_model(args.dataset, args.out, config_from_args(args), progress=progress)
     print(f"wrote model package {manifest.folder} ({manifest.id}@{manifest.version})")
     for stage, info in manifest.accuracy.get("validation", {}).items():
