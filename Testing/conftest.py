@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lkseg.labels import PRODUCT_LABELS
+
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,16 +92,7 @@ def mrml_scene(headless_slicer):
 
 # -- planning (surgical planning helper) -------------------------------------------------------
 #: Label table of :func:`planning_abdomen` (product labels plus a renal pelvis of the right kidney).
-PLANNING_TABLE = {
-    1: "liver",
-    2: "liver_tumor",
-    3: "kidney_right",
-    4: "kidney_left",
-    5: "kidney_tumor",
-    6: "kidney_cyst",
-    7: "spleen",
-    8: "renal_pelvis",
-}
+PLANNING_TABLE = {**dict(PRODUCT_LABELS.items()), 8: "renal_pelvis"}
 
 
 def build_planning_abdomen(shape=(80, 128, 128), spacing=(1.5, 1.5, 2.5)):

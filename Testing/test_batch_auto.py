@@ -18,18 +18,11 @@ pytest.importorskip("lkseg.auto", reason="the automatic engine is not in this tr
 
 from lkseg.batch import BatchOptions, EngineSpec, engine_identity, run_batch  # noqa: E402
 from lkseg.io import read_image, read_label_map, write_image  # noqa: E402
+from lkseg.labels import PRODUCT_LABELS  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("private_onnx_cache")
 
-LABELS = {
-    1: "liver",
-    2: "liver_tumor",
-    3: "kidney_right",
-    4: "kidney_left",
-    5: "kidney_tumor",
-    6: "kidney_cyst",
-    7: "spleen",
-}
+LABELS = dict(PRODUCT_LABELS.items())
 
 
 def tiny_package(folder):

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytestmark = [pytest.mark.mrml, pytest.mark.usefixtures("private_onnx_cache")]
 
-LABELS = {1: "liver", 3: "kidney_right", 4: "kidney_left"}
+from lkseg.labels import PRODUCT_LABELS  # noqa: E402
+
+pytestmark = [pytest.mark.mrml, pytest.mark.usefixtures("private_onnx_cache")]
 
 
 @pytest.fixture(scope="module")
@@ -26,34 +27,20 @@ def lib(headless_slicer):
     return type("Lib", (), {"batch": batch, "logic": logic})
 
 
-def _small_ct(seed: int):
-    """A 48x40x20 CT-like volume at 7x7x10 mm: air, a body, an organ-like blob."""
-    from lkseg.volume import Volume
-
-    rng = np.random.default_rng(seed)
-    k, j, i = np.mgrid[0:20, 0:40, 0:48]
-    arr = np.full((20, 40, 48), -1000.0)
-    arr[((i - 24) / 20) ** 2 + ((j - 20) / 15) ** 2 < 1] = 40.0
-    arr[((i - 16) / 7) ** 2 + ((j - 18) / 6) ** 2 + ((k - 10) / 6) ** 2 < 1] = 110.0
-    arr += rng.normal(0, 8, arr.shape)
-    return Volume.from_array(arr.astype(np.int16), (7.0, 7.0, 10.0), (-160.0, -140.0, -90.0 + seed))
-
-
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    """``(source folder, model folder)``: two good cases and one corrupt file."""
+    """``(source folder, model folder)``: two good cases and one corrupt file; the tiny
+    random-weight package and small CTs of the batch tests."""
+    from test_batch_auto import small_ct, tiny_package
+
     from lkseg.io import write_image
-    from lkseg.models import IntensitySpec, build_network, make_manifest, make_stage, unet_spec, write_package
 
     root = tmp_path_factory.mktemp("slicer-batch")
-    torch.manual_seed(0)
-    fine = make_stage("fine", (6, 6, 6), (32, 32, 32), unet_spec(max(LABELS) + 1, (4, 8, 16), 0), LABELS)
-    manifest = make_manifest("tiny-slicer-batch", "0.0.1", "test", LABELS, [fine], IntensitySpec((-200, 300), 50, 100))
-    package = write_package(root / "model", manifest, {"fine": build_network(fine.network)})
+    package = tiny_package(root / "model")
     src = root / "in"
     src.mkdir()
     for seed in (1, 2):
-        write_image(_small_ct(seed), src / f"case{seed}.nii.gz")
+        write_image(small_ct(seed), src / f"case{seed}.nii.gz")
     (src / "broken.nii.gz").write_bytes(b"this is not a NIfTI file")
     return src, str(package.folder)
 
@@ -81,14 +68,14 @@ def test_run_batch_from_the_logic_resumes_and_records_failures(lib, mrml_scene, 
         progressCallback=lambda f, m: progress.append((f, m)),
     )
     assert summary["counts"]["done"] == 2 and summary["counts"]["failed"] == 1, summary["counts"]
-    assert summary["model"]["model_id"] == "tiny-slicer-batch"
+    assert summary["model"]["model_id"] == "tiny-batch"
     assert progress and progress[-1][0] == 1.0
     assert all(0.0 <= f <= 1.0 for f, _ in progress)
     # outputs on each input's exact grid, as run_batch writes them
     for cid in ("case1", "case2"):
         labels = read_label_map(out / "cases" / cid / f"{cid}_labels.nii.gz")
         assert labels.grid.same_as(read_image(src / f"{cid}.nii.gz").grid)
-        assert set(np.unique(labels.array)) <= {0, *LABELS}
+        assert set(np.unique(labels.array)) <= {0, *PRODUCT_LABELS}
         assert (out / "cases" / cid / f"{cid}.seg.nrrd").is_file()
     # one table row per case, statuses from summary.csv
     table = summary["table"]
