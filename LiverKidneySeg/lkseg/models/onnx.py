@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 
+from lkseg.cache import cache_root
 from lkseg.errors import ModelError
 from lkseg.models.checksum import sha256_file
 from lkseg.models.manifest import ModelManifest, StageSpec
@@ -27,15 +27,6 @@ __all__ = ["OnnxNetwork", "cache_root", "onnx_available", "onnx_network"]
 
 log = logging.getLogger(__name__)
 _EXPORT_VERSION = 1
-
-
-def cache_root() -> Path:
-    """``$LKSEG_CACHE``, else ``$XDG_CACHE_HOME/lkseg`` or ``~/.cache/lkseg`` (read at call time)."""
-    env = os.environ.get("LKSEG_CACHE", "").strip()
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "lkseg"
 
 
 def onnx_available() -> bool:

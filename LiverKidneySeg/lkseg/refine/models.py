@@ -21,7 +21,6 @@ Weight files are untrusted input: their SHA-256 is checked against a pinned valu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import warnings
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from lkseg.errors import ChecksumError, ModelError
+from lkseg.models.checksum import sha256_file as file_sha256  # one SHA-256 reader for all weights
 
 __all__ = [
     "KNOWN_CHECKPOINTS",
@@ -153,15 +153,6 @@ def litemedsam_manifest() -> dict:
         except (OSError, json.JSONDecodeError) as exc:
             raise ModelError(f"{_MANIFEST_FILE}: unreadable manifest ({exc})") from exc
     return dict(LITEMEDSAM_MANIFEST)
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def litemedsam_weights_path() -> Path:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 import warnings
@@ -31,6 +30,7 @@ from typing import Literal
 
 import numpy as np
 
+from lkseg.cache import cache_root
 from lkseg.errors import ModelError
 from lkseg.refine.models import LoadedModel, file_sha256
 
@@ -40,15 +40,6 @@ log = logging.getLogger(__name__)
 
 Backend = Literal["onnx", "onnx-int8", "eager", "torchscript"]
 OPSET = 17
-
-
-def cache_root() -> Path:
-    """User cache folder of LiverKidneySeg (``$LKSEG_CACHE`` or ``~/.cache/lkseg``), read at call time."""
-    env = os.environ.get("LKSEG_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "lkseg"
 
 
 def _decoder_graph_class():
