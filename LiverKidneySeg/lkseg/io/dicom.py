@@ -5,7 +5,10 @@ ImageOrientationPatient), so the result has i = row direction, j = column direct
 k = slice normal: a right-handed grid. Spacing along k comes from the positions, never from
 SliceThickness; a missing slice, uneven spacing, duplicate positions, mixed orientations or a
 gantry tilt raise :class:`~lkseg.errors.InputError` naming the files involved. Pixel values are
-rescaled to HU with RescaleSlope/RescaleIntercept. Geometry is LPS exactly as DICOM stores it.
+rescaled to HU with RescaleSlope/RescaleIntercept, exactly once. Compressed transfer syntaxes (JPEG
+Lossless, JPEG-LS, JPEG 2000, RLE) are decoded by pydicom's pixel handlers (python-gdcm,
+pylibjpeg-openjpeg, pyjpegls); only when none of them can decode a file is SimpleITK (GDCM) tried,
+whose values are already in HU. Geometry is LPS exactly as DICOM stores it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from lkseg.volume import Grid, Volume
 
 __all__ = [
     "DicomSeriesInfo",
+    "is_dicom_file",
     "list_dicom_series",
     "load_series_headers",
     "read_dicom_series",
@@ -80,7 +84,11 @@ class DicomSeriesInfo:
         return f"{self.uid}  {self.modality or '??'}  {desc!r}  {self.num_files} file(s), {size}"
 
 
-def _is_dicom_file(path: Path) -> bool:
+def is_dicom_file(path: str | Path) -> bool:
+    """Whether ``path`` is a DICOM Part 10 file (the ``DICM`` marker after the 128-byte preamble).
+
+    Reads 132 bytes only; unreadable paths (folders, missing files, no permission) give False.
+    """
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
@@ -105,7 +113,7 @@ def _scan(folder: Path) -> tuple[dict[str, list[tuple[Path, object]]], int]:
     groups: dict[str, list[tuple[Path, object]]] = {}
     others = 0
     for path in _iter_files(folder):
-        if not _is_dicom_file(path):
+        if not is_dicom_file(path):
             others += 1
             continue
         try:
@@ -330,7 +338,12 @@ def _series_uid_of(path: Path) -> str | None:
 
 
 def _pixels(path: Path):
-    """Stored pixel values of one slice (rows, cols) with its slope and intercept."""
+    """Pixel values of one slice (rows, cols) with the slope and intercept still to apply.
+
+    pydicom returns stored values (slope and intercept from the header are returned to be applied
+    once). When pydicom has no decoder for the transfer syntax, SimpleITK/GDCM reads the slice;
+    ITK applies RescaleSlope/Intercept itself, so slope 1 and intercept 0 are returned then.
+    """
     import pydicom
 
     try:
@@ -341,10 +354,14 @@ def _pixels(path: Path):
         try:
             arr = ds.pixel_array
         except Exception as exc:  # no decoder for a compressed transfer syntax: try GDCM through SimpleITK
-            log.debug("%s: pydicom cannot decode (%s); trying SimpleITK", path, exc)
-            import SimpleITK as sitk
-
-            arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))[0]
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            log.warning(
+                "%s: pydicom cannot decode %s (%s); reading it with SimpleITK (already in HU)",
+                path,
+                getattr(syntax, "name", syntax),
+                exc,
+            )
+            return _sitk_slice_hu(path), 1.0, 0.0
     except InputError:
         raise
     except Exception as exc:
@@ -352,6 +369,14 @@ def _pixels(path: Path):
     slope = float(getattr(ds, "RescaleSlope", 1) or 1)
     intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
     return arr, slope, intercept
+
+
+def _sitk_slice_hu(path: Path) -> np.ndarray:
+    """One slice read by SimpleITK (GDCM), (rows, cols), **already rescaled** to HU by ITK."""
+    import SimpleITK as sitk
+
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    return arr[0] if arr.ndim == 3 else arr
 
 
 def _optional_float(ds, key: str) -> float | None:
@@ -393,7 +418,11 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
         slices.append(arr)
         slopes.append(slope)
         intercepts.append(intercept)
-    integral = all(float(s).is_integer() for s in slopes) and all(float(b).is_integer() for b in intercepts)
+    integral = (
+        all(np.issubdtype(a.dtype, np.integer) for a in slices)  # SimpleITK returns HU as float for float slopes
+        and all(float(s).is_integer() for s in slopes)
+        and all(float(b).is_integer() for b in intercepts)
+    )
     if integral:
         ends = [
             (int(a.min()) * int(s) + int(b), int(a.max()) * int(s) + int(b))

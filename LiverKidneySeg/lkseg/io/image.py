@@ -14,6 +14,7 @@ import numpy as np
 
 from lkseg.errors import InputError
 from lkseg.io.atomic import atomic_path, full_suffix
+from lkseg.io.dicom import is_dicom_file
 from lkseg.volume import Volume
 
 __all__ = [
@@ -222,7 +223,7 @@ def read_image(path: str | Path, *, series_uid: str | None = None, allow_nonfini
         volume = read_dicom_series(path, series_uid=series_uid)
     elif suffix == ".seg.nrrd":
         raise InputError("is a segmentation (.seg.nrrd), not an image; use it as a label map", path)
-    elif suffix == ".dcm" or (suffix not in IMAGE_SUFFIXES and _is_dicom(path)):
+    elif suffix == ".dcm" or (suffix not in IMAGE_SUFFIXES and is_dicom_file(path)):
         if _is_dicom_seg(path):
             raise InputError("is a DICOM segmentation (SEG), not an image; use it as a label map", path)
         from lkseg.io.dicom import read_dicom_series
@@ -276,7 +277,7 @@ def read_label_map(path: str | Path, reference: Volume | None = None) -> Volume:
     if (
         suffix in (".seg.nrrd", ".dcm")
         or (suffix == ".nrrd" and _is_seg_nrrd(path))
-        or (suffix not in IMAGE_SUFFIXES and _is_dicom(path))
+        or (suffix not in IMAGE_SUFFIXES and is_dicom_file(path))
     ):
         seg = read_segmentation(path, reference=reference)
         volume = seg.to_label_volume()
@@ -330,7 +331,7 @@ def read_segmentation(path: str | Path, reference: Volume | None = None, table=N
         from lkseg.io.segnrrd import read_seg_nrrd
 
         return read_seg_nrrd(path, reference=reference)
-    if suffix == ".dcm" or (suffix not in IMAGE_SUFFIXES and path.is_file() and _is_dicom(path)):
+    if suffix == ".dcm" or (suffix not in IMAGE_SUFFIXES and path.is_file() and is_dicom_file(path)):
         if not _is_dicom_seg(path):
             raise InputError("is a DICOM image, not a segmentation (SEG)", path)
         from lkseg.io.dicomseg import read_dicom_seg
@@ -349,15 +350,6 @@ def _is_seg_nrrd(path: Path) -> bool:
         return is_seg_nrrd_header(nrrd.read_header(str(path)))
     except Exception:  # unreadable headers are reported by the reader itself
         return False
-
-
-def _is_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def _is_dicom_seg(path: Path) -> bool:
