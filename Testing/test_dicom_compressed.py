@@ -150,3 +150,21 @@ def test_one_dicom_marker_check(tmp_path):
     short.write_bytes(b"DICM")
     assert is_dicom_file(good) and not is_dicom_file(short) and not is_dicom_file(tmp_path)
     assert not is_dicom_file(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("syntax", [JPEGLosslessSV1, JPEG2000Lossless], ids=lambda s: s.keyword)
+def test_real_ge_series_compressed_and_through_the_fallback(real_ct_dir, tmp_path, monkeypatch, syntax):
+    """The real GE slices of dcmqi-liver (stored int16, intercept -1024, padding -2000 stored)."""
+    original = sorted((real_ct_dir / "dcmqi-liver" / "ct-3slice").glob("*.dcm"))
+    from pydicom.pixels import apply_rescale
+
+    datasets = sorted((pydicom.dcmread(f) for f in original), key=lambda d: float(d.ImagePositionPatient[2]))
+    truth = np.stack([apply_rescale(d.pixel_array, d) for d in datasets])  # axial, k = +z
+    files = _compressed_copy(original, tmp_path / syntax.keyword, syntax)
+    np.testing.assert_array_equal(read_dicom_series(files[0].parent).array, truth)
+
+    def cannot_decode(self):
+        raise RuntimeError("no decoder")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(cannot_decode))
+    np.testing.assert_array_equal(read_dicom_series(files[0].parent).array, truth)
