@@ -151,3 +151,26 @@ def test_metrics_cli_accepts_a_flipped_mask_and_states_resampling(tmp_path, caps
     assert main(args) == 0
     assert "resampled with nearest neighbour" in capsys.readouterr().out
     assert "nearest neighbour" in json.loads((tmp_path / "r.json").read_text())["prediction_grid_placement"]
+
+
+def test_training_case_with_a_flipped_label_file_is_aligned(tmp_path):
+    """Before: same shape, other direction -> 'header differs slightly', the flipped labels were
+    laid on the image as stored (misaligned training data). Now they are placed exactly."""
+    from lkseg.io import write_image
+    from lkseg.train.dataset import Case, LabelMapping
+    from lkseg.train.preprocess import prepare_case
+
+    labels = np.zeros((8, 10, 12), np.uint8)
+    labels[2:5, 1:4, 3:9] = 1  # asymmetric along j: a flip is visible
+    truth = Volume.from_array(labels, (2.0, 2.0, 3.0), (0.0, 0.0, 0.0))
+    image = truth.with_array(np.where(labels > 0, 100, -100).astype(np.int16))
+    write_image(image, tmp_path / "img.nii.gz")
+    write_label_map(truth, tmp_path / "lab.nii.gz")
+    write_label_map(_relabelled(truth, (0, 1, 2), (False, True, False)), tmp_path / "flipped.nii.gz")
+    mapping, table = LabelMapping.parse("1=liver"), {"liver": 1}
+    same = prepare_case(Case("a", tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz"), mapping, table, (2.0, 2.0, 3.0))
+    flipped = prepare_case(
+        Case("b", tmp_path / "img.nii.gz", tmp_path / "flipped.nii.gz"), mapping, table, (2.0, 2.0, 3.0)
+    )
+    assert same.labels.any()
+    np.testing.assert_array_equal(flipped.labels, same.labels)
