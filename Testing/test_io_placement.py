@@ -174,3 +174,25 @@ def test_training_case_with_a_flipped_label_file_is_aligned(tmp_path):
     )
     assert same.labels.any()
     np.testing.assert_array_equal(flipped.labels, same.labels)
+
+
+def test_real_dicom_series_with_a_row_flipped_nifti_mask(real_ct_dir, tmp_path):
+    """The issue's case on real data: a GE DICOM series and its liver mask saved by nibabel as a
+    NIfTI with the j (row) axis flipped, as dcm2niix-based tools store it (float32 sform)."""
+    nib = pytest.importorskip("nibabel")
+    folder = real_ct_dir / "dcmqi-liver"
+    ct = read_image(folder / "ct-3slice")
+    liver = read_label_map(folder / "liver_seg.nrrd", reference=ct)
+    assert liver.array.any()
+    data = np.transpose(liver.array, (2, 1, 0))[:, ::-1, :]  # nibabel (i, j, k), j flipped
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ct.grid.ijk_to_lps
+    flip = np.eye(4)
+    flip[1, 1], flip[1, 3] = -1.0, ct.grid.size_ijk[1] - 1
+    image = nib.Nifti1Image(np.ascontiguousarray(data), (ras @ flip).astype(np.float32))
+    image.set_qform(image.affine, code=1)
+    nib.save(image, tmp_path / "liver_flipped.nii.gz")
+    raw = read_label_map(tmp_path / "liver_flipped.nii.gz")
+    with pytest.raises(GeometryMismatchError):
+        ct.grid.require_same(raw.grid)  # what used to refuse it
+    placed = read_label_map(tmp_path / "liver_flipped.nii.gz", reference=ct)
+    np.testing.assert_array_equal(placed.array, liver.array)
