@@ -91,21 +91,28 @@ def _covers(lmap: LatticeMap, source: Grid, target: Grid) -> bool:
     return True
 
 
-def _copy_exact(array: np.ndarray, source: Grid, target: Grid, lmap: LatticeMap) -> tuple[np.ndarray, int]:
-    """Target-shaped array copied voxel for voxel; returns it and the foreground voxels lost."""
+def _copy_exact(array: np.ndarray, target: Grid, lmap: LatticeMap) -> tuple[np.ndarray, int]:
+    """Target-shaped array copied voxel for voxel; returns it and the foreground voxels lost.
+
+    Every axis maps by a shift and a step of +1 or -1, so the overlap is one strided view of the
+    source (no index arrays, a single copy).
+    """
     # numpy axis n of the target is index axis 2 - n; bring the matching source axes into that order
-    src_axes = [2 - lmap.axis[2 - n] for n in range(3)]
-    moved = np.transpose(array, src_axes)
-    index, valid = [], []
+    moved = np.transpose(array, [2 - lmap.axis[2 - n] for n in range(3)])
+    dst, src = [], []
     for n in range(3):
         a = 2 - n
-        along = lmap.sign[a] * np.arange(target.shape[n]) + lmap.offset[a]
-        ok = (along >= 0) & (along < moved.shape[n])
-        index.append(along[ok])
-        valid.append(ok)
+        sign, offset = lmap.sign[a], lmap.offset[a]
+        along = sign * np.arange(target.shape[n]) + offset
+        inside = np.flatnonzero((along >= 0) & (along < moved.shape[n]))
+        if inside.size == 0:
+            return np.zeros(target.shape, dtype=array.dtype), int(np.count_nonzero(array))
+        first, last = int(inside[0]), int(inside[-1])
+        dst.append(slice(first, last + 1))
+        start, stop = int(along[first]), int(along[last]) + sign
+        src.append(slice(start, stop if stop >= 0 else None, sign))
     out = np.zeros(target.shape, dtype=array.dtype)
-    if all(v.any() for v in valid):
-        out[np.ix_(*valid)] = moved[np.ix_(*index)]
+    out[tuple(dst)] = moved[tuple(src)]
     lost = int(np.count_nonzero(array)) - int(np.count_nonzero(out))
     return out, lost
 
@@ -150,7 +157,7 @@ def place_label_map(
             "onto the image (nearest neighbour) explicitly to go on (Python: resample=True, CLI: --resample-labels)"
         )
     if lmap is not None:
-        out, lost = _copy_exact(labels.array, labels.grid, grid, lmap)
+        out, lost = _copy_exact(labels.array, grid, lmap)
         if lost and not resample:
             raise GeometryMismatchError(
                 f"the {what} shares the image's voxel lattice but {lost} labelled voxel(s) lie outside the image "
