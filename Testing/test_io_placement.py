@@ -196,3 +196,32 @@ def test_real_dicom_series_with_a_row_flipped_nifti_mask(real_ct_dir, tmp_path):
         ct.grid.require_same(raw.grid)  # what used to refuse it
     placed = read_label_map(tmp_path / "liver_flipped.nii.gz", reference=ct)
     np.testing.assert_array_equal(placed.array, liver.array)
+
+
+def test_plan_and_its_report_with_a_flipped_label_map(planning_abdomen, tmp_path, capsys):
+    """``lkseg plan`` with a label map stored flipped along i beside its CT: same volumes as with
+    the label map on the CT's own grid, and the reorientation is printed."""
+    from lkseg.cli.main import main
+    from lkseg.io import write_image
+
+    labels, table = planning_abdomen
+    ct = write_image(labels.with_array(labels.array.astype(np.int16) * 30 - 50, meta={}), tmp_path / "ct.nii.gz")
+    spec = ",".join(f"{k}={v}" for k, v in dict(table).items())
+    flipped = labels.with_array(labels.array[:, :, ::-1].copy())  # i reversed ...
+    flipped = Volume.from_array(
+        flipped.array,
+        labels.spacing,
+        labels.grid.index_to_lps([labels.shape[2] - 1, 0, 0]),
+        labels.direction @ np.diag([-1.0, 1.0, 1.0]),
+    )  # ... and its geometry with it: the same voxels in space
+    volumes = {}
+    for name, vol in (("same", labels), ("flipped", flipped)):
+        path = write_label_map(vol, tmp_path / f"{name}.nii.gz")
+        out = tmp_path / f"out_{name}"
+        args = ["plan", str(path), "-o", str(out), "--image", str(ct), "--label-table", spec, "--no-surfaces"]
+        assert main(args) == 0
+        printed = capsys.readouterr().out
+        assert ("reoriented exactly" in printed) == (name == "flipped")
+        result = json.loads((out / "report.json").read_text())["result"]
+        volumes[name] = (result["volumes"], result["lesions"], result["renal"])
+    assert volumes["flipped"] == volumes["same"]

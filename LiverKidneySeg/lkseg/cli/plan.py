@@ -164,6 +164,8 @@ def _load(args):
     seg = read_segmentation(
         args.labels, reference=image, table=_label_table(args.label_table), resample=args.resample_labels
     )
+    if seg.meta.get("grid_placement", "same grid") != "same grid":
+        print(f"note: the label map was {seg.meta['grid_placement']} onto the image's grid")
     resection_mask = None
     if args.resection_label and args.resection_label in seg:
         res_seg = seg.segment(args.resection_label)

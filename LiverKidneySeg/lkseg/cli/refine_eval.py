@@ -58,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     labels = parse_label_spec(args.labels)
     image = read_image(args.image)
     reference = read_label_map(args.reference, reference=image, resample=args.resample_labels)
+    if reference.meta.get("grid_placement", "same grid") != "same grid":
+        print(f"note: the reference was {reference.meta['grid_placement']} onto the image's grid")
     config = PredictorConfig(backend=args.backend, prefetch=0, cache_slices=max(64, *image.shape))
     if args.click_strategy:
         config.clicks.strategy = args.click_strategy
