@@ -150,3 +150,40 @@ def test_cli_metrics_matches_seg_nrrd_segments_by_name(tmp_path, capsys):
     assert main(["metrics", str(tmp_path / "p.seg.nrrd"), str(tmp_path / "r.seg.nrrd")]) == 0
     lines = {ln.split()[0]: ln.split() for ln in capsys.readouterr().out.splitlines() if ln and ln[0].isalpha()}
     assert float(lines["liver"][1]) == 1.0 and float(lines["kidney_right"][1]) == 1.0
+
+
+def test_hd95_conventions_on_a_hand_computed_asymmetric_case(tmp_path, capsys):
+    """Two collinear rows of voxels, spacing 2 mm along i: S = i 0..9, G = i 0..29 (G contains S).
+
+    Every voxel of a one-voxel-thick row is a surface voxel. d(S->G) = 0 for all 10 voxels of S;
+    d(G->S) = 2 * max(0, i - 9) mm = [0]*10 + [2, 4, ..., 40]. With numpy's linear percentile:
+    directed: P95(d(S->G)) = 0, P95(d(G->S)) at rank 0.95 * 29 = 27.55 -> 36 + 0.55 * 2 = 37.1;
+    pooled (MedPy): 40 values [0]*20 + [2..40], rank 0.95 * 39 = 37.05 -> 36 + 0.05 * 2 = 36.1.
+    HD = 40, ASSD = 2 * (1 + ... + 20) / 40 = 10.5.
+    """
+    pred = np.zeros((3, 3, 32), bool)
+    ref = np.zeros_like(pred)
+    pred[1, 1, 0:10] = True
+    ref[1, 1, 0:30] = True
+    spacing = (2.0, 1.0, 1.0)
+    m = mask_metrics(pred, ref, spacing)
+    assert m.hd95_mm == pytest.approx(37.1)  # max of directed P95 (surface-distance / MONAI)
+    assert m.hd95_pooled_mm == pytest.approx(36.1)  # pooled P95 (MedPy hd95)
+    assert m.hd_mm == pytest.approx(40.0) and m.assd_mm == pytest.approx(10.5)
+    # symmetric in its arguments, as both conventions are
+    swapped = mask_metrics(ref, pred, spacing)
+    assert (swapped.hd95_mm, swapped.hd95_pooled_mm) == pytest.approx((37.1, 36.1))
+    # the CLI names the convention in its table and its JSON
+    write_label_map(Volume.from_array(pred.astype(np.uint8), spacing), tmp_path / "p.nii.gz")
+    write_label_map(Volume.from_array(ref.astype(np.uint8), spacing), tmp_path / "r.nii.gz")
+    assert (
+        main(["metrics", str(tmp_path / "p.nii.gz"), str(tmp_path / "r.nii.gz"), "--json", str(tmp_path / "m.json")])
+        == 0
+    )
+    assert "directed 95th percentiles" in capsys.readouterr().out
+    data = json.loads((tmp_path / "m.json").read_text())
+    assert data["structures"]["1"]["hd95_pooled_mm"] == pytest.approx(36.1)
+    assert "MedPy" in data["hd95_convention"]
+    import lkseg.metrics
+
+    assert "MedPy/LiTS convention" not in lkseg.metrics.__doc__

@@ -1,4 +1,4 @@
-"""Segmentation accuracy metrics as reported by the LiTS and KiTS challenges, in millimetres.
+"""Segmentation accuracy metrics (overlap, volume and surface distances), distances in millimetres.
 
 * Dice = 2|S∩G| / (|S| + |G|), Jaccard = |S∩G| / |S∪G|, VOE = 1 − Jaccard,
   RVD = (|S| − |G|) / |G| (S = segmentation, G = reference).
@@ -7,8 +7,14 @@
   distance from each surface voxel of one mask to the nearest surface voxel of the other is computed
   with an exact Euclidean distance transform in mm (anisotropic spacing respected; the direction
   matrix is a rotation, so it does not change distances).
-* ASSD = mean of all distances of both directions; HD = maximum symmetric surface distance;
-  HD95 = max of the two directed 95th percentiles (the MedPy/LiTS convention).
+* ASSD = mean of all distances of both directions; HD = maximum symmetric surface distance.
+* HD95 (``hd95_mm``) = the larger of the two *directed* 95th percentiles,
+  max(P95(d(S->G)), P95(d(G->S))): the convention of DeepMind's ``surface-distance``
+  (``compute_robust_hausdorff``) and MONAI's ``compute_hausdorff_distance(percentile=95)``.
+  MedPy's ``hd95`` instead pools both directions before the percentile,
+  P95(d(S->G) ∪ d(G->S)); it is given as ``hd95_pooled_mm``. The two differ when one direction
+  has many more surface points or much larger distances than the other. Percentiles use numpy's
+  default linear interpolation (as MedPy, surface-distance and MONAI do).
 
 Conventions for empty masks: both empty -> Dice 1, distances 0 (a correct "nothing there");
 exactly one empty -> Dice 0 and distances ``inf``; RVD is ``nan`` when the reference is empty.
@@ -98,7 +104,11 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]) ->
 
 @dataclass(frozen=True)
 class Metrics:
-    """Accuracy of one structure. Distances in mm, volumes in mL."""
+    """Accuracy of one structure. Distances in mm, volumes in mL.
+
+    ``hd95_mm`` is the max of the two directed 95th percentiles (surface-distance / MONAI);
+    ``hd95_pooled_mm`` the 95th percentile of both directions pooled (MedPy's ``hd95``).
+    """
 
     dice: float
     jaccard: float
@@ -109,6 +119,7 @@ class Metrics:
     hd_mm: float
     pred_ml: float
     ref_ml: float
+    hd95_pooled_mm: float = float("nan")
 
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
@@ -124,16 +135,17 @@ def mask_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) ->
     d, j = dice(pred, ref), jaccard(pred, ref)
     rvd = (n_pred - n_ref) / n_ref if n_ref else float("nan")
     if n_pred == 0 and n_ref == 0:
-        assd = hd95 = hd = 0.0
+        assd = hd95 = hd = pooled = 0.0
     elif n_pred == 0 or n_ref == 0:
-        assd = hd95 = hd = float("inf")
+        assd = hd95 = hd = pooled = float("inf")
     else:
         d_ab, d_ba = surface_distances(pred, ref, spacing)
         both = np.concatenate([d_ab, d_ba])
         assd = float(both.mean())
         hd = float(both.max())
-        hd95 = float(max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)))
-    return Metrics(d, j, 1.0 - j, rvd, assd, hd95, hd, n_pred * voxel_ml, n_ref * voxel_ml)
+        hd95 = float(max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)))  # directed (surface-distance/MONAI)
+        pooled = float(np.percentile(both, 95))  # pooled (MedPy)
+    return Metrics(d, j, 1.0 - j, rvd, assd, hd95, hd, n_pred * voxel_ml, n_ref * voxel_ml, pooled)
 
 
 def compute_metrics(
@@ -142,6 +154,8 @@ def compute_metrics(
     labels: Mapping[int, str] | None = None,
     spacing: Sequence[float] | None = None,
     ref_labels: Mapping[int, str] | None = None,
+    *,
+    resample: bool = False,
 ) -> dict[str, Metrics]:
     """Per-structure metrics of a predicted label map against a reference label map.
 
@@ -152,13 +166,19 @@ def compute_metrics(
         spacing: (si, sj, sk) mm, needed when arrays are given.
         ref_labels: value -> name for the reference when it uses other values (e.g. a
             TotalSegmentator mask with liver = 5). Structures are matched by name.
+        resample: Volumes on different lattices are refused unless True (then ``pred`` is
+            resampled onto ``ref``'s grid with nearest neighbour). Volumes on one lattice with
+            other axis directions are reoriented exactly either way
+            (:func:`lkseg.io.placement.place_label_map`).
 
     Returns:
         ``{name: Metrics}`` for every structure named in ``labels`` (or found).
     """
     if isinstance(pred, Volume) and isinstance(ref, Volume):
-        ref.grid.require_same(pred.grid, "prediction")
-        spacing = pred.spacing
+        from lkseg.io.placement import place_label_map
+
+        pred = place_label_map(pred, ref, resample=resample, what="prediction")
+        spacing = ref.spacing
         pred_arr, ref_arr = pred.array, ref.array
     else:
         pred_arr = pred.array if isinstance(pred, Volume) else np.asarray(pred)

@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from lkseg.errors import GeometryMismatchError, InputError
+from lkseg.errors import InputError
 from lkseg.labels import STRUCTURES, TISSUE, Code, LabelTable, Structure, get_structure
 from lkseg.volume import Grid, Volume
 
@@ -520,55 +520,27 @@ class Segmentation:
         vols = [self.labels.with_array(arrays[i]) for i in keep]
         return Segmentation(vols[0], tuple(segments), tuple(vols[1:]), dict(self.meta))
 
-    def to_grid(self, grid: Grid) -> Segmentation:
-        """Place this segmentation on another grid that shares its voxel lattice (same spacing
-        and direction, origin shifted by whole voxels): voxels are copied, outside ones must be
-        background. Used for ``.seg.nrrd`` files that Slicer cropped to the segments' extent.
+    def to_grid(self, grid: Grid, *, resample: bool = False) -> Segmentation:
+        """Place this segmentation on an image grid with :func:`lkseg.io.placement.place_label_map`.
+
+        Grids sharing a voxel lattice (a ``.seg.nrrd`` that Slicer cropped to the segments'
+        extent, axes permuted or flipped) are placed voxel for voxel; outside voxels must be
+        background. Other grids are refused unless ``resample`` (nearest neighbour, noted in each
+        layer's ``meta["grid_placement"]``).
 
         Raises:
-            GeometryMismatchError: the grids do not share a lattice, or segment voxels fall
-                outside ``grid``.
+            GeometryMismatchError: the grids do not share a lattice (and not ``resample``), or
+                segment voxels fall outside ``grid``.
         """
         if self.grid.same_as(grid):
             return self
-        src = self.grid
-        if not (
-            np.allclose(src.spacing, grid.spacing, atol=1e-4, rtol=0)
-            and np.allclose(src.direction, grid.direction, atol=1e-4)
-        ):
-            raise GeometryMismatchError(
-                f"the segmentation's grid ({src.describe()}) does not share the voxel lattice of the image ({grid.describe()})"
-            )
-        offset = grid.lps_to_index(np.asarray(src.origin))
-        rounded = np.rint(offset)
-        if not np.allclose(offset, rounded, atol=1e-3):
-            raise GeometryMismatchError(
-                f"the segmentation's origin is not on the image's voxel lattice (offset {offset} voxels)"
-            )
-        oi, oj, ok = (int(v) for v in rounded)
-        arrays = []
-        for layer in self.layers:
-            out = np.zeros(grid.shape, dtype=layer.dtype)
-            src_slices, dst_slices = _overlap_slices(layer.shape, grid.shape, (ok, oj, oi))
-            inside = layer.array[src_slices]
-            if np.count_nonzero(inside) != np.count_nonzero(layer.array):
-                raise GeometryMismatchError("segment voxels fall outside the image's grid")
-            out[dst_slices] = inside
-            arrays.append(Volume(out, grid, dict(layer.meta)))
-        return Segmentation(arrays[0], self.segments, tuple(arrays[1:]), dict(self.meta))
+        from lkseg.io.placement import place_label_map
 
-
-def _overlap_slices(
-    src_shape: tuple[int, ...], dst_shape: tuple[int, ...], offset: tuple[int, ...]
-) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    src, dst = [], []
-    for n_src, n_dst, off in zip(src_shape, dst_shape, offset):
-        start = max(0, -off)
-        stop = min(n_src, n_dst - off)
-        stop = max(stop, start)
-        src.append(slice(start, stop))
-        dst.append(slice(start + off, stop + off))
-    return tuple(src), tuple(dst)
+        layers = [
+            place_label_map(layer, grid, resample=resample, partial=True, what="segmentation") for layer in self.layers
+        ]
+        meta = {**self.meta, "grid_placement": layers[0].meta["grid_placement"]}
+        return Segmentation(layers[0], self.segments, tuple(layers[1:]), meta)
 
 
 def _flat_indices(mask: np.ndarray, shape: tuple[int, int, int], name: str) -> np.ndarray:

@@ -4,11 +4,13 @@ Fatal problems raise :class:`~lkseg.errors.InputError` with a message naming the
 inputs return warnings that travel with the result. Rules:
 
 * not CT: ``meta["modality"]`` is another modality (MR, PT, US...), or no voxel is below about
-  0 HU (MR images, CT stored without its rescale intercept, images scaled to [0, 1]);
+  0 HU (MR images, CT stored without its rescale intercept, images scaled to [0, 1]), or
+  fewer than 0.5 % of voxels are below 0 HU and none reaches air (-500 HU);
 * too small: fewer than 8 voxels or less than 30 mm along an axis (2D images, thin slabs);
 * NaN or infinite voxels;
 * huge: more than 1000 slices (warning: slower, more memory);
-* no air at all (lowest value above -500 HU): a tightly cropped image (warning);
+* almost no air (0.5th percentile above -500 HU): a tightly cropped image (warning; also when
+  only a few voxels, e.g. bowel gas, are negative);
 * values far outside the CT range (warning).
 """
 
@@ -59,14 +61,22 @@ def check_ct_volume(volume: Volume, name: str = "image") -> list[str]:
     sample = _sample(arr)
     low, high = (float(v) for v in np.percentile(sample, [0.5, 99.9]))
     vmin, vmax = float(arr.min()), float(arr.max())
-    if vmin >= -10.0 or low >= 0:
+    not_hu = "it is not a CT in Hounsfield units (an MR image, a CT stored without its rescale intercept, or a normalised image)"
+    if vmin >= -10.0:
         raise InputError(
-            f"{name} has no voxel below 0 HU (lowest {vmin:g}, highest {vmax:g}): it is not a CT in Hounsfield units "
-            "(an MR image, a CT stored without its rescale intercept, or a normalised image)"
+            f"{name} has no voxel below {0 if vmin >= 0 else -10} HU (lowest {vmin:g}, highest {vmax:g}): {not_hu}"
+        )
+    if low >= 0 and vmin > -500:
+        negative = float(np.mean(sample < 0))
+        raise InputError(
+            f"{name} has almost no voxel below 0 HU ({negative:.2%} of voxels, lowest {vmin:g}) and none at air "
+            f"(-500 HU or lower): {not_hu}"
         )
     if low > -500:
+        air = float(np.mean(sample <= -500))
         warnings.append(
-            f"{name} shows no air (lowest 0.5% of voxels at {low:.0f} HU): a tightly cropped volume? results may be poor"
+            f"{name} shows no air or almost none ({air:.2%} of voxels at -500 HU or lower, lowest {vmin:g}; 0.5th "
+            f"percentile {low:.0f} HU): a tightly cropped volume? results may be poor"
         )
     if vmin < -3000 or vmax > 40000 or high > 5000:
         warnings.append(f"{name} values {vmin:g}..{vmax:g} are outside the usual CT range (-1024..3071 HU)")

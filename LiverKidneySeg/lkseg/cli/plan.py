@@ -19,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from lkseg.cli.metrics import add_resample_labels_argument
 from lkseg.progress import progress_lines
 
 __all__ = ["parse_plane", "read_plane_markups", "register", "run"]
@@ -34,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("labels", help="label map (.seg.nrrd, NIfTI, NRRD, DICOM SEG)")
     p.add_argument("-o", "--output", required=True, help="output folder (reports, meshes, pictures)")
     p.add_argument("--image", help="the CT (file or DICOM folder): pictures, grid check, height/weight from DICOM")
+    add_resample_labels_argument(p)
     p.add_argument(
         "--label-table",
         help="value->structure map for plain label maps: JSON file or '1=liver,2=liver_tumor,...' (default: product labels)",
@@ -159,7 +161,11 @@ def _load(args):
     from lkseg.io import read_image, read_segmentation
 
     image = read_image(args.image) if args.image else None
-    seg = read_segmentation(args.labels, reference=image, table=_label_table(args.label_table))
+    seg = read_segmentation(
+        args.labels, reference=image, table=_label_table(args.label_table), resample=args.resample_labels
+    )
+    if seg.meta.get("grid_placement", "same grid") != "same grid":
+        print(f"note: the label map was {seg.meta['grid_placement']} onto the image's grid")
     resection_mask = None
     if args.resection_label and args.resection_label in seg:
         res_seg = seg.segment(args.resection_label)

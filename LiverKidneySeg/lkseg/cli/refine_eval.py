@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from lkseg.cli.metrics import add_resample_labels_argument
 from lkseg.cli.refine import add_prompt_model_arguments, prompt_predictor
 from lkseg.progress import progress_lines
 
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("image", help="CT image")
     p.add_argument("reference", help="reference label map on the same grid")
+    add_resample_labels_argument(p)
     p.add_argument(
         "--labels",
         default="product",
@@ -55,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--clicks must be 0 or more, got {args.clicks}")
     labels = parse_label_spec(args.labels)
     image = read_image(args.image)
-    reference = read_label_map(args.reference, reference=image)
+    reference = read_label_map(args.reference, reference=image, resample=args.resample_labels)
+    if reference.meta.get("grid_placement", "same grid") != "same grid":
+        print(f"note: the reference was {reference.meta['grid_placement']} onto the image's grid")
     config = PredictorConfig(backend=args.backend, prefetch=0, cache_slices=max(64, *image.shape))
     if args.click_strategy:
         config.clicks.strategy = args.click_strategy

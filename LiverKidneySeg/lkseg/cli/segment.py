@@ -77,7 +77,6 @@ def output_paths(image: str, output: str, nifti: bool, probabilities: bool) -> d
 
 
 def run(args: argparse.Namespace) -> int:
-    from lkseg.auto import AutoOptions, AutoSegmenter
     from lkseg.errors import InputError
     from lkseg.io import read_image, write_label_map
     from lkseg.progress import SubProgress
@@ -89,15 +88,19 @@ def run(args: argparse.Namespace) -> int:
     progress = progress_lines(args.progress_lines, min_step=0.01)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    segmenter = AutoSegmenter(args.model, device=args.device, threads=args.threads, backend=args.backend)
-    timings["load_model"] = time.perf_counter() - t0
-    if progress:
-        progress(0.02, "model loaded")
-    t = time.perf_counter()
     volume = read_image(args.image, series_uid=args.series_uid)
-    timings["read"] = time.perf_counter() - t
+    timings["read"] = time.perf_counter() - t0
+    from lkseg.auto import AutoOptions, AutoSegmenter, check_ct_volume  # imports torch: after the input is read
+
+    if not args.no_input_checks:
+        check_ct_volume(volume)  # refuse a missing or non-CT input before the model is loaded (seconds)
     if progress:
-        progress(0.08, "image read")
+        progress(0.02, "image read")
+    t = time.perf_counter()
+    segmenter = AutoSegmenter(args.model, device=args.device, threads=args.threads, backend=args.backend)
+    timings["load_model"] = time.perf_counter() - t
+    if progress:
+        progress(0.08, "model loaded")
     options = AutoOptions(
         cascade=False if args.no_cascade else None,
         tta=args.tta,

@@ -3,8 +3,10 @@
 Everything returns or takes :class:`~lkseg.volume.Volume` (ZYX arrays, LPS geometry) or
 :class:`~lkseg.segmentation.Segmentation`. Entry points: :func:`read_image` (any image, dispatch
 by suffix or folder), :func:`read_label_map` / :func:`read_segmentation` (any label map or
-segmentation file), and the format modules :mod:`lkseg.io.dicom`, :mod:`lkseg.io.segnrrd`,
-:mod:`lkseg.io.dicomseg` (imported lazily, so ``import lkseg.io`` stays light).
+segmentation file), :func:`~lkseg.io.placement.place_label_map` (a label map onto its image's
+grid: exact reorientation on a shared lattice, else refusal or opt-in resampling), and the
+format modules :mod:`lkseg.io.dicom`, :mod:`lkseg.io.segnrrd`, :mod:`lkseg.io.dicomseg`
+(imported lazily, so ``import lkseg.io`` stays light).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "check_finite",
     "full_suffix",
     "list_dicom_series",
+    "place_label_map",
     "read_dicom_seg",
     "read_dicom_series",
     "read_image",
@@ -48,6 +51,7 @@ _LAZY = {
     "list_dicom_series": "lkseg.io.dicom",
     "read_dicom_series": "lkseg.io.dicom",
     "write_dicom_series": "lkseg.io.dicom",
+    "place_label_map": "lkseg.io.placement",
     "read_seg_nrrd": "lkseg.io.segnrrd",
     "write_seg_nrrd": "lkseg.io.segnrrd",
     "read_dicom_seg": "lkseg.io.dicomseg",

@@ -5,26 +5,28 @@ ImageOrientationPatient), so the result has i = row direction, j = column direct
 k = slice normal: a right-handed grid. Spacing along k comes from the positions, never from
 SliceThickness; a missing slice, uneven spacing, duplicate positions, mixed orientations or a
 gantry tilt raise :class:`~lkseg.errors.InputError` naming the files involved. Pixel values are
-rescaled to HU with RescaleSlope/RescaleIntercept. Geometry is LPS exactly as DICOM stores it.
+rescaled to HU with RescaleSlope/RescaleIntercept, exactly once. Compressed transfer syntaxes (JPEG
+Lossless, JPEG-LS, JPEG 2000, RLE) are decoded by pydicom's pixel handlers (python-gdcm,
+pylibjpeg-openjpeg, pyjpegls); only when none of them can decode a file is SimpleITK (GDCM) tried,
+whose values are already in HU. Geometry is LPS exactly as DICOM stores it.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from lkseg.errors import InputError
-from lkseg.io.atomic import atomic_dir
+from lkseg.io.dicom_write import write_dicom_series
 from lkseg.volume import Grid, Volume
 
 __all__ = [
     "DicomSeriesInfo",
+    "is_dicom_file",
     "list_dicom_series",
     "load_series_headers",
     "read_dicom_series",
@@ -80,7 +82,11 @@ class DicomSeriesInfo:
         return f"{self.uid}  {self.modality or '??'}  {desc!r}  {self.num_files} file(s), {size}"
 
 
-def _is_dicom_file(path: Path) -> bool:
+def is_dicom_file(path: str | Path) -> bool:
+    """Whether ``path`` is a DICOM Part 10 file (the ``DICM`` marker after the 128-byte preamble).
+
+    Reads 132 bytes only; unreadable paths (folders, missing files, no permission) give False.
+    """
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
@@ -105,7 +111,7 @@ def _scan(folder: Path) -> tuple[dict[str, list[tuple[Path, object]]], int]:
     groups: dict[str, list[tuple[Path, object]]] = {}
     others = 0
     for path in _iter_files(folder):
-        if not _is_dicom_file(path):
+        if not is_dicom_file(path):
             others += 1
             continue
         try:
@@ -330,7 +336,12 @@ def _series_uid_of(path: Path) -> str | None:
 
 
 def _pixels(path: Path):
-    """Stored pixel values of one slice (rows, cols) with its slope and intercept."""
+    """Pixel values of one slice (rows, cols) with the slope and intercept still to apply.
+
+    pydicom returns stored values (slope and intercept from the header are returned to be applied
+    once). When pydicom has no decoder for the transfer syntax, SimpleITK/GDCM reads the slice;
+    ITK applies RescaleSlope/Intercept itself, so slope 1 and intercept 0 are returned then.
+    """
     import pydicom
 
     try:
@@ -341,10 +352,14 @@ def _pixels(path: Path):
         try:
             arr = ds.pixel_array
         except Exception as exc:  # no decoder for a compressed transfer syntax: try GDCM through SimpleITK
-            log.debug("%s: pydicom cannot decode (%s); trying SimpleITK", path, exc)
-            import SimpleITK as sitk
-
-            arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))[0]
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            log.warning(
+                "%s: pydicom cannot decode %s (%s); reading it with SimpleITK (already in HU)",
+                path,
+                getattr(syntax, "name", syntax),
+                exc,
+            )
+            return _sitk_slice_hu(path), 1.0, 0.0
     except InputError:
         raise
     except Exception as exc:
@@ -352,6 +367,14 @@ def _pixels(path: Path):
     slope = float(getattr(ds, "RescaleSlope", 1) or 1)
     intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
     return arr, slope, intercept
+
+
+def _sitk_slice_hu(path: Path) -> np.ndarray:
+    """One slice read by SimpleITK (GDCM), (rows, cols), **already rescaled** to HU by ITK."""
+    import SimpleITK as sitk
+
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    return arr[0] if arr.ndim == 3 else arr
 
 
 def _optional_float(ds, key: str) -> float | None:
@@ -393,7 +416,11 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
         slices.append(arr)
         slopes.append(slope)
         intercepts.append(intercept)
-    integral = all(float(s).is_integer() for s in slopes) and all(float(b).is_integer() for b in intercepts)
+    integral = (
+        all(np.issubdtype(a.dtype, np.integer) for a in slices)  # SimpleITK returns HU as float for float slopes
+        and all(float(s).is_integer() for s in slopes)
+        and all(float(b).is_integer() for b in intercepts)
+    )
     if integral:
         ends = [
             (int(a.min()) * int(s) + int(b), int(a.max()) * int(s) + int(b))
@@ -425,165 +452,3 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
     }
     log.info("read DICOM series %s (%d slices) from %s", meta["series_uid"], nk, folder)
     return Volume(out, geo.grid, meta)
-
-
-# -- writing -------------------------------------------------------------------------------------
-def _ds(value: float) -> str:
-    """A DICOM decimal string (at most 16 characters) as precise as fits."""
-    from pydicom.valuerep import format_number_as_ds
-
-    return format_number_as_ds(float(value))
-
-
-def _encoding(arr: np.ndarray) -> tuple[float, float]:
-    """(slope, intercept) to store ``arr`` as int16."""
-    lo, hi = float(arr.min()), float(arr.max())
-    is_integral = np.issubdtype(arr.dtype, np.integer) or np.array_equal(arr, np.round(arr))
-    if is_integral and lo >= -32768 and hi <= 32767:
-        return 1.0, 0.0
-    if hi == lo:
-        return 1.0, lo
-    slope = (hi - lo) / 65534.0
-    return slope, lo + 32767.0 * slope
-
-
-def write_dicom_series(
-    volume: Volume,
-    folder: str | Path,
-    *,
-    patient: Mapping[str, object] | None = None,
-    series_description: str = "LiverKidneySeg",
-    modality: str = "CT",
-    study_uid: str | None = None,
-) -> list[Path]:
-    """Write a Volume as a CT DICOM series (one file per k slice), atomically.
-
-    The whole folder is built beside ``folder`` and renamed at the end: a failure leaves no
-    partial series (and an existing folder is replaced only by a complete new one).
-
-    Args:
-        volume: image in HU (any numeric dtype; stored as int16, with RescaleSlope/Intercept
-            when the values are not integers in the int16 range). Any direction is written;
-            note that readers sort slices along ``cross(i, j)``, so a left-handed grid is read
-            back with k reversed (same voxels at the same positions).
-        folder: output folder.
-        patient: optional ``name``, ``id``, ``birth_date`` (YYYYMMDD), ``sex``, ``age``,
-            ``height_cm`` and ``weight_kg`` (written as PatientSize in m and PatientWeight);
-            height/weight default to ``volume.meta``.
-        series_description: SeriesDescription.
-        modality: only ``"CT"`` is supported (CT Image Storage).
-        study_uid: StudyInstanceUID to join an existing study; a new one by default.
-
-    Returns:
-        The written files, in k order.
-    """
-    from pydicom.uid import CTImageStorage, generate_uid
-
-    if modality != "CT":
-        raise InputError(f"only CT series can be written, got modality {modality!r}")
-    arr = volume.array
-    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-        raise InputError("the volume holds NaN or infinite voxels; they cannot be written to DICOM")
-    if arr.dtype == np.bool_:
-        arr = arr.astype(np.int16)
-    patient = dict(patient or {})
-    for key in ("height_cm", "weight_kg"):
-        if patient.get(key) is None and volume.meta.get(key) is not None:
-            patient[key] = volume.meta[key]
-    slope, intercept = _encoding(arr)
-    now = datetime.datetime.now()
-    uids = {
-        "study": study_uid or generate_uid(),
-        "series": generate_uid(),
-        "frame": generate_uid(),
-    }
-    base = _base_dataset(volume.grid, patient, series_description, uids, now)
-    folder = Path(folder)
-    written: list[Path] = []
-    with atomic_dir(folder) as tmp:
-        for k in range(volume.grid.shape[0]):
-            sop_uid = generate_uid()
-            ds = _slice_dataset(base, volume.grid, k, sop_uid, CTImageStorage)
-            stored = np.rint((arr[k].astype(np.float64) - intercept) / slope)
-            stored = np.clip(stored, -32768, 32767).astype(np.int16)
-            ds.RescaleSlope = _ds(slope)
-            ds.RescaleIntercept = _ds(intercept)
-            ds.PixelData = np.ascontiguousarray(stored).tobytes()
-            name = f"slice_{k + 1:04d}.dcm"
-            ds.save_as(str(tmp / name), enforce_file_format=True)
-            written.append(folder / name)
-    log.info("wrote %d DICOM slices to %s", len(written), folder)
-    return written
-
-
-def _base_dataset(grid: Grid, patient: Mapping[str, object], description: str, uids: dict, now: datetime.datetime):
-    from pydicom.dataset import Dataset
-
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-    ds.PatientName = str(patient.get("name", "Anonymous"))
-    ds.PatientID = str(patient.get("id", "LKSEG-0001"))
-    ds.PatientBirthDate = str(patient.get("birth_date", ""))
-    ds.PatientSex = str(patient.get("sex", ""))
-    if patient.get("age"):
-        ds.PatientAge = str(patient["age"])
-    if patient.get("height_cm"):
-        ds.PatientSize = _ds(float(patient["height_cm"]) / 100.0)
-    if patient.get("weight_kg"):
-        ds.PatientWeight = _ds(float(patient["weight_kg"]))
-    ds.StudyInstanceUID = uids["study"]
-    ds.SeriesInstanceUID = uids["series"]
-    ds.FrameOfReferenceUID = uids["frame"]
-    ds.PositionReferenceIndicator = ""
-    ds.StudyDate = ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
-    ds.StudyTime = ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
-    ds.StudyID = "1"
-    ds.AccessionNumber = ""
-    ds.ReferringPhysicianName = ""
-    ds.Modality = "CT"
-    ds.SeriesNumber = 1
-    ds.SeriesDescription = description[:64]
-    ds.Manufacturer = "LiverKidneySeg"
-    ds.BodyPartExamined = "ABDOMEN"
-    ds.KVP = ""
-    ds.AcquisitionNumber = 1
-    direction = grid.direction
-    ds.ImageOrientationPatient = [_ds(v) for v in (*direction[:, 0], *direction[:, 1])]
-    ds.PixelSpacing = [_ds(grid.spacing[1]), _ds(grid.spacing[0])]
-    ds.SliceThickness = _ds(grid.spacing[2])
-    ds.SpacingBetweenSlices = _ds(grid.spacing[2])
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = grid.shape[1]
-    ds.Columns = grid.shape[2]
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 1
-    ds.RescaleType = "HU"
-    ds.WindowCenter = "40"
-    ds.WindowWidth = "400"
-    return ds
-
-
-def _slice_dataset(base, grid: Grid, k: int, sop_uid: str, sop_class: str):
-    import copy
-
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
-
-    ds = copy.deepcopy(base)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.file_meta = meta
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = sop_uid
-    ds.InstanceNumber = k + 1
-    position = grid.index_to_lps([0.0, 0.0, float(k)])
-    ds.ImagePositionPatient = [_ds(v) for v in position]
-    ds.SliceLocation = _ds(float(position @ np.cross(grid.direction[:, 0], grid.direction[:, 1])))
-    return ds

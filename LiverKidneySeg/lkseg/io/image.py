@@ -14,6 +14,7 @@ import numpy as np
 
 from lkseg.errors import InputError
 from lkseg.io.atomic import atomic_path, full_suffix
+from lkseg.io.dicom import is_dicom_file
 from lkseg.volume import Volume
 
 __all__ = [
@@ -222,7 +223,7 @@ def read_image(path: str | Path, *, series_uid: str | None = None, allow_nonfini
         volume = read_dicom_series(path, series_uid=series_uid)
     elif suffix == ".seg.nrrd":
         raise InputError("is a segmentation (.seg.nrrd), not an image; use it as a label map", path)
-    elif suffix == ".dcm" or (suffix not in IMAGE_SUFFIXES and _is_dicom(path)):
+    elif suffix == ".dcm" or (suffix not in IMAGE_SUFFIXES and is_dicom_file(path)):
         if _is_dicom_seg(path):
             raise InputError("is a DICOM segmentation (SEG), not an image; use it as a label map", path)
         from lkseg.io.dicom import read_dicom_series
@@ -250,21 +251,26 @@ def read_image(path: str | Path, *, series_uid: str | None = None, allow_nonfini
     return volume
 
 
-def read_label_map(path: str | Path, reference: Volume | None = None) -> Volume:
+def read_label_map(path: str | Path, reference: Volume | None = None, *, resample: bool = False) -> Volume:
     """Read a label map (NIfTI, NRRD, ``.seg.nrrd`` or DICOM SEG) as an integer Volume.
 
     A ``.seg.nrrd`` or DICOM SEG is flattened to one label map (overlaps: the segment of the
     higher layer wins; use :func:`read_segmentation` to keep names, colours and layers). With a
     ``reference`` image, a DICOM SEG is reconstructed on its grid and a ``.seg.nrrd`` cropped by
-    Slicer is padded back onto it; every label map must then share the reference grid exactly.
+    Slicer is padded back onto it. A label map on the reference's voxel lattice but with other
+    axis directions (e.g. a NIfTI with a flipped y axis beside a DICOM series) is reoriented onto
+    the reference grid exactly (no interpolation, logged); one on another lattice is refused,
+    or resampled with nearest neighbour when ``resample`` is True (see
+    :func:`lkseg.io.placement.place_label_map`; ``meta["grid_placement"]`` says what was done).
 
     Returns:
         uint8 or uint16 Volume (ZYX).
 
     Raises:
         InputError: missing, unsupported, corrupt, negative or non-integer labels.
-        GeometryMismatchError: the grid differs from ``reference``'s (message names the file and
-            the first difference: size, spacing, origin or direction).
+        GeometryMismatchError: the grid does not share ``reference``'s voxel lattice and
+            ``resample`` is False (message names the file and the first difference: size,
+            spacing, origin or direction).
     """
     path = Path(path)
     _require_exists(path)
@@ -276,9 +282,9 @@ def read_label_map(path: str | Path, reference: Volume | None = None) -> Volume:
     if (
         suffix in (".seg.nrrd", ".dcm")
         or (suffix == ".nrrd" and _is_seg_nrrd(path))
-        or (suffix not in IMAGE_SUFFIXES and _is_dicom(path))
+        or (suffix not in IMAGE_SUFFIXES and is_dicom_file(path))
     ):
-        seg = read_segmentation(path, reference=reference)
+        seg = read_segmentation(path, reference=reference, resample=resample)
         volume = seg.to_label_volume()
         # keep the value -> structure names so callers (metrics, planning) can match by name
         volume = volume.with_array(volume.array, meta={**volume.meta, "label_table": seg.label_table().to_json()})
@@ -306,20 +312,22 @@ def read_label_map(path: str | Path, reference: Volume | None = None) -> Volume:
     dtype = np.uint8 if arr.max() < 256 else np.uint16
     volume = volume.with_array(arr.astype(dtype, copy=False))
     if reference is not None:
+        from lkseg.io.placement import place_label_map
+
         try:
-            reference.grid.require_same(volume.grid, "label map")
+            volume = place_label_map(volume, reference, resample=resample)
         except InputError as exc:
             raise type(exc)(str(exc), path) from exc
     return volume
 
 
-def read_segmentation(path: str | Path, reference: Volume | None = None, table=None):
+def read_segmentation(path: str | Path, reference: Volume | None = None, table=None, *, resample: bool = False):
     """Read any segmentation file as a :class:`~lkseg.segmentation.Segmentation`.
 
     ``.seg.nrrd`` and DICOM SEG keep their segment names, colours, terminology and layers; a plain
     label map (NIfTI/NRRD) gets one segment per value, named through ``table`` (a
     :class:`~lkseg.labels.LabelTable` or mapping value -> structure name) or ``"Label <v>"``.
-    ``reference`` as in :func:`read_label_map`.
+    ``reference`` and ``resample`` as in :func:`read_label_map`.
     """
     from lkseg.segmentation import Segmentation
 
@@ -329,14 +337,14 @@ def read_segmentation(path: str | Path, reference: Volume | None = None, table=N
     if suffix == ".seg.nrrd" or (suffix == ".nrrd" and _is_seg_nrrd(path)):
         from lkseg.io.segnrrd import read_seg_nrrd
 
-        return read_seg_nrrd(path, reference=reference)
-    if suffix == ".dcm" or (suffix not in IMAGE_SUFFIXES and path.is_file() and _is_dicom(path)):
+        return read_seg_nrrd(path, reference=reference, resample=resample)
+    if suffix == ".dcm" or (suffix not in IMAGE_SUFFIXES and path.is_file() and is_dicom_file(path)):
         if not _is_dicom_seg(path):
             raise InputError("is a DICOM image, not a segmentation (SEG)", path)
         from lkseg.io.dicomseg import read_dicom_seg
 
         return read_dicom_seg(path, reference=reference)
-    volume = read_label_map(path, reference=reference)
+    volume = read_label_map(path, reference=reference, resample=resample)
     return Segmentation.from_label_volume(volume, table if table is not None else {})
 
 
@@ -349,15 +357,6 @@ def _is_seg_nrrd(path: Path) -> bool:
         return is_seg_nrrd_header(nrrd.read_header(str(path)))
     except Exception:  # unreadable headers are reported by the reader itself
         return False
-
-
-def _is_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def _is_dicom_seg(path: Path) -> bool:

@@ -218,14 +218,16 @@ def _segment_from_fields(
     return Segment(name, value, color, structure, layer, terminology, fields.get("ID") or None)
 
 
-def read_seg_nrrd(path: str | Path, reference: Grid | Volume | None = None) -> Segmentation:
+def read_seg_nrrd(path: str | Path, reference: Grid | Volume | None = None, *, resample: bool = False) -> Segmentation:
     """Read a Slicer ``.seg.nrrd`` (3D, or 4D layered) into a Segmentation.
 
     Args:
         path: the file.
-        reference: optional image (or its grid). A file cropped by Slicer to the segments' extent
-            is placed back on this grid (it must share its voxel lattice); a file on another
-            lattice raises :class:`~lkseg.errors.GeometryMismatchError`.
+        reference: optional image (or its grid). A file cropped by Slicer to the segments' extent,
+            or stored with permuted/flipped axes, is placed on this grid voxel for voxel (it must
+            share its voxel lattice, see :func:`lkseg.io.placement.place_label_map`); a file on
+            another lattice raises :class:`~lkseg.errors.GeometryMismatchError`.
+        resample: resample (nearest neighbour) a file on another lattice instead of refusing.
 
     Returns:
         The segmentation on the file's grid (or ``reference``'s); layers as in the file; segment
@@ -301,7 +303,7 @@ def read_seg_nrrd(path: str | Path, reference: Grid | Volume | None = None) -> S
     if reference is not None:
         ref_grid = reference.grid if isinstance(reference, Volume) else reference
         try:
-            seg = seg.to_grid(ref_grid)
+            seg = seg.to_grid(ref_grid, resample=resample)
         except InputError as exc:
             raise type(exc)(str(exc), path) from exc
     return seg

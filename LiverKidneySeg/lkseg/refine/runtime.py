@@ -13,9 +13,13 @@ The decoder graph (:class:`DecoderGraph`) embeds the points itself with the prom
 weights in a trace-friendly way; ``test_refine_runtime`` checks it against
 ``segment-anything``'s own ``PromptEncoder.forward`` and the ONNX graphs against eager PyTorch.
 
-ONNX exports are cached under ``~/.cache/lkseg/onnx/<weights sha256[:16]>/`` (or
+ONNX exports are cached under ``~/.cache/lkseg/onnx/<model>-<weights sha256[:16]>/`` (or
 ``$LKSEG_CACHE``), created on first use; each file's SHA-256 is recorded in a sidecar
-``exports.json`` at export and verified before every load, so a damaged cache is rebuilt.
+``exports.json`` at export and verified before every load, so a damaged cache is rebuilt. The
+record also holds everything else that shapes the graphs (:func:`export_key`: weights, torch,
+onnx and onnxruntime versions - the int8 encoder is made by onnxruntime's quantizer -, opset and
+export code version); any change exports again. ``backend="auto"`` falls back to eager PyTorch
+with a warning when the ONNX sessions cannot be exported or built; an explicit ``"onnx"`` raises.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ log = logging.getLogger(__name__)
 
 Backend = Literal["onnx", "onnx-int8", "eager", "torchscript"]
 OPSET = 17
+#: Version of the export code below (DecoderGraph, export arguments, quantization settings):
+#: bump it whenever they change, so that cached graphs are exported again.
+EXPORT_VERSION = 2
 
 
 def _decoder_graph_class():
@@ -341,13 +348,16 @@ def ensure_onnx_exports(
 
     folder.mkdir(parents=True, exist_ok=True)
     record_path = folder / "exports.json"
+    key = export_key(model)
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
-        if record.get("weights_sha256") != model.spec.sha256:
+        stale = [name for name, value in key.items() if record.get(name) != value]
+        if stale:
+            log.info("%s: cached ONNX exports made with other %s; exporting again", folder, ", ".join(stale))
             record = {}
     except (OSError, json.JSONDecodeError):
         record = {}
-    record.setdefault("weights_sha256", model.spec.sha256)
+    record.update(key)
     record.setdefault("files", {})
     wanted = {"encoder": f"encoder_b{encode_batch}.onnx", "decoder": "decoder.onnx"}
     if quantized:
@@ -381,6 +391,26 @@ def ensure_onnx_exports(
     if quantized:
         paths["encoder"] = paths.pop("encoder_int8")
     return paths
+
+
+def export_key(model: LoadedModel) -> dict:
+    """Everything besides the export code's own files that changes the exported graphs."""
+    import torch
+
+    versions = {}
+    for name in ("onnx", "onnxruntime"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = None
+    return {
+        "weights_sha256": model.spec.sha256,
+        "torch": torch.__version__,
+        "onnx": versions["onnx"],
+        "onnxruntime": versions["onnxruntime"],
+        "opset": OPSET,
+        "export_version": EXPORT_VERSION,
+    }
 
 
 def resolve_device(device: str) -> str:
@@ -418,7 +448,8 @@ def make_engine(
         import torch
 
         threads = torch.get_num_threads()
-    if backend == "auto":
+    automatic = backend == "auto"
+    if automatic:
         backend = "eager" if device.startswith("cuda") else "onnx-int8"
     if backend == "eager":
         return EagerEngine(model, device, threads)
@@ -430,5 +461,13 @@ def make_engine(
                 model, device, threads, Path(cache_dir) if cache_dir else None, quantized=backend == "onnx-int8"
             )
         except ImportError as exc:
-            raise ModelError("the ONNX back end needs the 'onnxruntime' package (pip install onnxruntime)") from exc
+            error = ModelError("the ONNX back end needs the 'onnxruntime' package (pip install onnxruntime)")
+            cause = exc
+        except Exception as exc:  # export, quantization or session creation (onnxruntime's own error types)
+            error = ModelError(f"the ONNX Runtime back end of {model.spec.name} cannot be built: {exc}")
+            cause = exc
+        if not automatic:
+            raise error from cause
+        log.warning("%s; using eager PyTorch instead (slower on the CPU)", error)
+        return EagerEngine(model, device, threads)
     raise ModelError(f"unknown back end {backend!r}; use auto, onnx, onnx-int8, eager or torchscript")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lkseg.errors import InputError
+from lkseg.errors import GeometryMismatchError, InputError
 from lkseg.models.manifest import IntensitySpec
 from lkseg.train.dataset import Case, LabelMapping
 from lkseg.volume import Grid
@@ -40,16 +40,19 @@ def prepare_case(
     """Read, map and resample one case onto its canonical grid at ``spacing`` (i, j, k mm)."""
     from lkseg.auto.sampling import ImageSampler
     from lkseg.io import read_image, read_label_map
+    from lkseg.io.placement import place_label_map
     from lkseg.orientation import reorient_grid
     from lkseg.resample import grid_for_spacing, resample_array_to_grid
 
     image = read_image(case.image)
     labels = read_label_map(case.label)
-    if not image.grid.same_as(labels.grid, tol=1e-3):
-        if image.shape != labels.shape:
+    try:  # same lattice, maybe other axis directions (e.g. a flipped NIfTI): placed exactly
+        labels = place_label_map(labels, image)
+    except GeometryMismatchError:
+        if image.shape != labels.shape or not np.allclose(image.direction, labels.direction, atol=1e-2):
             raise InputError(
                 f"label map grid {labels.grid.describe()} does not match the image {image.grid.describe()}", case.label
-            )
+            ) from None
         log.warning("%s: label header differs slightly from the image header; using the image geometry", case.label)
         labels = image.with_array(labels.array)
     mapped = mapping.apply(labels.array, image.grid, image.array, table)
