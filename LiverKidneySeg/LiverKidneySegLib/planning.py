@@ -3,7 +3,8 @@ core's :func:`lkseg.planning.run_plan`, its rows as a table node, and the core's
 
 Coordinates: the core plans in the **volume's own RAS** (its ``IJKToRAS``); a resection plane
 placed in world coordinates is brought into that frame through the inverse of the volume's parent
-transform. Volumes are mL, lengths mm.
+transform (points with its inverse, the normal with its transpose, so that scaling and shear
+parent transforms keep the plane). Volumes are mL, lengths mm.
 """
 
 from __future__ import annotations
@@ -55,9 +56,12 @@ def resectionFromNodes(volumeNode, segmentationNode, inputs: PlanInputs, grid):
         origin, normal = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
         plane.GetOriginWorld(origin)
         plane.GetNormalWorld(normal)
-        worldToLocal = np.linalg.inv(parentTransformMatrix(volumeNode))
-        point = (worldToLocal @ np.r_[origin, 1.0])[:3]
-        direction = worldToLocal[:3, :3] @ np.asarray(normal)
+        localToWorld = parentTransformMatrix(volumeNode)
+        point = (np.linalg.inv(localToWorld) @ np.r_[origin, 1.0])[:3]
+        # a normal maps with the inverse transpose of the point map (world-to-local): under a
+        # scaling or shear parent transform the world-to-local matrix itself would tilt the plane
+        direction = localToWorld[:3, :3].T @ np.asarray(normal)
+        direction = direction / np.linalg.norm(direction)
         return Resection(planes=(ResectionPlane(tuple(point), tuple(direction)),))
     if inputs.resectionSegmentName:
         segmentId = findSegmentId(segmentationNode, inputs.resectionSegmentName)

@@ -33,9 +33,11 @@ __all__ = [
     "segmentChoices",
     "segmentMask",
     "segmentStructureName",
+    "segmentTerminology",
     "segmentationToLabelMap",
     "setReferenceGeometry",
     "setSegmentMask",
+    "setSegmentTerminology",
     "styleSegment",
 ]
 
@@ -225,8 +227,9 @@ def segmentStructureName(segment) -> str:
         return str(tag)
     name = segment.GetName()
     found = find_structure(name)
-    if found is None and segment.HasTerminology():
-        codes = parse_terminology(segment.GetTerminology())
+    terminology = segmentTerminology(segment)
+    if found is None and terminology:
+        codes = parse_terminology(terminology)
         generic = codes.get("type") is None or codes["type"].value == "85756007"  # "Tissue" says nothing
         found = None if generic else find_structure(None, codes.get("type"), codes.get("region"))
     return found or name
@@ -307,7 +310,29 @@ def styleSegment(segment, structureName: str, name: str | None = None) -> None:
     segment.SetName(name or structure.display)
     segment.SetColor(*structure.color)
     segment.SetTag(STRUCTURE_TAG, structure.name)
-    segment.SetTerminology(structure.terminology_string())
+    setSegmentTerminology(segment, structure.terminology_string())
+
+
+def segmentTerminology(segment) -> str:
+    """The segment's terminology entry string ("" when none).
+
+    ``vtkSegment.GetTerminology`` exists from Slicer 5.10; older Slicer stores the same string in
+    the tag named ``vtkSegment.GetTerminologyEntryTagName()``, which every version reads.
+    """
+    if hasattr(segment, "GetTerminology"):
+        return segment.GetTerminology() or ""
+    import vtk
+
+    value = vtk.reference("")
+    return str(value) if segment.GetTag(segment.GetTerminologyEntryTagName(), value) else ""
+
+
+def setSegmentTerminology(segment, terminology: str) -> None:
+    """Set the segment's terminology entry (``SetTerminology`` on Slicer 5.10+, the tag API before)."""
+    if hasattr(segment, "SetTerminology"):
+        segment.SetTerminology(terminology)
+    else:
+        segment.SetTag(segment.GetTerminologyEntryTagName(), terminology)
 
 
 def labelMapToSegmentation(
