@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from LiverKidneySegLib.history import SegmentsEdit
 from LiverKidneySegLib.process import CoreJob, CoreProcess
 from LiverKidneySegLib.segmentations import SegmentExistsError, findSegmentId, labelMapToSegmentation
 from LiverKidneySegLib.volumes import volumeFromNode
@@ -118,6 +119,9 @@ class SegmentationJob(CoreJob):
         self.segmentIds: list[str] = []
         self._workDir: Path | None = None
         self._grid = None
+        #: an :class:`~LiverKidneySegLib.history.EditHistory`: the imported result becomes one
+        #: undo step (segments created or replaced), set by the Logic
+        self.history = None
 
     # -- checks before the long run ---------------------------------------------------------
     def _checkConflicts(self, manifest) -> None:
@@ -175,13 +179,19 @@ class SegmentationJob(CoreJob):
             keep = set(self.options.structures)
             table = {v: n for v, n in table.items() if n in keep}
         self._report(0.96, "importing segments")
+        node = self.segmentationNode
+        replaced = [i for i in (findSegmentId(node, name) for name in table.values()) if i]
+        before = SegmentsEdit.snapshot(node, replaced, self._grid) if self.history is not None else {}
         self.segmentIds = labelMapToSegmentation(
-            labels,
-            table,
-            self.segmentationNode,
-            referenceVolumeNode=self.volumeNode,
-            replaceExisting=self.options.replaceExisting,
+            labels, table, node, referenceVolumeNode=self.volumeNode, replaceExisting=self.options.replaceExisting
         )
+        if self.history is not None:
+            ids = list(dict.fromkeys(replaced + list(self.segmentIds)))
+            after = SegmentsEdit.snapshot(node, ids, self._grid)
+            edit = SegmentsEdit(
+                node.GetID(), self._grid, {i: before.get(i) for i in ids}, after, "automatic segmentation"
+            )
+            self.history.recordSegments(edit)
 
     def _result(self) -> list[str]:
         """:meth:`wait` returns the written segment IDs."""

@@ -95,6 +95,9 @@ class LiverKidneySegLogicBase:
         self.job: SegmentationJob | None = None
         self.batchJob: BatchJob | None = None
         self._lastSlice: tuple | None = None
+        #: where refinements may change voxels (:class:`~LiverKidneySegLib.editrules.EditRules`);
+        #: None: everywhere. Only the edited segment is ever written.
+        self.editRules = None
 
     # -- plumbing -----------------------------------------------------------------------------
     @property
@@ -196,7 +199,9 @@ class LiverKidneySegLogicBase:
         if segmentationNode is None:
             segmentationNode = self.newSegmentationNode(volumeNode)
         options = SegmentOptions(modelId or None, device, list(structures) if structures else None, replaceExisting)
-        self.job = SegmentationJob(volumeNode, segmentationNode, options, progressCallback).start()
+        job = SegmentationJob(volumeNode, segmentationNode, options, progressCallback)
+        job.history = self.history  # the automatic result is one undo step
+        self.job = job.start()
         if not waitForCompletion:
             return self.job
         self.job.wait()
@@ -302,18 +307,31 @@ class LiverKidneySegLogicBase:
         return segmentId
 
     def _prompts(self, volumeNode, positive, negative, box, axis: int, sliceIndex: int | None) -> SlicePrompts:
-        """Prompts from markups nodes, or from (N, 3) world-RAS arrays and an (lo, hi) RAS box."""
+        """Prompts from markups nodes, or from (N, 3) world-RAS arrays and a box given as world-RAS
+        corners ((2, 3) opposite corners or the (8, 3) corners of an oriented box)."""
         if all(p is None or hasattr(p, "GetNumberOfControlPoints") for p in (positive, negative, box)):
-            return slicePrompts(volumeNode, axis, positive, negative, box, sliceIndex)
-        pos = worldToIjk(
-            volumeNode, np.asarray(positive if positive is not None else np.zeros((0, 3)), float).reshape(-1, 3)
-        )
-        neg = worldToIjk(
-            volumeNode, np.asarray(negative if negative is not None else np.zeros((0, 3)), float).reshape(-1, 3)
-        )
+            prompts = slicePrompts(volumeNode, axis, positive, negative, box, sliceIndex)
+        else:
+            prompts = self._arrayPrompts(volumeNode, positive, negative, box, axis, sliceIndex)
+        self._checkInsideVolume(volumeNode, prompts)
+        return prompts
+
+    @staticmethod
+    def _arrayPrompts(volumeNode, positive, negative, box, axis: int, sliceIndex: int | None) -> SlicePrompts:
+        if axis not in (0, 1, 2):
+            raise PromptError(f"axis must be 0 (i), 1 (j) or 2 (k), got {axis!r}")
+
+        def ijk(points):
+            return worldToIjk(
+                volumeNode, np.asarray(points if points is not None else np.zeros((0, 3)), float).reshape(-1, 3)
+            )
+
+        pos, neg = ijk(positive), ijk(negative)
         boxIjk = None
         if box is not None:
-            corners = worldToIjk(volumeNode, np.asarray(box, float).reshape(2, 3))
+            corners = ijk(box)
+            if len(corners) < 2:
+                raise PromptError("a box needs two opposite corners")
             boxIjk = (corners.min(axis=0), corners.max(axis=0))
         points = np.vstack([pos, neg])
         labels = np.r_[np.full(len(pos), POSITIVE), np.full(len(neg), NEGATIVE)].astype(np.int64)
@@ -324,8 +342,27 @@ class LiverKidneySegLogicBase:
                 sliceIndex = int(np.rint((boxIjk[0][axis] + boxIjk[1][axis]) / 2))
             else:
                 raise PromptError("give at least one point or a box")
+        if boxIjk is not None and not boxIjk[0][axis] - 0.5 <= sliceIndex <= boxIjk[1][axis] + 0.5:
+            boxIjk = None  # the box lies on other slices
         onSlice = np.rint(points[:, axis]) == sliceIndex
-        return SlicePrompts(axis, sliceIndex, points[onSlice], labels[onSlice], boxIjk)
+        return SlicePrompts(axis, int(sliceIndex), points[onSlice], labels[onSlice], boxIjk)
+
+    @staticmethod
+    def _checkInsideVolume(volumeNode, prompts: SlicePrompts) -> None:
+        """A clear error for a prompt outside the volume (e.g. placed on another volume's slice)."""
+        size = np.array(volumeNode.GetImageData().GetDimensions(), dtype=float)
+        if not 0 <= prompts.sliceIndex < size[prompts.axis]:
+            raise PromptError(
+                f"the prompt lies on slice {prompts.sliceIndex}, outside the volume "
+                f"(0..{int(size[prompts.axis]) - 1} along axis {'ijk'[prompts.axis]})"
+            )
+        outside = [p for p in prompts.points if np.any(p < -0.5) or np.any(p > size - 0.5)]
+        if outside:
+            raise PromptError(f"{len(outside)} point(s) lie outside the volume '{volumeNode.GetName()}'")
+        if prompts.box is not None:
+            lo, hi = prompts.box
+            if np.any(hi < -0.5) or np.any(lo > size - 0.5):
+                raise PromptError(f"the box lies outside the volume '{volumeNode.GetName()}'")
 
     def refine(
         self,
@@ -379,7 +416,9 @@ class LiverKidneySegLogicBase:
         self._lastSlice = (segmentationNode.GetID(), segmentId, axis, prompts.sliceIndex)
 
         def apply(mask2d: np.ndarray) -> RefineResult:
-            return refiner.applyMask(segmentationNode, segmentId, volume, mask2d, mode, region, description, base=base)
+            return refiner.applyMask(
+                segmentationNode, segmentId, volume, mask2d, mode, region, description, base=base, rules=self.editRules
+            )
 
         pending = PendingEdit(refiner.engine.predictSlice(volume, self._volumeKey(volumeNode), request), apply)
         return pending.finish() if waitForCompletion else pending
@@ -442,6 +481,7 @@ class LiverKidneySegLogicBase:
                 mode,
                 None,
                 f"propagate in 3D from {'ijk'[axis]}={sliceIndex} ({mode})",
+                rules=self.editRules,
             )
 
         pending = PendingEdit(refiner.engine.propagate(volume, self._volumeKey(volumeNode), request), apply, cancel)
