@@ -158,6 +158,11 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingGui = False
         self._prefilledFor = None
         self._models = {}
+        self._box = None  # world-RAS corners of the last completed box (the current box prompt)
+        self._pendingKind = None  # "refine" or "propagate"
+        self._task = None  # (PendingEdit, what, onDone): planning or report on the worker thread
+        self._dependenciesChecked = False
+        self._refreshing = False
 
     # -- set-up ------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -218,6 +223,7 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ("Ctrl+Shift+P", self.ui.positivePointsButton.toggle),
             ("Ctrl+Shift+N", self.ui.negativePointsButton.toggle),
             ("Ctrl+Shift+B", self.ui.boxButton.toggle),
+            ("Ctrl+Shift+T", self.onTogglePolarity),
             ("Ctrl+Shift+X", self.onClearPrompts),
             ("Ctrl+Shift+G", self.onPropagate),
             ("Ctrl+Shift+Z", lambda: self.onHistory("undo")),
@@ -229,6 +235,8 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._shortcuts.append(shortcut)
         self._populateModels()
         self.ui.refineModelComboBox.addItem("LiteMedSAM", "litemedsam")
+        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
+        self.addObserver(interactionNode, interactionNode.InteractionModeChangedEvent, self._syncPlaceButtons)
         self.initializeParameterNode()
 
     def _populateModels(self) -> None:
@@ -295,6 +303,7 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             setattr(self._parameterNode, name, value)
             if name == "refineSegment":
                 self.logic.endRefineInteraction()
+                self._box = None
 
     def _updateGui(self, caller=None, event=None) -> None:
         """Sync the widgets that are not bound by SlicerParameterName, and button states."""
@@ -345,20 +354,22 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         pn = self._parameterNode
         running = self.logic.job is not None and not self.logic.job.finished
         ready = bool(pn and pn.inputVolume and pn.outputSegmentation) and not running
+        propagating = self._pendingEdit is not None and self._pendingKind == "propagate"
         self.ui.applyButton.enabled = bool(pn and pn.inputVolume) or running
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
         for button in self._placeButtons.values():
             button.enabled = ready
-        self.ui.propagateButton.enabled = ready and bool(pn.refineSegment) and self._pendingEdit is None
-        self.ui.undoButton.enabled = self.logic.canUndo and self._pendingEdit is None
-        self.ui.redoButton.enabled = self.logic.canRedo and self._pendingEdit is None
+        self.ui.propagateButton.enabled = propagating or (ready and self._pendingEdit is None)
+        self.ui.propagateButton.text = _("Cancel propagation") if propagating else _("Propagate in 3D")
+        self.ui.undoButton.enabled = self.logic.canUndo and self._pendingEdit is None and not running
+        self.ui.redoButton.enabled = self.logic.canRedo and self._pendingEdit is None and not running
         for button in (
             self.ui.computePlanButton,
             self.ui.createModelsButton,
             self.ui.exportModelsButton,
             self.ui.exportReportButton,
         ):
-            button.enabled = ready
+            button.enabled = ready and self._task is None
 
     def _prefillPatient(self) -> None:
         """Height/weight from the DICOM tags of the input, once per input volume, when still unknown."""
@@ -375,32 +386,60 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             pn.patientWeight = weight
 
     def _onSegmentsChanged(self, caller=None, event=None) -> None:
-        if (
-            self._parameterNode is not None
-            and caller is self._parameterNode.outputSegmentation
-            and not self._updatingGui
-        ):
-            self._updatingGui = True
-            try:
-                self._refreshSegmentLists()
-            finally:
-                self._updatingGui = False
+        if self._parameterNode is not None and caller is self._parameterNode.outputSegmentation:
+            self._refreshSegmentLists()
 
     def _refreshSegmentLists(self) -> None:
+        """Refill the segment pickers when their entries change (signals blocked: no parameter
+        writes, no refresh loop, the refine interaction is kept)."""
+        from LiverKidneySegLib.prompting import refillCombo
         from LiverKidneySegLib.segmentations import segmentChoices
 
         pn = self._parameterNode
-        choices = segmentChoices(pn.outputSegmentation)
-        for combo, current in (
-            (self.ui.segmentComboBox, pn.refineSegment),
-            (self.ui.resectionSegmentComboBox, pn.resectionSegment),
-        ):
-            combo.clear()
-            for name, exists in choices:
-                combo.addItem(name if exists else _("{name} (new)").format(name=name), name)
-            combo.currentIndex = max(combo.findData(current), 0)
-        if not pn.refineSegment and choices:
-            pn.refineSegment = choices[0][0]
+        if pn is None or self._refreshing:
+            return
+        self._refreshing = True
+        try:
+            choices = segmentChoices(pn.outputSegmentation)
+            items = [(name if exists else _("{name} (new)").format(name=name), name) for name, exists in choices]
+            refillCombo(self.ui.segmentComboBox, items, pn.refineSegment)
+            refillCombo(self.ui.resectionSegmentComboBox, items, pn.resectionSegment)
+        finally:
+            self._refreshing = False
+
+    def _refineSegmentName(self) -> str:
+        return self._parameterNode.refineSegment or (self.ui.segmentComboBox.currentData or "")
+
+    # -- dependencies ------------------------------------------------------------------------------
+    def _ensureDependencies(self) -> bool:
+        """One confirmed install of everything the module needs (before Apply and the first click)."""
+        if self._dependenciesChecked:
+            return True
+        from LiverKidneySegLib.dependencies import DependencyError, ensureDependencies
+
+        progress = qt.QProgressDialog(_("Installing Python packages..."), "", 0, 0, slicer.util.mainWindow())
+        progress.setCancelButton(None)
+        progress.setWindowTitle("LiverKidneySeg")
+        progress.setMinimumDuration(0)
+
+        def onLine(line: str) -> None:
+            progress.show()
+            progress.setLabelText(line[-120:])
+            self.appendLog(line)
+
+        try:
+            ensureDependencies(
+                "LiverKidneySeg",
+                confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "LiverKidneySeg"),
+                progress=onLine,
+            )
+        except DependencyError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle="LiverKidneySeg")
+            return False
+        finally:
+            progress.close()
+        self._dependenciesChecked = True
+        return True
 
     # -- automatic -------------------------------------------------------------------------------
     def appendLog(self, text: str) -> None:
@@ -416,16 +455,13 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.appendLog(_("Cancelling..."))
             self.logic.cancel()
             return
+        if not self._ensureDependencies():
+            return
         pn = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to start the automatic segmentation."), waitCursor=True):
-            from LiverKidneySegLib.dependencies import ensureDependencies
             from LiverKidneySegLib.segmentations import findSegmentId
             from lkseg.labels import get_structure
 
-            # asks before installing anything (pip_ensure's dialog, or ours on older Slicer)
-            ensureDependencies(
-                "LiverKidneySeg", confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "LiverKidneySeg")
-            )
             replace = pn.replaceExisting
             if pn.outputSegmentation is not None and not replace:
                 conflicts = [get_structure(s).display for s in pn.structures if findSegmentId(pn.outputSegmentation, s)]
@@ -457,7 +493,7 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _jobFinished(self, job) -> None:
         self.ui.progressBar.hide()
         if job.state == "done":
-            self.appendLog(_("Done: {n} segment(s).").format(n=len(job.segmentIds)))
+            self.appendLog(_("Done: {n} segment(s) (Undo takes the result back).").format(n=len(job.segmentIds)))
             job.segmentationNode.CreateClosedSurfaceRepresentation()
             self._refreshSegmentLists()
         elif job.state == "cancelled":
@@ -468,41 +504,78 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     # -- refinement ---------------------------------------------------------------------------------
+    def _roleNodes(self) -> dict:
+        pn = self._parameterNode
+        return {role: (getattr(pn, role) if pn else None) for role in self._placeButtons}
+
+    def _syncPlaceButtons(self, caller=None, event=None) -> None:
+        """The place buttons show what Slicer is placing (right-click/Esc leave place mode)."""
+        from LiverKidneySegLib.prompting import activePlaceRole
+
+        appLogic = slicer.app.applicationLogic()
+        active = activePlaceRole(appLogic.GetInteractionNode(), appLogic.GetSelectionNode(), self._roleNodes())
+        for role, button in self._placeButtons.items():
+            wasBlocked = button.blockSignals(True)
+            button.checked = role == active
+            button.blockSignals(wasBlocked)
+
     def _setPlaceMode(self, role) -> None:
         interactionNode = slicer.app.applicationLogic().GetInteractionNode()
         if role is None:
             if interactionNode.GetCurrentInteractionMode() == interactionNode.Place:
-                interactionNode.SetCurrentInteractionMode(interactionNode.ViewTransform)
+                interactionNode.SwitchToViewTransformMode()
             return
+        from LiverKidneySegLib.markups import createPromptNode
+
         node = getattr(self._parameterNode, role)
         if node is None:
-            from LiverKidneySegLib.markups import createPromptNode
-
             node = createPromptNode(slicer.mrmlScene, role)
             setattr(self._parameterNode, role, node)  # _updateGui observes it
+        if role == "promptBox" and node.GetNumberOfControlPoints():
+            node.RemoveAllControlPoints()  # a full ROI would make Slicer place into a new node
         selectionNode = slicer.app.applicationLogic().GetSelectionNode()
         selectionNode.SetReferenceActivePlaceNodeClassName(node.GetClassName())
         selectionNode.SetActivePlaceNodeID(node.GetID())
-        interactionNode.SetPlaceModePersistence(role != "promptBox")
+        interactionNode.SetPlaceModePersistence(True)  # as many points / boxes as wanted
         interactionNode.SetCurrentInteractionMode(interactionNode.Place)
 
     def onPlaceToggled(self, role: str, on: bool) -> None:
-        if on:
-            for other, button in self._placeButtons.items():
-                if other != role and button.checked:
-                    button.blockSignals(True)
-                    button.checked = False
-                    button.blockSignals(False)
+        if on and not self._ensureDependencies():  # checked before the first click, not after it
+            on = False
         self._setPlaceMode(role if on else None)
+        self._syncPlaceButtons()
+
+    def onTogglePolarity(self) -> None:
+        """One key switches between positive and negative clicks (and starts placing points)."""
+        from LiverKidneySegLib.prompting import activePlaceRole, otherPointRole
+
+        appLogic = slicer.app.applicationLogic()
+        active = activePlaceRole(appLogic.GetInteractionNode(), appLogic.GetSelectionNode(), self._roleNodes())
+        self._placeButtons[otherPointRole(active)].checked = True
 
     def onPromptPlaced(self, caller, event) -> None:
         from LiverKidneySegLib.markups import controlPointsWorld
+        from LiverKidneySegLib.prompting import takeCompletedBox
+        from lkseg.errors import PromptError
 
-        points = controlPointsWorld(caller)
-        if len(points):
-            self._lastPromptRas = points[-1]
         if caller.IsA("vtkMRMLMarkupsROINode"):
-            self.ui.boxButton.checked = False
+            try:
+                corners = takeCompletedBox(caller, clear=False)
+                finished = corners is not None
+            except PromptError as exc:  # a zero-size box: say so, nothing is predicted
+                corners, finished = None, True
+                self.ui.refineStatusLabel.text = str(exc)
+            if finished:  # empty the ROI after Slicer's own handling: the next box goes to the same node
+                qt.QTimer.singleShot(0, caller.RemoveAllControlPoints)
+            if corners is None:
+                return  # first corner placed: wait for the second
+            self._box = corners
+            self._lastPromptRas = corners.mean(axis=0)
+        else:
+            points = controlPointsWorld(caller)
+            if not len(points):
+                return
+            self._lastPromptRas = points[-1]
         self._requestRefine()
 
     def _slice(self) -> tuple[int, int | None]:
@@ -519,21 +592,27 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._refineQueued = True  # coalesce: one more prediction with all prompts when done
             return
         pn = self._parameterNode
+        if self.logic.job is not None and not self.logic.job.finished:
+            self.ui.refineStatusLabel.text = _("Wait for the automatic segmentation (or cancel it) before refining.")
+            return
+        from LiverKidneySegLib.markups import controlPointsWorld
+
         with slicer.util.tryWithErrorDisplay(_("Refinement failed."), waitCursor=False):
             self.logic.setRefineModel(pn.refineModel or "litemedsam", pn.device)
             axis, sliceIndex = self._slice()  # the slice of the prompt just placed
             self._pendingEdit = self.logic.refine(
                 pn.inputVolume,
                 pn.outputSegmentation,
-                pn.refineSegment,
-                positive=pn.positivePoints,
-                negative=pn.negativePoints,
-                box=pn.promptBox,
+                self._refineSegmentName(),
+                positive=controlPointsWorld(pn.positivePoints),
+                negative=controlPointsWorld(pn.negativePoints),
+                box=self._box,
                 axis=axis,
                 sliceIndex=sliceIndex,
                 mode=pn.combineMode,
                 waitForCompletion=False,
             )
+            self._pendingKind = "refine"
             self.ui.refineStatusLabel.text = _("Predicting...")
             self._timer.start()
         self._updateButtons()
@@ -544,24 +623,30 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if node is not None:
                 node.RemoveAllControlPoints()
         self._lastPromptRas = None
+        self._box = None
         self.logic.endRefineInteraction()
         self.ui.refineStatusLabel.text = _("Prompts cleared.")
 
     def onPropagate(self) -> None:
+        if self._pendingEdit is not None and self._pendingKind == "propagate":
+            self._pendingEdit.cancel()  # the button reads "Cancel" while propagating
+            self.ui.refineStatusLabel.text = _("Cancelling...")
+            return
         pn = self._parameterNode
-        if self._pendingEdit is not None or not (pn and pn.inputVolume and pn.outputSegmentation and pn.refineSegment):
+        if self._pendingEdit is not None or not (pn and pn.inputVolume and pn.outputSegmentation):
             return
         with slicer.util.tryWithErrorDisplay(_("Propagation failed."), waitCursor=False):
             self._workerProgress = (0.0, _("Propagating"))
             self._pendingEdit = self.logic.propagate(
                 pn.inputVolume,
                 pn.outputSegmentation,
-                pn.refineSegment,
+                self._refineSegmentName(),
                 axis=self._slice()[0],
                 mode=pn.combineMode,
                 waitForCompletion=False,
                 progressCallback=self._storeWorkerProgress,
             )
+            self._pendingKind = "propagate"
             self._timer.start()
         self._updateButtons()
 
@@ -569,12 +654,21 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._workerProgress = (fraction, message)  # called on the worker thread: no Qt here
 
     def _editFinished(self) -> None:
-        pending, self._pendingEdit = self._pendingEdit, None
+        pending, self._pendingEdit, self._pendingKind = self._pendingEdit, None, None
         with slicer.util.tryWithErrorDisplay(_("Refinement failed."), waitCursor=False):
-            result = pending.finish()
-            self.ui.refineStatusLabel.text = _("{what}: {n} voxel(s) changed.").format(
-                what=result.description, n=result.changedVoxels
-            )
+            try:
+                result = pending.finish()
+            except Exception as exc:
+                from lkseg.errors import CancelledError
+
+                if not isinstance(exc, CancelledError):
+                    raise
+                self.ui.refineStatusLabel.text = _("Propagation cancelled; the segment is unchanged.")
+                result = None
+            if result is not None:
+                self.ui.refineStatusLabel.text = _("{what}: {n} voxel(s) changed.").format(
+                    what=result.description, n=result.changedVoxels
+                )
             self._refreshSegmentLists()
         if self._refineQueued:
             self._refineQueued = False
@@ -588,23 +682,25 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.refineStatusLabel.text = (
                     f"{action}: {edit.description}" if edit else _("Nothing to {action}.").format(action=action)
                 )
+                self._refreshSegmentLists()
         self._updateButtons()
 
     def onTimer(self) -> None:
         job = self.logic.job
         if job is not None and job.state == "running" and job.poll():
             self._jobFinished(job)
-        if self._pendingEdit is not None:
-            if self._workerProgress is not None:
-                fraction, message = self._workerProgress
-                self.ui.refineStatusLabel.text = f"{message} {int(100 * fraction)}%"
-            if self._pendingEdit.done():
-                self._workerProgress = None
-                self._editFinished()
-        if (job is None or job.finished) and self._pendingEdit is None:
+        if self._workerProgress is not None:
+            fraction, message = self._workerProgress
+            self.ui.refineStatusLabel.text = f"{message} {int(100 * fraction)}%"
+        if self._pendingEdit is not None and self._pendingEdit.done():
+            self._workerProgress = None
+            self._editFinished()
+        if self._task is not None and self._task[0].done():
+            self._taskFinished()
+        if (job is None or job.finished) and self._pendingEdit is None and self._task is None:
             self._timer.stop()
 
-    # -- planning and export -----------------------------------------------------------------------
+    # -- planning and export (planning and the report run on a worker thread) ------------------------
     def _planArgs(self) -> dict:
         pn = self._parameterNode
         return {
@@ -622,14 +718,41 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             raise ValueError(_("Choose an export folder first."))
         return pathlib.Path(folder)
 
+    def _startTask(self, pending, what: str, onDone) -> None:
+        self._task = (pending, what, onDone)
+        self._workerProgress = (0.0, what)
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.show()
+        self._timer.start()
+        self._updateButtons()
+
+    def _taskFinished(self) -> None:
+        pending, what, onDone = self._task
+        self._task, self._workerProgress = None, None
+        self.ui.progressBar.hide()
+        with slicer.util.tryWithErrorDisplay(_("{what} failed.").format(what=what), waitCursor=False):
+            onDone(pending.finish())
+        self._updateButtons()
+
     def onComputePlan(self) -> None:
         pn = self._parameterNode
+        if self._task is not None:
+            return
         with slicer.util.tryWithErrorDisplay(_("Planning failed."), waitCursor=True):
-            _result, table = self.logic.plan(
-                pn.inputVolume, pn.outputSegmentation, tableNode=pn.resultsTable, **self._planArgs()
+            pending = self.logic.plan(
+                pn.inputVolume,
+                pn.outputSegmentation,
+                tableNode=pn.resultsTable,
+                waitForCompletion=False,
+                progressCallback=self._storeWorkerProgress,
+                **self._planArgs(),
             )
-            pn.resultsTable = table
-            self.ui.resultsTableView.setMRMLTableNode(table)
+
+            def done(outcome):
+                pn.resultsTable = outcome[1]
+                self.ui.resultsTableView.setMRMLTableNode(outcome[1])
+
+            self._startTask(pending, _("Planning"), done)
 
     def onCreateModels(self) -> None:
         pn = self._parameterNode
@@ -647,12 +770,23 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onExportReport(self) -> None:
         pn = self._parameterNode
+        if self._task is not None:
+            return
         with slicer.util.tryWithErrorDisplay(_("Saving the report failed."), waitCursor=True):
-            path = self.logic.saveReport(
-                pn.inputVolume, pn.outputSegmentation, self._exportFolder(), **self._planArgs()
+            pending = self.logic.saveReport(
+                pn.inputVolume,
+                pn.outputSegmentation,
+                self._exportFolder(),
+                waitForCompletion=False,
+                progressCallback=self._storeWorkerProgress,
+                **self._planArgs(),
             )
-            slicer.util.showStatusMessage(_("Report saved: {path}").format(path=path), 5000)
-            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(path)))
+
+            def done(path):
+                slicer.util.showStatusMessage(_("Report saved: {path}").format(path=path), 5000)
+                qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(path)))
+
+            self._startTask(pending, _("Report"), done)
 
 
 #

@@ -98,6 +98,7 @@ class LiverKidneySegLogicBase:
         #: where refinements may change voxels (:class:`~LiverKidneySegLib.editrules.EditRules`);
         #: None: everywhere. Only the edited segment is ever written.
         self.editRules = None
+        self._tasks = None  # planning/report worker thread (created on first use)
 
     # -- plumbing -----------------------------------------------------------------------------
     @property
@@ -570,6 +571,14 @@ class LiverKidneySegLogicBase:
         )
 
     # -- planning -------------------------------------------------------------------------------
+    def _background(self, fn, apply, cancel=None) -> PendingEdit:
+        """Run ``fn`` on the logic's task thread; ``apply(result)`` runs in ``finish()`` (main thread)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._tasks is None:
+            self._tasks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lkseg-plan")
+        return PendingEdit(self._tasks.submit(fn), apply, cancel)
+
     def plan(
         self,
         volumeNode,
@@ -580,8 +589,13 @@ class LiverKidneySegLogicBase:
         resectionPlaneNode=None,
         resectionSegmentName: str | None = None,
         tableNode=None,
+        waitForCompletion: bool = True,
+        progressCallback: Callable[[float, str], None] | None = None,
     ):
         """Volumes, lesions, tumour burden, FLR (with a resection plane or segment), R.E.N.A.L.
+
+        The nodes are read on the calling (main) thread; the measurements run on a worker thread,
+        so the GUI stays responsive; the table is written by ``finish()`` on the main thread.
 
         Args:
             volumeNode: the CT; segmentationNode: its segmentation (liver, kidneys, tumours...).
@@ -589,15 +603,21 @@ class LiverKidneySegLogicBase:
             resectionPlaneNode: markups plane; the side its normal points to is resected.
             resectionSegmentName: or a segment whose voxels are resected.
             tableNode: table to fill (created when None).
+            waitForCompletion: when False, returns a :class:`PendingEdit` (``done()``, ``cancel()``,
+                ``finish()`` -> ``(result, table)``) to poll from a timer.
+            progressCallback: ``progress(fraction, message)``, called from the worker thread.
 
         Returns:
             ``(result, tableNode)``: the core ``PlanResult`` and the results table (one row per
             structure, lesion and summary measure; volumes in mL, lengths in mm).
         """
-        from LiverKidneySegLib.planning import PlanInputs, planCase, planRows
+        from LiverKidneySegLib.planning import PlanInputs, planRows, preparePlan
+        from lkseg.planning import run_plan
+        from lkseg.progress import CancelToken
 
         inputs = PlanInputs(heightCm, weightKg, resectionPlaneNode, resectionSegmentName)
-        result, _, _, _ = planCase(volumeNode, segmentationNode, inputs)
+        labels, table, options, image = preparePlan(volumeNode, segmentationNode, inputs)
+        cancel = CancelToken()
         units = {
             "volume_ml": "mL",
             "mesh_volume_ml": "mL",
@@ -605,10 +625,16 @@ class LiverKidneySegLogicBase:
             "axial_short_mm": "mm",
             "max_3d_diameter_mm": "mm",
         }
-        table = tableFromRows(
-            planRows(result), tableNode, scene=self.scene, name=f"{segmentationNode.GetName()} planning", units=units
-        )
-        return result, table
+        name = f"{segmentationNode.GetName()} planning"
+
+        def compute():
+            return run_plan(labels, table, options, image=image, progress=progressCallback, cancel=cancel)
+
+        def apply(result):
+            return result, tableFromRows(planRows(result), tableNode, scene=self.scene, name=name, units=units)
+
+        pending = self._background(compute, apply, cancel)
+        return pending.finish() if waitForCompletion else pending
 
     def saveReport(
         self,
@@ -620,23 +646,41 @@ class LiverKidneySegLogicBase:
         weightKg: float | None = None,
         resectionPlaneNode=None,
         resectionSegmentName: str | None = None,
-    ) -> Path:
-        """Plan and write the JSON, CSV and HTML reports into ``folder``; returns the HTML path."""
-        from LiverKidneySegLib.planning import PlanInputs, planCase, writeReport
+        waitForCompletion: bool = True,
+        progressCallback: Callable[[float, str], None] | None = None,
+    ):
+        """Plan and write the JSON, CSV and HTML reports into ``folder``; returns the HTML path.
+
+        Planning, 3D surfaces and rendering run on a worker thread (the nodes are read first, on
+        the calling thread). ``waitForCompletion=False`` returns a :class:`PendingEdit` whose
+        ``finish()`` returns the path.
+        """
+        from LiverKidneySegLib.planning import PlanInputs, preparePlan, writeReport
+        from lkseg.planning import run_plan
+        from lkseg.progress import CancelToken
 
         inputs = PlanInputs(heightCm, weightKg, resectionPlaneNode, resectionSegmentName, surfaces=True)
-        result, labels, table, image = planCase(volumeNode, segmentationNode, inputs)
-        written = writeReport(
-            result, labels, table, image, folder, stem=f"{segmentationNode.GetName()}_report".replace(" ", "_")
-        )
-        return written.get("html") or next(iter(written.values()))
+        labels, table, options, image = preparePlan(volumeNode, segmentationNode, inputs)
+        stem = f"{segmentationNode.GetName()}_report".replace(" ", "_")
+        cancel = CancelToken()
+
+        def compute():
+            result = run_plan(labels, table, options, image=image, progress=progressCallback, cancel=cancel)
+            written = writeReport(result, labels, table, image, folder, stem=stem)
+            return written.get("html") or next(iter(written.values()))
+
+        pending = self._background(compute, lambda path: path, cancel)
+        return pending.finish() if waitForCompletion else pending
 
     def cleanup(self) -> None:
-        """Cancel running work and stop the refinement worker thread."""
+        """Cancel running work and stop the refinement and planning worker threads."""
         self.cancel()
         self.cancelBatch()
         if self._engine is not None:
             self._engine.shutdown()
+        if self._tasks is not None:
+            self._tasks.shutdown(wait=True, cancel_futures=True)
+            self._tasks = None
 
     @staticmethod
     def pointCount(markupsNode) -> int:

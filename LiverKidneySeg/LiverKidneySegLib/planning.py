@@ -19,7 +19,7 @@ from LiverKidneySegLib.segmentations import findSegmentId, segmentationToLabelMa
 from LiverKidneySegLib.volumes import parentTransformMatrix, volumeFromNode
 from lkseg.errors import InputError
 
-__all__ = ["PlanInputs", "planCase", "planRows", "resectionFromNodes", "writeReport"]
+__all__ = ["PlanInputs", "planCase", "planRows", "preparePlan", "resectionFromNodes", "writeReport"]
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,17 @@ def planCase(volumeNode, segmentationNode, inputs: PlanInputs | None = None):
         ``(result, labels, table, image)``: the :class:`~lkseg.planning.PlanResult`, the label map
         and table it was computed on (the resection segment left out), and the CT Volume.
     """
-    from lkseg.planning import Patient, PlanOptions, run_plan
+    from lkseg.planning import run_plan
+
+    labels, table, options, image = preparePlan(volumeNode, segmentationNode, inputs)
+    result = run_plan(labels, table, options, image=image)
+    return result, labels, table, image
+
+
+def preparePlan(volumeNode, segmentationNode, inputs: PlanInputs | None = None):
+    """Read the nodes (main thread): ``(labels, table, options, image)`` for
+    :func:`lkseg.planning.run_plan`, which may then run on a worker thread (no MRML access)."""
+    from lkseg.planning import Patient, PlanOptions
 
     inputs = inputs or PlanInputs()
     image = volumeFromNode(volumeNode)
@@ -96,8 +106,7 @@ def planCase(volumeNode, segmentationNode, inputs: PlanInputs | None = None):
         patient=Patient(inputs.heightCm or None, inputs.weightKg or None),
         surfaces=inputs.surfaces,
     )
-    result = run_plan(labels, table, options, image=image)
-    return result, labels, table, image
+    return labels, table, options, image
 
 
 def planRows(result) -> list[dict]:

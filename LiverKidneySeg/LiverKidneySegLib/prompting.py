@@ -48,10 +48,11 @@ def boxPlacementComplete(roiNode) -> bool:
     return roiNode.GetNumberOfDefinedControlPoints() >= max(roiNode.GetRequiredNumberOfControlPoints(), 1)
 
 
-def takeCompletedBox(roiNode, minimumSizeMm: float = 1e-3) -> np.ndarray | None:
+def takeCompletedBox(roiNode, minimumSizeMm: float = 1e-3, clear: bool = True) -> np.ndarray | None:
     """The 8 world-RAS corners of a box that has just been completed, or None while it is being placed.
 
-    The ROI is emptied afterwards (ready for the next box in the same node).
+    With ``clear`` the ROI is emptied afterwards (ready for the next box in the same node); the
+    widget clears it itself a moment later (not inside the markups widget's own event).
 
     Raises:
         PromptError: the two corners coincide in the slice (a zero-size box); the ROI is emptied.
@@ -62,7 +63,8 @@ def takeCompletedBox(roiNode, minimumSizeMm: float = 1e-3) -> np.ndarray | None:
         return None
     size = np.asarray(roiNode.GetSize(), dtype=np.float64)
     corners = roiCornersWorld(roiNode)
-    roiNode.RemoveAllControlPoints()  # resets the ROI to "two corners required"
+    if clear:
+        roiNode.RemoveAllControlPoints()  # resets the ROI to "two corners required"
     if np.count_nonzero(size > minimumSizeMm) < 2:
         raise PromptError("the box has zero size: click two opposite corners of the region in a slice view")
     return corners
