@@ -156,3 +156,28 @@ def test_automatic_result_is_one_undo_step(case):
     np.testing.assert_array_equal(_mask(seg, "liver", grid), result == 1)
     np.testing.assert_array_equal(_mask(seg, "kidney_right", grid), result == 3)
     np.testing.assert_array_equal(_mask(seg, "Other", grid), labels == 2)
+
+
+def test_a_new_segment_next_to_the_automatic_result_gets_its_voxels(case):
+    """A region edit of a new (empty) segment that shares a label-map layer with others went to
+    another segment of the layer (or was lost); now exactly this segment changes."""
+    from LiverKidneySegLib.segmentations import findSegmentId, segmentMask, setSegmentMask
+
+    volume, node, logic, seg, labels = case
+    grid = volume.grid
+    segmentation = seg.GetSegmentation()
+    spleen = segmentation.AddEmptySegment("spleen", "Spleen", [0.5, 0.5, 0.5])
+    shared = []
+    segmentation.GetSegmentIDsSharingBinaryLabelmapRepresentation(spleen, shared, False)
+    assert shared, "the scenario needs a shared layer"
+    mask = np.zeros(SHAPE, bool)
+    mask[2, 22:27, 30:36] = True  # outside the layer's current extent
+    setSegmentMask(seg, spleen, mask, grid, region=(slice(2, 3), slice(None), slice(None)))
+    np.testing.assert_array_equal(segmentMask(seg, spleen, grid), mask)
+    np.testing.assert_array_equal(_mask(seg, "liver", grid), labels == 1)
+    np.testing.assert_array_equal(_mask(seg, "Other", grid), labels == 2)
+    inside = np.zeros(SHAPE, bool)
+    inside[3, 6:9, 6:9] = True  # on the liver's voxels: overlap, the liver keeps them
+    logic.refine(node, seg, "spleen", box=_ras(node, [[6, 6, 3], [8, 8, 3]]), axis=2, mode="add")
+    np.testing.assert_array_equal(segmentMask(seg, findSegmentId(seg, "spleen"), grid), mask | inside)
+    np.testing.assert_array_equal(_mask(seg, "liver", grid), labels == 1)

@@ -45,6 +45,7 @@ NOT_SLICER = {
     "PackageNotFoundError": "importlib.metadata.PackageNotFoundError",
     "PyTorchUtilsLogic": "the PyTorch extension's logic (optional, imported in a try block)",
     "SIGTERM": "signal.SIGTERM",
+    "TemporaryDirectory": "tempfile.TemporaryDirectory",
     "Thread": "threading.Thread",
     "TimeoutExpired": "subprocess.TimeoutExpired",
 }
@@ -87,7 +88,15 @@ def classes(headless_slicer):
         getattr(slicer, n) for n in dir(slicer) if n.startswith(("vtkMRML", "vtkSlicer", "vtkSegment", "vtkOriented"))
     ]
     # VTK classes reached through return values (image.GetPointData().GetScalars() ...)
-    found += [vtk.vtkPointData, vtk.vtkDataArray, vtk.vtkImageData, vtk.vtkPolyData, vtk.vtkMatrix4x4]
+    found += [
+        vtk.vtkPointData,
+        vtk.vtkDataArray,
+        vtk.vtkImageData,
+        vtk.vtkPolyData,
+        vtk.vtkMatrix4x4,
+        vtk.vtkVariant,
+        vtk.vtkTable,
+    ]
     for tree in _trees().values():
         for name in _referencedClasses(tree):
             for namespace in (slicer, vtk):

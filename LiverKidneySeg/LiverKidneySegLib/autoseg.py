@@ -22,7 +22,15 @@ from LiverKidneySegLib.volumes import volumeFromNode
 from lkseg.errors import LKSegError
 from lkseg.labels import get_structure
 
-__all__ = ["MODULE_MODELS_DIR", "SegmentOptions", "SegmentationJob", "modelFolders", "resolveModel", "temporaryRoot"]
+__all__ = [
+    "MODULE_MODELS_DIR",
+    "SegmentOptions",
+    "SegmentationJob",
+    "importResult",
+    "modelFolders",
+    "resolveModel",
+    "temporaryRoot",
+]
 
 #: Model packages shipped inside the module (``LiverKidneySeg/Resources/Models``), searched after
 #: the core's own folders (``models/`` of the source tree, ``~/.lkseg/models``, ``$LKSEG_MODELS_DIR``).
@@ -86,6 +94,23 @@ def temporaryRoot() -> Path:
     except ImportError:
         pass
     return Path(tempfile.gettempdir())
+
+
+def importResult(labels, table, segmentationNode, volumeNode, replaceExisting: bool, history=None) -> list[str]:
+    """Write an automatic result (label map + ``{value: structure}``) into the segmentation; with a
+    ``history``, the segments created or replaced become one undo step. Returns the segment IDs."""
+    grid = labels.grid
+    replaced = [i for i in (findSegmentId(segmentationNode, name) for name in table.values()) if i]
+    before = SegmentsEdit.snapshot(segmentationNode, replaced, grid) if history is not None else {}
+    segmentIds = labelMapToSegmentation(
+        labels, table, segmentationNode, referenceVolumeNode=volumeNode, replaceExisting=replaceExisting
+    )
+    if history is not None:
+        ids = list(dict.fromkeys(replaced + list(segmentIds)))
+        after = SegmentsEdit.snapshot(segmentationNode, ids, grid)
+        before = {i: before.get(i) for i in ids}
+        history.recordSegments(SegmentsEdit(segmentationNode.GetID(), grid, before, after, "automatic segmentation"))
+    return segmentIds
 
 
 class SegmentationJob(CoreJob):
@@ -179,19 +204,9 @@ class SegmentationJob(CoreJob):
             keep = set(self.options.structures)
             table = {v: n for v, n in table.items() if n in keep}
         self._report(0.96, "importing segments")
-        node = self.segmentationNode
-        replaced = [i for i in (findSegmentId(node, name) for name in table.values()) if i]
-        before = SegmentsEdit.snapshot(node, replaced, self._grid) if self.history is not None else {}
-        self.segmentIds = labelMapToSegmentation(
-            labels, table, node, referenceVolumeNode=self.volumeNode, replaceExisting=self.options.replaceExisting
+        self.segmentIds = importResult(
+            labels, table, self.segmentationNode, self.volumeNode, self.options.replaceExisting, self.history
         )
-        if self.history is not None:
-            ids = list(dict.fromkeys(replaced + list(self.segmentIds)))
-            after = SegmentsEdit.snapshot(node, ids, self._grid)
-            edit = SegmentsEdit(
-                node.GetID(), self._grid, {i: before.get(i) for i in ids}, after, "automatic segmentation"
-            )
-            self.history.recordSegments(edit)
 
     def _result(self) -> list[str]:
         """:meth:`wait` returns the written segment IDs."""

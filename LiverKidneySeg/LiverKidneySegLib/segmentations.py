@@ -291,6 +291,7 @@ def setSegmentMask(
         # the region, clear and set exactly the region's voxels
         image = maskToOrientedImage(np.asarray(mask, bool), grid, region=region)
         extent = list(image.GetExtent())
+        _ownLayer(segmentationNode, segmentId)
         for mode in (logic.MODE_MERGE_MIN, logic.MODE_MERGE_MAX):
             if not logic.SetBinaryLabelmapToSegment(image, segmentationNode, segmentId, mode, extent):
                 raise RuntimeError(f"could not write segment {segmentId!r} of '{segmentationNode.GetName()}'")
@@ -302,6 +303,20 @@ def setSegmentMask(
     extent = [0, ni - 1, 0, nj - 1, 0, nk - 1]
     if not logic.SetBinaryLabelmapToSegment(image, segmentationNode, segmentId, logic.MODE_REPLACE, extent):
         raise RuntimeError(f"could not write segment {segmentId!r} of '{segmentationNode.GetName()}'")
+
+
+def _ownLayer(segmentationNode, segmentId: str) -> None:
+    """Move the segment to a label-map layer of its own when it shares one with other segments.
+
+    ``SetBinaryLabelmapToSegment``'s merge modes on a shared layer can lose the edit (an empty
+    segment edited outside the layer's extent) or change the other segments' voxels (an empty
+    segment edited inside it); in a layer of its own only this segment can change.
+    """
+    segmentation = segmentationNode.GetSegmentation()
+    shared = []
+    segmentation.GetSegmentIDsSharingBinaryLabelmapRepresentation(segmentId, shared, False)
+    if shared:
+        segmentation.SeparateSegmentLabelmap(segmentId)
 
 
 def styleSegment(segment, structureName: str, name: str | None = None) -> None:
