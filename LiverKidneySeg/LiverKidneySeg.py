@@ -81,7 +81,7 @@ partly synthetic phantoms); they are not validated for clinical use. Check every
 small tumours, cysts and kidneys with unusual anatomy. The prompt model (LiteMedSAM) segments what it is pointed at
 on one slice at a time; review propagated results slice by slice.
 Batch use from the Python console is described in the
-<a href="https://github.com/liverkidneyseg/LiverKidneySeg#use-it-in-3d-slicer">README</a>.
+<a href="https://github.com/liverkidneyseg/SlicerLiverKidneySeg#use-it-in-3d-slicer">README</a>.
 """)
         self.parent.acknowledgementText = _("""
 Built on 3D Slicer, MONAI, PyTorch, SimpleITK and LiteMedSAM (Ma et al., MedSAM, Nature Communications 2024).
