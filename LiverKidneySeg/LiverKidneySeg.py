@@ -69,10 +69,11 @@ Segmentation of the <b>liver, kidneys and their tumours</b> on CT, with surgical
 device, then <i>Apply</i> (it becomes <i>Cancel</i> while running). Results go to a new segmentation or to the
 chosen one: segments of other names are kept; a segment of the same name is replaced only after you confirm
 (or with <i>Replace segments of the same name</i>).</li>
-<li><b>Refine</b>: pick a segment, then place <i>+ points</i>, <i>- points</i> or a <i>box</i> in any slice view;
-each placement updates the segment at once. <i>Propagate in 3D</i> grows it through the volume. Edit modes:
-add / subtract / replace. Undo/Redo every edit. Shortcuts: Ctrl+Shift+P/N/B (place +/-/box),
-Ctrl+Shift+X (clear prompts), Ctrl+Shift+G (propagate), Ctrl+Shift+Z / Ctrl+Shift+Y (undo / redo).</li>
+<li><b>Refine</b>: pick a segment, then place <i>+ points</i>, <i>- points</i> or a <i>box</i> (two clicks on
+opposite corners; as many boxes as you like) in any slice view; each placement updates that segment only, at once.
+<i>Propagate in 3D</i> grows it through the volume (click again to cancel). Edit modes: add / subtract / replace.
+Undo/Redo every edit, the automatic result included. Shortcuts: Ctrl+Shift+P/N/B (place +/-/box), Ctrl+Shift+T
+(switch + and -), Ctrl+Shift+X (clear prompts), Ctrl+Shift+G (propagate), Ctrl+Shift+Z / Ctrl+Shift+Y (undo / redo).</li>
 <li><b>Planning</b>: volumes, tumour burden, future liver remnant (standardised by body surface area when
 height and weight are known; prefilled from the DICOM tags), R.E.N.A.L. score; 3D models and report export.</li>
 </ol>
