@@ -17,6 +17,7 @@ OLDEST = "3.10"
 PATHS = [
     ROOT / "LiverKidneySeg" / "LiverKidneySeg.py",
     ROOT / "LiverKidneySeg" / "LiverKidneySegLib",
+    ROOT / "LiverKidneySeg" / "LiverKidneySegGui",
     ROOT / "LiverKidneySeg" / "lkseg",
 ]
 

@@ -27,7 +27,11 @@ from conftest import ROOT
 pytestmark = pytest.mark.mrml
 
 MODULE = ROOT / "LiverKidneySeg"
-FILES = [MODULE / "LiverKidneySeg.py", *sorted((MODULE / "LiverKidneySegLib").glob("*.py"))]
+FILES = [
+    MODULE / "LiverKidneySeg.py",
+    *sorted((MODULE / "LiverKidneySegLib").glob("*.py")),
+    *sorted((MODULE / "LiverKidneySegGui").glob("*.py")),
+]
 
 #: CamelCase attributes that are not Slicer/VTK methods (standard library, other packages).
 NOT_SLICER = {

@@ -24,7 +24,13 @@ import numpy as np
 from LiverKidneySegLib.autoseg import SegmentationJob, SegmentOptions
 from LiverKidneySegLib.batch import BatchJob, summaryTable
 from LiverKidneySegLib.history import EditHistory
-from LiverKidneySegLib.markups import NEGATIVE, POSITIVE, SlicePrompts, controlPointsWorld, slicePrompts
+from LiverKidneySegLib.markups import (
+    SlicePrompts,
+    arrayPrompts,
+    checkPromptsInsideVolume,
+    controlPointsWorld,
+    slicePrompts,
+)
 from LiverKidneySegLib.refinement import (
     PropagateRequest,
     RefineEngine,
@@ -42,7 +48,7 @@ from LiverKidneySegLib.segmentations import (
 )
 from LiverKidneySegLib.surfaces import createClosedSurface, exportSegmentsToFiles, exportSegmentsToModels
 from LiverKidneySegLib.tables import tableFromRows
-from LiverKidneySegLib.volumes import gridFromNode, volumeFromNode, worldToIjk
+from LiverKidneySegLib.volumes import gridFromNode, volumeFromNode
 from lkseg.errors import InputError, PromptError
 from lkseg.labels import get_structure
 from lkseg.volume import Volume
@@ -313,57 +319,9 @@ class LiverKidneySegLogicBase:
         if all(p is None or hasattr(p, "GetNumberOfControlPoints") for p in (positive, negative, box)):
             prompts = slicePrompts(volumeNode, axis, positive, negative, box, sliceIndex)
         else:
-            prompts = self._arrayPrompts(volumeNode, positive, negative, box, axis, sliceIndex)
-        self._checkInsideVolume(volumeNode, prompts)
+            prompts = arrayPrompts(volumeNode, positive, negative, box, axis, sliceIndex)
+        checkPromptsInsideVolume(volumeNode, prompts)
         return prompts
-
-    @staticmethod
-    def _arrayPrompts(volumeNode, positive, negative, box, axis: int, sliceIndex: int | None) -> SlicePrompts:
-        if axis not in (0, 1, 2):
-            raise PromptError(f"axis must be 0 (i), 1 (j) or 2 (k), got {axis!r}")
-
-        def ijk(points):
-            return worldToIjk(
-                volumeNode, np.asarray(points if points is not None else np.zeros((0, 3)), float).reshape(-1, 3)
-            )
-
-        pos, neg = ijk(positive), ijk(negative)
-        boxIjk = None
-        if box is not None:
-            corners = ijk(box)
-            if len(corners) < 2:
-                raise PromptError("a box needs two opposite corners")
-            boxIjk = (corners.min(axis=0), corners.max(axis=0))
-        points = np.vstack([pos, neg])
-        labels = np.r_[np.full(len(pos), POSITIVE), np.full(len(neg), NEGATIVE)].astype(np.int64)
-        if sliceIndex is None:
-            if len(points):
-                sliceIndex = int(np.rint(points[len(pos) - 1 if len(pos) else -1, axis]))
-            elif boxIjk is not None:
-                sliceIndex = int(np.rint((boxIjk[0][axis] + boxIjk[1][axis]) / 2))
-            else:
-                raise PromptError("give at least one point or a box")
-        if boxIjk is not None and not boxIjk[0][axis] - 0.5 <= sliceIndex <= boxIjk[1][axis] + 0.5:
-            boxIjk = None  # the box lies on other slices
-        onSlice = np.rint(points[:, axis]) == sliceIndex
-        return SlicePrompts(axis, int(sliceIndex), points[onSlice], labels[onSlice], boxIjk)
-
-    @staticmethod
-    def _checkInsideVolume(volumeNode, prompts: SlicePrompts) -> None:
-        """A clear error for a prompt outside the volume (e.g. placed on another volume's slice)."""
-        size = np.array(volumeNode.GetImageData().GetDimensions(), dtype=float)
-        if not 0 <= prompts.sliceIndex < size[prompts.axis]:
-            raise PromptError(
-                f"the prompt lies on slice {prompts.sliceIndex}, outside the volume "
-                f"(0..{int(size[prompts.axis]) - 1} along axis {'ijk'[prompts.axis]})"
-            )
-        outside = [p for p in prompts.points if np.any(p < -0.5) or np.any(p > size - 0.5)]
-        if outside:
-            raise PromptError(f"{len(outside)} point(s) lie outside the volume '{volumeNode.GetName()}'")
-        if prompts.box is not None:
-            lo, hi = prompts.box
-            if np.any(hi < -0.5) or np.any(lo > size - 0.5):
-                raise PromptError(f"the box lies outside the volume '{volumeNode.GetName()}'")
 
     def refine(
         self,
