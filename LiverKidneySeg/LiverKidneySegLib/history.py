@@ -146,25 +146,38 @@ class EditHistory:
         self._redo.clear()
 
     def record(
-        self, segmentationNode, segmentId: str, before: np.ndarray, after: np.ndarray, grid: Grid, description: str
+        self,
+        segmentationNode,
+        segmentId: str,
+        before: np.ndarray,
+        after: np.ndarray,
+        grid: Grid,
+        description: str,
+        within: tuple[slice, ...] | None = None,
     ) -> SegmentEdit | None:
         """Record that a segment changed from ``before`` to ``after`` (bool ZYX on ``grid``).
+
+        Args:
+            within: a ZYX box outside which ``before`` and ``after`` are known to be equal (e.g.
+                the slice of a click): only it is compared, instead of the whole volume.
 
         Returns:
             The edit, or None when nothing changed (nothing is recorded then).
         """
-        changed = np.asarray(before, bool) != np.asarray(after, bool)
+        box = tuple(slice(*s.indices(n)[:2]) for s, n in zip(within or (slice(None),) * 3, grid.shape))
+        before, after = np.asarray(before, bool), np.asarray(after, bool)
+        changed = before[box] != after[box]
         if not changed.any():
             return None
         nonzero = np.nonzero(changed)
-        region = tuple(slice(int(a.min()), int(a.max()) + 1) for a in nonzero)
+        region = tuple(slice(int(a.min()) + b.start, int(a.max()) + 1 + b.start) for a, b in zip(nonzero, box))
         edit = SegmentEdit(
             segmentationNode.GetID(),
             segmentId,
             grid,
             region,  # type: ignore[arg-type]
-            np.packbits(np.asarray(before, bool)[region]),
-            np.packbits(np.asarray(after, bool)[region]),
+            np.packbits(before[region]),
+            np.packbits(after[region]),
             description,
         )
         self._push(edit)

@@ -293,7 +293,7 @@ class Refiner:
             from LiverKidneySegLib.editrules import applyEditRules, editableMask
 
             after = applyEditRules(before, after, *editableMask(rules, segmentationNode, segmentId, volume))
-        edit = self.history.record(segmentationNode, segmentId, before, after, volume.grid, description)
+        edit = self.history.record(segmentationNode, segmentId, before, after, volume.grid, description, within=region)
         if edit is not None:
             setSegmentMask(segmentationNode, segmentId, after, volume.grid, region=edit.region)  # only what changed
         return RefineResult(segmentId, 0 if edit is None else edit.changedVoxels, description)
