@@ -98,11 +98,16 @@ def test_segment_editor_masking_and_overwrite_settings(case, mrml_scene):
 
     volume, node, logic, seg, labels = case
     grid = volume.grid
+    from LiverKidneySegLib.editrules import rulesForSegmentation
+
+    assert rulesForSegmentation(mrml_scene, seg) is None  # no Segment Editor on it: no restriction
     editor = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor.SetAndObserveSegmentationNode(seg)
     editor.SetSourceVolumeIntensityMask(True)
     editor.SetSourceVolumeIntensityMaskRange(50.0, 200.0)  # only the bright half
     editor.SetOverwriteMode(editor.OverwriteAllSegments)  # do not take "Other"'s voxels
-    logic.editRules = rulesFromSegmentEditorNode(editor)
+    logic.editRules = rulesForSegmentation(mrml_scene, seg)  # what the widget does before each edit
+    assert logic.editRules == rulesFromSegmentEditorNode(editor)
     assert logic.editRules.intensityRange == (50.0, 200.0) and logic.editRules.avoidOthers == "all"
     other = _mask(seg, "Other", grid)
     logic.refine(node, seg, "liver", box=_ras(node, [[4, 4, 2.5], [30, 22, 3.5]]), axis=2, mode="add")

@@ -119,6 +119,7 @@ class RefinePlanWidgetMixin:
         from LiverKidneySegLib.markups import controlPointsWorld
 
         with slicer.util.tryWithErrorDisplay(_("Refinement failed."), waitCursor=False):
+            self._useSegmentEditorRules()
             self.logic.setRefineModel(pn.refineModel or "litemedsam", pn.device)
             axis, sliceIndex = self._slice()  # the slice of the prompt just placed
             self._pendingEdit = self.logic.refine(
@@ -137,6 +138,12 @@ class RefinePlanWidgetMixin:
             self.ui.refineStatusLabel.text = _("Predicting...")
             self._timer.start()
         self._updateButtons()
+
+    def _useSegmentEditorRules(self) -> None:
+        """Edits follow the masking/overwrite settings of the Segment Editor on this segmentation."""
+        from LiverKidneySegLib.editrules import rulesForSegmentation
+
+        self.logic.editRules = rulesForSegmentation(slicer.mrmlScene, self._parameterNode.outputSegmentation)
 
     def onClearPrompts(self) -> None:
         for role in self._placeButtons:
@@ -157,6 +164,7 @@ class RefinePlanWidgetMixin:
         if self._pendingEdit is not None or not (pn and pn.inputVolume and pn.outputSegmentation):
             return
         with slicer.util.tryWithErrorDisplay(_("Propagation failed."), waitCursor=False):
+            self._useSegmentEditorRules()
             self._workerProgress = (0.0, _("Propagating"))
             self._pendingEdit = self.logic.propagate(
                 pn.inputVolume,
@@ -213,6 +221,8 @@ class RefinePlanWidgetMixin:
         if self._workerProgress is not None:
             fraction, message = self._workerProgress
             self.ui.refineStatusLabel.text = f"{message} {int(100 * fraction)}%"
+            if self._task is not None:
+                self.onProgress(fraction, message)
         if self._pendingEdit is not None and self._pendingEdit.done():
             self._workerProgress = None
             self._editFinished()

@@ -22,7 +22,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MASK_MODES", "EditRules", "applyEditRules", "editableMask", "rulesFromSegmentEditorNode"]
+__all__ = [
+    "MASK_MODES",
+    "EditRules",
+    "applyEditRules",
+    "editableMask",
+    "rulesForSegmentation",
+    "rulesFromSegmentEditorNode",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +85,18 @@ def rulesFromSegmentEditorNode(editorNode) -> EditRules:
     return EditRules(
         modes.get(editorNode.GetMaskMode(), "everywhere"), editorNode.GetMaskSegmentID(), intensity, overwrite
     )
+
+
+def rulesForSegmentation(scene, segmentationNode) -> EditRules | None:
+    """The rules of the Segment Editor that edits ``segmentationNode`` (its parameter node in the
+    scene), or None when no Segment Editor is set up on it (edits allowed everywhere)."""
+    if scene is None or segmentationNode is None:
+        return None
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentEditorNode")):
+        editorNode = scene.GetNthNodeByClass(index, "vtkMRMLSegmentEditorNode")
+        if editorNode.GetSegmentationNode() is segmentationNode:
+            return rulesFromSegmentEditorNode(editorNode)
+    return None
 
 
 def _otherSegments(segmentationNode, segmentId: str, visibleOnly: bool) -> list[str]:
