@@ -348,7 +348,8 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Re
                     node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPromptPlaced
                 ):
                     self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPromptPlaced)
-                    self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self.onPromptPlaced)
+                    if role != "promptBox":  # a moved point re-predicts; a box is used once, when complete
+                        self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self.onPromptPlaced)
         finally:
             self._updatingGui = False
         self._updateButtons()
