@@ -64,9 +64,11 @@ def test_plan_never_touches_installed_packages_and_sends_torch_to_the_extension(
 
 
 def test_constraints_pin_every_installed_package(D):
-    text = D.constraintsText({"numpy": "1.26.4", "pydicom": "2.4.4", "pip": "24.0"})
+    text = D.constraintsText(
+        {"numpy": "1.26.4", "pydicom": "2.4.4", "pip": "24.0", "torch": "2.5.1+cu121", "odd": "dev build"}
+    )
     lines = [line for line in text.splitlines() if not line.startswith("#")]
-    assert lines == ["numpy==1.26.4", "pydicom==2.4.4"]
+    assert lines == ["numpy==1.26.4", "pydicom==2.4.4", "torch==2.5.1+cu121"]  # unparsable versions left out
 
 
 def test_offline_message_names_the_packages_and_how_to_install(D):

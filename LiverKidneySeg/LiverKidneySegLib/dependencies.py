@@ -90,7 +90,10 @@ def _versionTuple(version: str) -> tuple:
 
 
 def installedDistributions() -> dict[str, str]:
-    """``{normalised name: version}`` of every distribution installed in this Python."""
+    """``{normalised name: version}`` of every distribution installed in this Python (read afresh)."""
+    import importlib
+
+    importlib.invalidate_caches()  # packages installed a moment ago (e.g. torch by the PyTorch extension)
     found = {}
     for dist in metadata.distributions():
         name = dist.metadata["Name"]
@@ -161,9 +164,15 @@ def planInstall(requirements: list[str], installed: Mapping[str, str]) -> Instal
     return plan
 
 
+_PIN = re.compile(r"^[a-z0-9][a-z0-9._-]*==[0-9][0-9A-Za-z.+!_-]*$")
+
+
 def constraintsText(installed: Mapping[str, str]) -> str:
-    """A pip constraints file pinning every installed distribution to its installed version."""
-    lines = [f"{name}=={version}" for name, version in sorted(installed.items()) if name not in ("pip", "setuptools")]
+    """A pip constraints file pinning every installed distribution to its installed version
+    (lines pip could not parse, e.g. odd development versions, are left out rather than making
+    the whole install fail)."""
+    pins = (f"{name}=={version}" for name, version in sorted(installed.items()) if name not in ("pip", "setuptools"))
+    lines = [pin for pin in pins if _PIN.match(pin)]
     return "# LiverKidneySeg: keep every installed package (Slicer's own included) as it is\n" + "\n".join(lines) + "\n"
 
 
