@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import sys
-import threading
 import types
 import typing
 
@@ -248,37 +247,6 @@ def test_requirements_checks(headless_slicer):
     assert D.missingRequirements(["numpy>=1.0", "numpy>=999"]) == ["numpy>=999"]
 
 
-def test_ensure_dependencies_asks_and_installs_on_the_main_thread_only(headless_slicer, monkeypatch):
-    import slicer
-
-    from LiverKidneySegLib import dependencies as D
-
-    installed = []
-    monkeypatch.setattr(slicer.util, "pip_install", lambda reqs: installed.append(list(reqs)))
-    missing = ["lkseg-surely-not-installed>=1.0"]
-    assert D.ensureDependencies(requirements=["numpy>=1.0"]) == []  # nothing missing: nothing asked
-    with pytest.raises(RuntimeError, match="pass confirm"):
-        D.ensureDependencies(requirements=missing)
-    with pytest.raises(RuntimeError, match="cannot run without"):
-        D.ensureDependencies(requirements=missing, confirm=lambda text: False)
-    assert installed == []
-    questions = []
-    assert D.ensureDependencies(requirements=missing, confirm=lambda text: questions.append(text) or True) == missing
-    assert installed == [missing] and "lkseg-surely-not-installed" in questions[0]
-    errors = []
-
-    def from_worker():
-        try:
-            D.ensureDependencies(requirements=missing, confirm=lambda text: True)
-        except RuntimeError as exc:
-            errors.append(str(exc))
-
-    worker = threading.Thread(target=from_worker)
-    worker.start()
-    worker.join()
-    assert errors and "main thread" in errors[0] and installed == [missing]
-
-
 def test_patient_height_weight_from_dicom(headless_slicer, mrml_scene, tmp_path):
     pydicom = pytest.importorskip("pydicom")
     from pydicom.dataset import FileDataset, FileMetaDataset
@@ -307,32 +275,3 @@ def test_patient_height_weight_from_dicom(headless_slicer, mrml_scene, tmp_path)
     ds.PatientSize = "17.6"  # implausible (176 m)
     ds.PatientWeight = ""
     assert P.heightWeightFromDataset(ds) == (None, None)
-
-
-def test_torch_comes_from_the_pytorch_extension_when_present(headless_slicer, monkeypatch):
-    import slicer
-
-    from LiverKidneySegLib import dependencies as D
-
-    calls = []
-
-    class PyTorchUtilsLogic:
-        def torchInstalled(self):
-            return False
-
-        def installTorch(self, askConfirmation=False):
-            calls.append(askConfirmation)
-            return object()
-
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
-    installed = []
-    monkeypatch.setattr(slicer.util, "pip_install", lambda reqs: installed.append(list(reqs)))
-    D.ensureDependencies(requirements=["torch>=999"], confirm=lambda text: True)
-    assert calls == [True]  # the extension was asked first, with a confirmation
-    assert installed == [["torch>=999"]]  # still missing afterwards: pip is the fallback
-    calls.clear()
-    monkeypatch.setattr(
-        PyTorchUtilsLogic, "installTorch", lambda self, askConfirmation=False: calls.append(askConfirmation)
-    )
-    with pytest.raises(RuntimeError, match="PyTorch is required"):
-        D.ensureDependencies(requirements=["torch>=999"], confirm=lambda text: True)

@@ -15,13 +15,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from LiverKidneySegLib.history import SegmentsEdit
 from LiverKidneySegLib.process import CoreJob, CoreProcess
 from LiverKidneySegLib.segmentations import SegmentExistsError, findSegmentId, labelMapToSegmentation
 from LiverKidneySegLib.volumes import volumeFromNode
 from lkseg.errors import LKSegError
 from lkseg.labels import get_structure
 
-__all__ = ["MODULE_MODELS_DIR", "SegmentOptions", "SegmentationJob", "modelFolders", "resolveModel", "temporaryRoot"]
+__all__ = [
+    "MODULE_MODELS_DIR",
+    "SegmentOptions",
+    "SegmentationJob",
+    "importResult",
+    "modelFolders",
+    "resolveModel",
+    "temporaryRoot",
+]
 
 #: Model packages shipped inside the module (``LiverKidneySeg/Resources/Models``), searched after
 #: the core's own folders (``models/`` of the source tree, ``~/.lkseg/models``, ``$LKSEG_MODELS_DIR``).
@@ -87,6 +96,23 @@ def temporaryRoot() -> Path:
     return Path(tempfile.gettempdir())
 
 
+def importResult(labels, table, segmentationNode, volumeNode, replaceExisting: bool, history=None) -> list[str]:
+    """Write an automatic result (label map + ``{value: structure}``) into the segmentation; with a
+    ``history``, the segments created or replaced become one undo step. Returns the segment IDs."""
+    grid = labels.grid
+    replaced = [i for i in (findSegmentId(segmentationNode, name) for name in table.values()) if i]
+    before = SegmentsEdit.snapshot(segmentationNode, replaced, grid) if history is not None else {}
+    segmentIds = labelMapToSegmentation(
+        labels, table, segmentationNode, referenceVolumeNode=volumeNode, replaceExisting=replaceExisting
+    )
+    if history is not None:
+        ids = list(dict.fromkeys(replaced + list(segmentIds)))
+        after = SegmentsEdit.snapshot(segmentationNode, ids, grid)
+        before = {i: before.get(i) for i in ids}
+        history.recordSegments(SegmentsEdit(segmentationNode.GetID(), grid, before, after, "automatic segmentation"))
+    return segmentIds
+
+
 class SegmentationJob(CoreJob):
     """One automatic segmentation of ``volumeNode`` into ``segmentationNode``.
 
@@ -118,6 +144,9 @@ class SegmentationJob(CoreJob):
         self.segmentIds: list[str] = []
         self._workDir: Path | None = None
         self._grid = None
+        #: an :class:`~LiverKidneySegLib.history.EditHistory`: the imported result becomes one
+        #: undo step (segments created or replaced), set by the Logic
+        self.history = None
 
     # -- checks before the long run ---------------------------------------------------------
     def _checkConflicts(self, manifest) -> None:
@@ -175,12 +204,8 @@ class SegmentationJob(CoreJob):
             keep = set(self.options.structures)
             table = {v: n for v, n in table.items() if n in keep}
         self._report(0.96, "importing segments")
-        self.segmentIds = labelMapToSegmentation(
-            labels,
-            table,
-            self.segmentationNode,
-            referenceVolumeNode=self.volumeNode,
-            replaceExisting=self.options.replaceExisting,
+        self.segmentIds = importResult(
+            labels, table, self.segmentationNode, self.volumeNode, self.options.replaceExisting, self.history
         )
 
     def _result(self) -> list[str]:

@@ -1,8 +1,9 @@
 """Undo / redo of segment edits (refinement clicks, boxes, 3D propagation).
 
 Each edit stores only the bounding box of the voxels it changed, bit-packed, before and after,
-so hundreds of edits of a 512 x 512 x 300 segment take little memory. Undo and redo write the
-stored voxels back into the segment through :func:`~LiverKidneySegLib.segmentations.setSegmentMask`.
+so hundreds of edits of a 512 x 512 x 300 segment take little memory. Undo and redo write back
+only the voxels the edit changed (through :func:`~LiverKidneySegLib.segmentations.setSegmentMask`,
+limited to the box), so edits made since with other tools elsewhere in the box survive.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from LiverKidneySegLib.segmentations import setSegmentMask
+from LiverKidneySegLib.segmentations import segmentMask, setSegmentMask
 from lkseg.volume import Grid
 
-__all__ = ["EditHistory", "SegmentEdit"]
+__all__ = ["EditHistory", "SegmentEdit", "SegmentState", "SegmentsEdit"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,68 @@ class SegmentEdit:
         return int(np.count_nonzero(self.block("before") != self.block("after")))
 
 
+@dataclass(frozen=True)
+class SegmentState:
+    """One segment as it was: metadata (name, colour, tags, terminology) and bit-packed voxels."""
+
+    metadata: object  # a vtkSegment without representations
+    index: int
+    packed: np.ndarray
+
+
+@dataclass(frozen=True)
+class SegmentsEdit:
+    """A change of whole segments (the automatic result: segments created or replaced).
+
+    Attributes:
+        before, after: ``{segmentId: SegmentState or None}`` (None: the segment did not exist).
+    """
+
+    segmentationNodeId: str
+    grid: Grid
+    before: dict
+    after: dict
+    description: str
+
+    @staticmethod
+    def snapshot(segmentationNode, segmentIds, grid: Grid) -> dict:
+        """``{segmentId: SegmentState or None}`` of the segments now."""
+        import slicer
+
+        segmentation = segmentationNode.GetSegmentation()
+        states = {}
+        for segmentId in segmentIds:
+            segment = segmentation.GetSegment(segmentId)
+            if segment is None:
+                states[segmentId] = None
+                continue
+            metadata = slicer.vtkSegment()
+            metadata.DeepCopyMetadata(segment)
+            packed = np.packbits(segmentMask(segmentationNode, segmentId, grid))
+            states[segmentId] = SegmentState(metadata, segmentation.GetSegmentIndex(segmentId), packed)
+        return states
+
+    def restore(self, which: str, scene) -> None:
+        node = scene.GetNodeByID(self.segmentationNodeId)
+        if node is None:
+            raise RuntimeError(f"cannot undo/redo '{self.description}': the segmentation no longer exists")
+        segmentation = node.GetSegmentation()
+        states = self.before if which == "before" else self.after
+        for segmentId, state in states.items():
+            if segmentation.GetSegment(segmentId) is not None:
+                segmentation.RemoveSegment(segmentId)
+            if state is None:
+                continue
+            newId = segmentation.AddEmptySegment(segmentId, state.metadata.GetName(), list(state.metadata.GetColor()))
+            segment = segmentation.GetSegment(newId)
+            labelValue = segment.GetLabelValue()  # its value in the layer it was given, not the old one
+            segment.DeepCopyMetadata(state.metadata)
+            segment.SetLabelValue(labelValue)
+            mask = np.unpackbits(state.packed, count=int(np.prod(self.grid.shape))).astype(bool)
+            setSegmentMask(node, newId, mask.reshape(self.grid.shape), self.grid)
+            segmentation.SetSegmentIndex(newId, min(state.index, segmentation.GetNumberOfSegments() - 1))
+
+
 class EditHistory:
     """A linear undo/redo stack of :class:`SegmentEdit`\\ s (a new edit clears the redo side).
 
@@ -64,8 +127,8 @@ class EditHistory:
 
     def __init__(self, maxEdits: int = 100):
         self.maxEdits = maxEdits
-        self._undo: list[SegmentEdit] = []
-        self._redo: list[SegmentEdit] = []
+        self._undo: list[SegmentEdit | SegmentsEdit] = []
+        self._redo: list[SegmentEdit | SegmentsEdit] = []
 
     @property
     def canUndo(self) -> bool:
@@ -83,40 +146,70 @@ class EditHistory:
         self._redo.clear()
 
     def record(
-        self, segmentationNode, segmentId: str, before: np.ndarray, after: np.ndarray, grid: Grid, description: str
+        self,
+        segmentationNode,
+        segmentId: str,
+        before: np.ndarray,
+        after: np.ndarray,
+        grid: Grid,
+        description: str,
+        within: tuple[slice, ...] | None = None,
     ) -> SegmentEdit | None:
         """Record that a segment changed from ``before`` to ``after`` (bool ZYX on ``grid``).
+
+        Args:
+            within: a ZYX box outside which ``before`` and ``after`` are known to be equal (e.g.
+                the slice of a click): only it is compared, instead of the whole volume.
 
         Returns:
             The edit, or None when nothing changed (nothing is recorded then).
         """
-        changed = np.asarray(before, bool) != np.asarray(after, bool)
+        box = tuple(slice(*s.indices(n)[:2]) for s, n in zip(within or (slice(None),) * 3, grid.shape))
+        before, after = np.asarray(before, bool), np.asarray(after, bool)
+        changed = before[box] != after[box]
         if not changed.any():
             return None
         nonzero = np.nonzero(changed)
-        region = tuple(slice(int(a.min()), int(a.max()) + 1) for a in nonzero)
+        region = tuple(slice(int(a.min()) + b.start, int(a.max()) + 1 + b.start) for a, b in zip(nonzero, box))
         edit = SegmentEdit(
             segmentationNode.GetID(),
             segmentId,
             grid,
             region,  # type: ignore[arg-type]
-            np.packbits(np.asarray(before, bool)[region]),
-            np.packbits(np.asarray(after, bool)[region]),
+            np.packbits(before[region]),
+            np.packbits(after[region]),
             description,
         )
+        self._push(edit)
+        return edit
+
+    def _push(self, edit) -> None:
         self._undo.append(edit)
         del self._undo[: -self.maxEdits]
         self._redo.clear()
+
+    def recordSegments(self, edit: SegmentsEdit) -> SegmentsEdit:
+        """Record a whole-segment change (e.g. the automatic result) as one undo step."""
+        self._push(edit)
         return edit
 
-    def _apply(self, edit: SegmentEdit, which: str, scene) -> None:
+    def _apply(self, edit, which: str, scene) -> None:
+        """Write back only the voxels this edit changed: edits made since by other tools (Segment
+        Editor) elsewhere in the edit's bounding box are kept."""
+        if isinstance(edit, SegmentsEdit):
+            edit.restore(which, scene)
+            return
         node = scene.GetNodeByID(edit.segmentationNodeId)
         if node is None or node.GetSegmentation().GetSegment(edit.segmentId) is None:
             raise RuntimeError(
                 f"cannot undo/redo '{edit.description}': the segment {edit.segmentId!r} no longer exists"
             )
-        mask = np.zeros(edit.grid.shape, dtype=bool)
-        mask[edit.region] = edit.block(which)
+        mask = segmentMask(node, edit.segmentId, edit.grid)
+        before, after = edit.block("before"), edit.block("after")
+        changed = before != after
+        block = mask[edit.region]
+        block[changed] = (before if which == "before" else after)[changed]
+        mask[edit.region] = block
         setSegmentMask(node, edit.segmentId, mask, edit.grid, region=edit.region)  # only the edited box
 
     def undo(self, scene) -> SegmentEdit | None:

@@ -24,7 +24,13 @@ import numpy as np
 from LiverKidneySegLib.autoseg import SegmentationJob, SegmentOptions
 from LiverKidneySegLib.batch import BatchJob, summaryTable
 from LiverKidneySegLib.history import EditHistory
-from LiverKidneySegLib.markups import NEGATIVE, POSITIVE, SlicePrompts, controlPointsWorld, slicePrompts
+from LiverKidneySegLib.markups import (
+    SlicePrompts,
+    arrayPrompts,
+    checkPromptsInsideVolume,
+    controlPointsWorld,
+    slicePrompts,
+)
 from LiverKidneySegLib.refinement import (
     PropagateRequest,
     RefineEngine,
@@ -42,7 +48,7 @@ from LiverKidneySegLib.segmentations import (
 )
 from LiverKidneySegLib.surfaces import createClosedSurface, exportSegmentsToFiles, exportSegmentsToModels
 from LiverKidneySegLib.tables import tableFromRows
-from LiverKidneySegLib.volumes import gridFromNode, volumeFromNode, worldToIjk
+from LiverKidneySegLib.volumes import gridFromNode, volumeFromNode
 from lkseg.errors import InputError, PromptError
 from lkseg.labels import get_structure
 from lkseg.volume import Volume
@@ -95,6 +101,10 @@ class LiverKidneySegLogicBase:
         self.job: SegmentationJob | None = None
         self.batchJob: BatchJob | None = None
         self._lastSlice: tuple | None = None
+        #: where refinements may change voxels (:class:`~LiverKidneySegLib.editrules.EditRules`);
+        #: None: everywhere. Only the edited segment is ever written.
+        self.editRules = None
+        self._tasks = None  # planning/report worker thread (created on first use)
 
     # -- plumbing -----------------------------------------------------------------------------
     @property
@@ -196,7 +206,9 @@ class LiverKidneySegLogicBase:
         if segmentationNode is None:
             segmentationNode = self.newSegmentationNode(volumeNode)
         options = SegmentOptions(modelId or None, device, list(structures) if structures else None, replaceExisting)
-        self.job = SegmentationJob(volumeNode, segmentationNode, options, progressCallback).start()
+        job = SegmentationJob(volumeNode, segmentationNode, options, progressCallback)
+        job.history = self.history  # the automatic result is one undo step
+        self.job = job.start()
         if not waitForCompletion:
             return self.job
         self.job.wait()
@@ -302,30 +314,14 @@ class LiverKidneySegLogicBase:
         return segmentId
 
     def _prompts(self, volumeNode, positive, negative, box, axis: int, sliceIndex: int | None) -> SlicePrompts:
-        """Prompts from markups nodes, or from (N, 3) world-RAS arrays and an (lo, hi) RAS box."""
+        """Prompts from markups nodes, or from (N, 3) world-RAS arrays and a box given as world-RAS
+        corners ((2, 3) opposite corners or the (8, 3) corners of an oriented box)."""
         if all(p is None or hasattr(p, "GetNumberOfControlPoints") for p in (positive, negative, box)):
-            return slicePrompts(volumeNode, axis, positive, negative, box, sliceIndex)
-        pos = worldToIjk(
-            volumeNode, np.asarray(positive if positive is not None else np.zeros((0, 3)), float).reshape(-1, 3)
-        )
-        neg = worldToIjk(
-            volumeNode, np.asarray(negative if negative is not None else np.zeros((0, 3)), float).reshape(-1, 3)
-        )
-        boxIjk = None
-        if box is not None:
-            corners = worldToIjk(volumeNode, np.asarray(box, float).reshape(2, 3))
-            boxIjk = (corners.min(axis=0), corners.max(axis=0))
-        points = np.vstack([pos, neg])
-        labels = np.r_[np.full(len(pos), POSITIVE), np.full(len(neg), NEGATIVE)].astype(np.int64)
-        if sliceIndex is None:
-            if len(points):
-                sliceIndex = int(np.rint(points[len(pos) - 1 if len(pos) else -1, axis]))
-            elif boxIjk is not None:
-                sliceIndex = int(np.rint((boxIjk[0][axis] + boxIjk[1][axis]) / 2))
-            else:
-                raise PromptError("give at least one point or a box")
-        onSlice = np.rint(points[:, axis]) == sliceIndex
-        return SlicePrompts(axis, sliceIndex, points[onSlice], labels[onSlice], boxIjk)
+            prompts = slicePrompts(volumeNode, axis, positive, negative, box, sliceIndex)
+        else:
+            prompts = arrayPrompts(volumeNode, positive, negative, box, axis, sliceIndex)
+        checkPromptsInsideVolume(volumeNode, prompts)
+        return prompts
 
     def refine(
         self,
@@ -379,7 +375,9 @@ class LiverKidneySegLogicBase:
         self._lastSlice = (segmentationNode.GetID(), segmentId, axis, prompts.sliceIndex)
 
         def apply(mask2d: np.ndarray) -> RefineResult:
-            return refiner.applyMask(segmentationNode, segmentId, volume, mask2d, mode, region, description, base=base)
+            return refiner.applyMask(
+                segmentationNode, segmentId, volume, mask2d, mode, region, description, base=base, rules=self.editRules
+            )
 
         pending = PendingEdit(refiner.engine.predictSlice(volume, self._volumeKey(volumeNode), request), apply)
         return pending.finish() if waitForCompletion else pending
@@ -442,6 +440,7 @@ class LiverKidneySegLogicBase:
                 mode,
                 None,
                 f"propagate in 3D from {'ijk'[axis]}={sliceIndex} ({mode})",
+                rules=self.editRules,
             )
 
         pending = PendingEdit(refiner.engine.propagate(volume, self._volumeKey(volumeNode), request), apply, cancel)
@@ -530,6 +529,14 @@ class LiverKidneySegLogicBase:
         )
 
     # -- planning -------------------------------------------------------------------------------
+    def _background(self, fn, apply, cancel=None) -> PendingEdit:
+        """Run ``fn`` on the logic's task thread; ``apply(result)`` runs in ``finish()`` (main thread)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._tasks is None:
+            self._tasks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lkseg-plan")
+        return PendingEdit(self._tasks.submit(fn), apply, cancel)
+
     def plan(
         self,
         volumeNode,
@@ -540,8 +547,13 @@ class LiverKidneySegLogicBase:
         resectionPlaneNode=None,
         resectionSegmentName: str | None = None,
         tableNode=None,
+        waitForCompletion: bool = True,
+        progressCallback: Callable[[float, str], None] | None = None,
     ):
         """Volumes, lesions, tumour burden, FLR (with a resection plane or segment), R.E.N.A.L.
+
+        The nodes are read on the calling (main) thread; the measurements run on a worker thread,
+        so the GUI stays responsive; the table is written by ``finish()`` on the main thread.
 
         Args:
             volumeNode: the CT; segmentationNode: its segmentation (liver, kidneys, tumours...).
@@ -549,15 +561,21 @@ class LiverKidneySegLogicBase:
             resectionPlaneNode: markups plane; the side its normal points to is resected.
             resectionSegmentName: or a segment whose voxels are resected.
             tableNode: table to fill (created when None).
+            waitForCompletion: when False, returns a :class:`PendingEdit` (``done()``, ``cancel()``,
+                ``finish()`` -> ``(result, table)``) to poll from a timer.
+            progressCallback: ``progress(fraction, message)``, called from the worker thread.
 
         Returns:
             ``(result, tableNode)``: the core ``PlanResult`` and the results table (one row per
             structure, lesion and summary measure; volumes in mL, lengths in mm).
         """
-        from LiverKidneySegLib.planning import PlanInputs, planCase, planRows
+        from LiverKidneySegLib.planning import PlanInputs, planRows, preparePlan
+        from lkseg.planning import run_plan
+        from lkseg.progress import CancelToken
 
         inputs = PlanInputs(heightCm, weightKg, resectionPlaneNode, resectionSegmentName)
-        result, _, _, _ = planCase(volumeNode, segmentationNode, inputs)
+        labels, table, options, image = preparePlan(volumeNode, segmentationNode, inputs)
+        cancel = CancelToken()
         units = {
             "volume_ml": "mL",
             "mesh_volume_ml": "mL",
@@ -565,10 +583,16 @@ class LiverKidneySegLogicBase:
             "axial_short_mm": "mm",
             "max_3d_diameter_mm": "mm",
         }
-        table = tableFromRows(
-            planRows(result), tableNode, scene=self.scene, name=f"{segmentationNode.GetName()} planning", units=units
-        )
-        return result, table
+        name = f"{segmentationNode.GetName()} planning"
+
+        def compute():
+            return run_plan(labels, table, options, image=image, progress=progressCallback, cancel=cancel)
+
+        def apply(result):
+            return result, tableFromRows(planRows(result), tableNode, scene=self.scene, name=name, units=units)
+
+        pending = self._background(compute, apply, cancel)
+        return pending.finish() if waitForCompletion else pending
 
     def saveReport(
         self,
@@ -580,23 +604,41 @@ class LiverKidneySegLogicBase:
         weightKg: float | None = None,
         resectionPlaneNode=None,
         resectionSegmentName: str | None = None,
-    ) -> Path:
-        """Plan and write the JSON, CSV and HTML reports into ``folder``; returns the HTML path."""
-        from LiverKidneySegLib.planning import PlanInputs, planCase, writeReport
+        waitForCompletion: bool = True,
+        progressCallback: Callable[[float, str], None] | None = None,
+    ):
+        """Plan and write the JSON, CSV and HTML reports into ``folder``; returns the HTML path.
+
+        Planning, 3D surfaces and rendering run on a worker thread (the nodes are read first, on
+        the calling thread). ``waitForCompletion=False`` returns a :class:`PendingEdit` whose
+        ``finish()`` returns the path.
+        """
+        from LiverKidneySegLib.planning import PlanInputs, preparePlan, writeReport
+        from lkseg.planning import run_plan
+        from lkseg.progress import CancelToken
 
         inputs = PlanInputs(heightCm, weightKg, resectionPlaneNode, resectionSegmentName, surfaces=True)
-        result, labels, table, image = planCase(volumeNode, segmentationNode, inputs)
-        written = writeReport(
-            result, labels, table, image, folder, stem=f"{segmentationNode.GetName()}_report".replace(" ", "_")
-        )
-        return written.get("html") or next(iter(written.values()))
+        labels, table, options, image = preparePlan(volumeNode, segmentationNode, inputs)
+        stem = f"{segmentationNode.GetName()}_report".replace(" ", "_")
+        cancel = CancelToken()
+
+        def compute():
+            result = run_plan(labels, table, options, image=image, progress=progressCallback, cancel=cancel)
+            written = writeReport(result, labels, table, image, folder, stem=stem)
+            return written.get("html") or next(iter(written.values()))
+
+        pending = self._background(compute, lambda path: path, cancel)
+        return pending.finish() if waitForCompletion else pending
 
     def cleanup(self) -> None:
-        """Cancel running work and stop the refinement worker thread."""
+        """Cancel running work and stop the refinement and planning worker threads."""
         self.cancel()
         self.cancelBatch()
         if self._engine is not None:
             self._engine.shutdown()
+        if self._tasks is not None:
+            self._tasks.shutdown(wait=True, cancel_futures=True)
+            self._tasks = None
 
     @staticmethod
     def pointCount(markupsNode) -> int:

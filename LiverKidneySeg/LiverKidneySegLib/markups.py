@@ -22,7 +22,9 @@ __all__ = [
     "NEGATIVE",
     "POSITIVE",
     "SlicePrompts",
+    "arrayPrompts",
     "boxToRoi",
+    "checkPromptsInsideVolume",
     "controlPointsWorld",
     "createPromptNode",
     "pointPrompts",
@@ -191,6 +193,56 @@ def slicePrompts(
     if box is not None and not box[0][axis] - 0.5 <= sliceIndex <= box[1][axis] + 0.5:
         box = None
     return SlicePrompts(axis, int(sliceIndex), ijk[onSlice], labels[onSlice], box)
+
+
+def arrayPrompts(volumeNode, positive, negative, box, axis: int, sliceIndex: int | None = None) -> SlicePrompts:
+    """Prompts of one slice from (N, 3) world-RAS point arrays and a box given as world-RAS corners
+    ((2, 3) opposite corners or the (8, 3) corners of an oriented box); see :func:`slicePrompts`."""
+    if axis not in (0, 1, 2):
+        raise PromptError(f"axis must be 0 (i), 1 (j) or 2 (k), got {axis!r}")
+
+    def ijk(points):
+        return worldToIjk(
+            volumeNode, np.asarray(points if points is not None else np.zeros((0, 3)), float).reshape(-1, 3)
+        )
+
+    pos, neg = ijk(positive), ijk(negative)
+    boxIjk = None
+    if box is not None:
+        corners = ijk(box)
+        if len(corners) < 2:
+            raise PromptError("a box needs two opposite corners")
+        boxIjk = (corners.min(axis=0), corners.max(axis=0))
+    points = np.vstack([pos, neg])
+    labels = np.r_[np.full(len(pos), POSITIVE), np.full(len(neg), NEGATIVE)].astype(np.int64)
+    if sliceIndex is None:
+        if len(points):
+            sliceIndex = int(np.rint(points[len(pos) - 1 if len(pos) else -1, axis]))
+        elif boxIjk is not None:
+            sliceIndex = int(np.rint((boxIjk[0][axis] + boxIjk[1][axis]) / 2))
+        else:
+            raise PromptError("give at least one point or a box")
+    if boxIjk is not None and not boxIjk[0][axis] - 0.5 <= sliceIndex <= boxIjk[1][axis] + 0.5:
+        boxIjk = None  # the box lies on other slices
+    onSlice = np.rint(points[:, axis]) == sliceIndex
+    return SlicePrompts(axis, int(sliceIndex), points[onSlice], labels[onSlice], boxIjk)
+
+
+def checkPromptsInsideVolume(volumeNode, prompts: SlicePrompts) -> None:
+    """A clear error for a prompt outside the volume (e.g. placed on another volume's slice)."""
+    size = np.array(volumeNode.GetImageData().GetDimensions(), dtype=float)
+    if not 0 <= prompts.sliceIndex < size[prompts.axis]:
+        raise PromptError(
+            f"the prompt lies on slice {prompts.sliceIndex}, outside the volume "
+            f"(0..{int(size[prompts.axis]) - 1} along axis {'ijk'[prompts.axis]})"
+        )
+    outside = [p for p in prompts.points if np.any(p < -0.5) or np.any(p > size - 0.5)]
+    if outside:
+        raise PromptError(f"{len(outside)} point(s) lie outside the volume '{volumeNode.GetName()}'")
+    if prompts.box is not None:
+        lo, hi = prompts.box
+        if np.any(hi < -0.5) or np.any(lo > size - 0.5):
+            raise PromptError(f"the box lies outside the volume '{volumeNode.GetName()}'")
 
 
 #: Prompt roles -> (markups class, node name, colour RGB 0..1).

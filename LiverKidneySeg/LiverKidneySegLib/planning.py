@@ -3,7 +3,8 @@ core's :func:`lkseg.planning.run_plan`, its rows as a table node, and the core's
 
 Coordinates: the core plans in the **volume's own RAS** (its ``IJKToRAS``); a resection plane
 placed in world coordinates is brought into that frame through the inverse of the volume's parent
-transform. Volumes are mL, lengths mm.
+transform (points with its inverse, the normal with its transpose, so that scaling and shear
+parent transforms keep the plane). Volumes are mL, lengths mm.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from LiverKidneySegLib.segmentations import findSegmentId, segmentationToLabelMa
 from LiverKidneySegLib.volumes import parentTransformMatrix, volumeFromNode
 from lkseg.errors import InputError
 
-__all__ = ["PlanInputs", "planCase", "planRows", "resectionFromNodes", "writeReport"]
+__all__ = ["PlanInputs", "planCase", "planRows", "preparePlan", "resectionFromNodes", "writeReport"]
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,12 @@ def resectionFromNodes(volumeNode, segmentationNode, inputs: PlanInputs, grid):
         origin, normal = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
         plane.GetOriginWorld(origin)
         plane.GetNormalWorld(normal)
-        worldToLocal = np.linalg.inv(parentTransformMatrix(volumeNode))
-        point = (worldToLocal @ np.r_[origin, 1.0])[:3]
-        direction = worldToLocal[:3, :3] @ np.asarray(normal)
+        localToWorld = parentTransformMatrix(volumeNode)
+        point = (np.linalg.inv(localToWorld) @ np.r_[origin, 1.0])[:3]
+        # a normal maps with the inverse transpose of the point map (world-to-local): under a
+        # scaling or shear parent transform the world-to-local matrix itself would tilt the plane
+        direction = localToWorld[:3, :3].T @ np.asarray(normal)
+        direction = direction / np.linalg.norm(direction)
         return Resection(planes=(ResectionPlane(tuple(point), tuple(direction)),))
     if inputs.resectionSegmentName:
         segmentId = findSegmentId(segmentationNode, inputs.resectionSegmentName)
@@ -79,7 +83,17 @@ def planCase(volumeNode, segmentationNode, inputs: PlanInputs | None = None):
         ``(result, labels, table, image)``: the :class:`~lkseg.planning.PlanResult`, the label map
         and table it was computed on (the resection segment left out), and the CT Volume.
     """
-    from lkseg.planning import Patient, PlanOptions, run_plan
+    from lkseg.planning import run_plan
+
+    labels, table, options, image = preparePlan(volumeNode, segmentationNode, inputs)
+    result = run_plan(labels, table, options, image=image)
+    return result, labels, table, image
+
+
+def preparePlan(volumeNode, segmentationNode, inputs: PlanInputs | None = None):
+    """Read the nodes (main thread): ``(labels, table, options, image)`` for
+    :func:`lkseg.planning.run_plan`, which may then run on a worker thread (no MRML access)."""
+    from lkseg.planning import Patient, PlanOptions
 
     inputs = inputs or PlanInputs()
     image = volumeFromNode(volumeNode)
@@ -92,8 +106,7 @@ def planCase(volumeNode, segmentationNode, inputs: PlanInputs | None = None):
         patient=Patient(inputs.heightCm or None, inputs.weightKg or None),
         surfaces=inputs.surfaces,
     )
-    result = run_plan(labels, table, options, image=image)
-    return result, labels, table, image
+    return labels, table, options, image
 
 
 def planRows(result) -> list[dict]:

@@ -275,18 +275,25 @@ class Refiner:
         region,
         description: str,
         base: np.ndarray | None = None,
+        rules=None,
     ) -> RefineResult:
         """Combine ``mask`` into the segment on ``region`` (on the MRML thread) and record the edit.
 
-        Args:
+        Only this segment is written. Args:
             base: the segment's voxels in ``region`` to combine with (default: the current ones).
+            rules: :class:`~LiverKidneySegLib.editrules.EditRules` limiting where voxels may change
+                (Segment Editor's masking/overwrite); None: everywhere.
         """
         before = segmentMask(segmentationNode, segmentId, volume.grid)
         start = before.copy()
         if base is not None:
             start[region or (slice(None),) * 3] = base
         after = combineMasks(start, mask, mode, region)
-        edit = self.history.record(segmentationNode, segmentId, before, after, volume.grid, description)
+        if rules is not None and not rules.unrestricted:
+            from LiverKidneySegLib.editrules import applyEditRules, editableMask
+
+            after = applyEditRules(before, after, *editableMask(rules, segmentationNode, segmentId, volume))
+        edit = self.history.record(segmentationNode, segmentId, before, after, volume.grid, description, within=region)
         if edit is not None:
             setSegmentMask(segmentationNode, segmentId, after, volume.grid, region=edit.region)  # only what changed
         return RefineResult(segmentId, 0 if edit is None else edit.changedVoxels, description)

@@ -33,9 +33,11 @@ __all__ = [
     "segmentChoices",
     "segmentMask",
     "segmentStructureName",
+    "segmentTerminology",
     "segmentationToLabelMap",
     "setReferenceGeometry",
     "setSegmentMask",
+    "setSegmentTerminology",
     "styleSegment",
 ]
 
@@ -225,8 +227,9 @@ def segmentStructureName(segment) -> str:
         return str(tag)
     name = segment.GetName()
     found = find_structure(name)
-    if found is None and segment.HasTerminology():
-        codes = parse_terminology(segment.GetTerminology())
+    terminology = segmentTerminology(segment)
+    if found is None and terminology:
+        codes = parse_terminology(terminology)
         generic = codes.get("type") is None or codes["type"].value == "85756007"  # "Tissue" says nothing
         found = None if generic else find_structure(None, codes.get("type"), codes.get("region"))
     return found or name
@@ -288,6 +291,7 @@ def setSegmentMask(
         # the region, clear and set exactly the region's voxels
         image = maskToOrientedImage(np.asarray(mask, bool), grid, region=region)
         extent = list(image.GetExtent())
+        _ownLayer(segmentationNode, segmentId)
         for mode in (logic.MODE_MERGE_MIN, logic.MODE_MERGE_MAX):
             if not logic.SetBinaryLabelmapToSegment(image, segmentationNode, segmentId, mode, extent):
                 raise RuntimeError(f"could not write segment {segmentId!r} of '{segmentationNode.GetName()}'")
@@ -301,13 +305,49 @@ def setSegmentMask(
         raise RuntimeError(f"could not write segment {segmentId!r} of '{segmentationNode.GetName()}'")
 
 
+def _ownLayer(segmentationNode, segmentId: str) -> None:
+    """Move the segment to a label-map layer of its own when it shares one with other segments.
+
+    ``SetBinaryLabelmapToSegment``'s merge modes on a shared layer can lose the edit (an empty
+    segment edited outside the layer's extent) or change the other segments' voxels (an empty
+    segment edited inside it); in a layer of its own only this segment can change.
+    """
+    segmentation = segmentationNode.GetSegmentation()
+    shared = []
+    segmentation.GetSegmentIDsSharingBinaryLabelmapRepresentation(segmentId, shared, False)
+    if shared:
+        segmentation.SeparateSegmentLabelmap(segmentId)
+
+
 def styleSegment(segment, structureName: str, name: str | None = None) -> None:
     """Name (default: the structure's display name), colour, terminology and structure tag of a segment."""
     structure = get_structure(structureName)
     segment.SetName(name or structure.display)
     segment.SetColor(*structure.color)
     segment.SetTag(STRUCTURE_TAG, structure.name)
-    segment.SetTerminology(structure.terminology_string())
+    setSegmentTerminology(segment, structure.terminology_string())
+
+
+def segmentTerminology(segment) -> str:
+    """The segment's terminology entry string ("" when none).
+
+    ``vtkSegment.GetTerminology`` exists from Slicer 5.10; older Slicer stores the same string in
+    the tag named ``vtkSegment.GetTerminologyEntryTagName()``, which every version reads.
+    """
+    if hasattr(segment, "GetTerminology"):
+        return segment.GetTerminology() or ""
+    import vtk
+
+    value = vtk.reference("")
+    return str(value) if segment.GetTag(segment.GetTerminologyEntryTagName(), value) else ""
+
+
+def setSegmentTerminology(segment, terminology: str) -> None:
+    """Set the segment's terminology entry (``SetTerminology`` on Slicer 5.10+, the tag API before)."""
+    if hasattr(segment, "SetTerminology"):
+        segment.SetTerminology(terminology)
+    else:
+        segment.SetTag(segment.GetTerminologyEntryTagName(), terminology)
 
 
 def labelMapToSegmentation(

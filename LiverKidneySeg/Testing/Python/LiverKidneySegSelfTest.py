@@ -57,7 +57,31 @@ class LiverKidneySegSelfTest(unittest.TestCase):
         self.assertFalse(widget.ui.positivePointsButton.enabled)  # no segmentation yet
         parameterNode.outputSegmentation = widget.logic.newSegmentationNode(volumeNode)
         self.assertTrue(widget.ui.positivePointsButton.enabled)
-        self.assertEqual(len(widget._shortcuts), 7)
+        self.assertEqual(len(widget._shortcuts), 8)
+
+    def test_place_buttons_follow_the_interaction_node(self):
+        from LiverKidneySegLib.selftest import phantomVolumeNode
+
+        widget = self._widget()
+        _phantom, volumeNode = phantomVolumeNode(slicer.mrmlScene, size=(32, 32, 8))
+        parameterNode = widget.logic.getParameterNode()
+        parameterNode.inputVolume = volumeNode
+        parameterNode.outputSegmentation = widget.logic.newSegmentationNode(volumeNode)
+        widget._dependenciesChecked = True  # no install dialog in a test
+        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
+        widget.ui.negativePointsButton.checked = True
+        self.assertEqual(interactionNode.GetCurrentInteractionMode(), interactionNode.Place)
+        interactionNode.SwitchToViewTransformMode()  # what a right-click in a view does
+        self.assertFalse(widget.ui.negativePointsButton.checked)
+        widget.onTogglePolarity()  # one key: positive, then negative
+        self.assertTrue(widget.ui.positivePointsButton.checked)
+        widget.onTogglePolarity()
+        self.assertTrue(widget.ui.negativePointsButton.checked)
+        self.assertFalse(widget.ui.positivePointsButton.checked)
+        widget.ui.boxButton.checked = True
+        self.assertFalse(widget.ui.negativePointsButton.checked)
+        widget.ui.boxButton.checked = False
+        self.assertEqual(interactionNode.GetCurrentInteractionMode(), interactionNode.ViewTransform)
 
     def test_logic_segment_refine_undo(self):
         import LiverKidneySeg
