@@ -2,12 +2,17 @@
 
 Formulas (``../shared/docs/clinical.md``, "Volumetry and future liver remnant"):
 
-* Total liver volume TLV = liver + liver lesions (tumours and cysts) in mL. Lesions are
-  non-functional: functional liver volume = TLV - lesion volume. Intrahepatic vessels count
-  when they are labelled as liver (as the automatic engine does); separate ``portal_vein`` /
+* Total liver volume TLV = liver + liver lesions (tumours and cysts) in mL. Intrahepatic vessels
+  count when they are labelled as liver (as the automatic engine does); separate ``portal_vein`` /
   ``hepatic_vein`` segments are not added (a warning says so).
-* Measured FLR% = FLR / (TLV - tumour volume) x 100, where FLR is the non-tumorous liver
-  parenchyma left after the resection.
+* Functional liver volume = TLV - tumour volume - cyst volume, and
+  **measured FLR% = FLR / (TLV - tumours - cysts) x 100**, where FLR is the liver parenchyma left
+  after the resection (tumours and cysts in the remnant excluded). clinical.md writes the
+  denominator as "TLV - tumour volume"; a cyst is non-functional tissue like a tumour, and the
+  numerator (FLR) excludes cysts, so the denominator excludes them too: without a resection the
+  FLR is then 100%, and a large cyst can neither count as remnant nor shrink the FLR%.
+  Both subtracted volumes are returned (``tumour_ml``, ``cyst_ml``; the denominator is
+  ``functional_liver_ml``) and printed in the report beside the FLR%.
 * Body surface area, Mosteller: BSA (m^2) = sqrt(height_cm x weight_kg / 3600)
   (Mosteller RD, N Engl J Med 1987;317:1098).
 * Standardised TLV, Vauthey: sTLV (mL) = -794.41 + 1267.28 x BSA (Vauthey JN et al., Liver
@@ -264,6 +269,7 @@ class FLRResult:
     tlv_ml: float
     lesion_ml: float
     tumour_ml: float
+    cyst_ml: float
     functional_liver_ml: float
     resected_ml: float
     resected_parenchyma_ml: float
@@ -333,6 +339,7 @@ def compute_flr(index: LabelIndex, resection: Resection, patient: Patient | None
     resected = resected_par + float((lesion & cut).sum() * vml)
     flr = float((parenchyma & ~cut).sum() * vml)
     tumour_left = float((tumour & ~cut).sum() * vml)
+    cyst_ml = lesion_ml - tumour_ml  # every liver lesion that is not a tumour is a cyst
     if resected <= 0:
         raise InputError(f"the resection {_describe(resection)} does not cut the liver: nothing would be resected")
     if flr <= 0:
@@ -344,6 +351,7 @@ def compute_flr(index: LabelIndex, resection: Resection, patient: Patient | None
         tlv_ml=tlv,
         lesion_ml=lesion_ml,
         tumour_ml=tumour_ml,
+        cyst_ml=cyst_ml,
         functional_liver_ml=functional,
         resected_ml=resected,
         resected_parenchyma_ml=resected_par,

@@ -72,7 +72,7 @@ def _summary(result: PlanResult) -> str:
     flr = result.flr
     if flr is not None:
         cards.append(_card("future liver remnant (FLR)", _num(flr.flr_ml, unit="mL")))
-        cards.append(_card("measured FLR / (TLV - tumour)", _num(flr.flr_percent, unit="%")))
+        cards.append(_card("measured FLR / (TLV - tumours - cysts)", _num(flr.flr_percent, unit="%")))
         cards.append(
             _card("standardised FLR (sFLR)", _num(flr.sflr_percent, unit="%", reason=flr.notes.get("sflr_percent")))
         )
@@ -146,12 +146,15 @@ def _flr(result: PlanResult) -> str:
     rows = [
         ("Resection", _resection_text(flr.resection)),
         ("Total liver volume (TLV)", _num(flr.tlv_ml, unit="mL")),
-        ("Lesion volume (tumours + cysts)", _num(flr.lesion_ml, unit="mL")),
-        ("Tumour volume", _num(flr.tumour_ml, unit="mL")),
-        ("Functional liver volume (TLV - lesions)", _num(flr.functional_liver_ml, unit="mL")),
+        ("Subtracted: tumour volume", _num(flr.tumour_ml, unit="mL")),
+        ("Subtracted: cyst volume", _num(flr.cyst_ml, unit="mL")),
+        (
+            "Functional liver volume = FLR% denominator (TLV - tumours - cysts)",
+            _num(flr.functional_liver_ml, unit="mL"),
+        ),
         ("Resected volume (incl. lesions)", _num(flr.resected_ml, unit="mL")),
         ("Future liver remnant (FLR, parenchyma)", _num(flr.flr_ml, unit="mL")),
-        ("Measured FLR%", _num(flr.flr_percent, unit="%")),
+        ("Measured FLR% = FLR / (TLV - tumours - cysts)", _num(flr.flr_percent, unit="%")),
         (
             "Height / weight",
             f"{_num(flr.height_cm, '{:.0f}', 'cm', flr.notes.get('bsa_m2'))} / {_num(flr.weight_kg, '{:.0f}', 'kg', flr.notes.get('bsa_m2'))}",

@@ -28,7 +28,7 @@ SCHEMA = "lkseg.plan.report/1"
 METHODS = {
     "volume": "voxel count x voxel volume (mL); closed-surface volume as cross-check (must agree within 2% for organs)",
     "tlv": "total liver volume = liver + liver tumours + liver cysts (mL)",
-    "flr_percent": "measured FLR% = FLR / (TLV - lesion volume) x 100; FLR = non-tumorous liver left after resection",
+    "flr_percent": "measured FLR% = FLR / (TLV - tumour volume - cyst volume) x 100; FLR = liver parenchyma left after resection (tumours and cysts excluded)",
     "bsa": "Mosteller: BSA (m2) = sqrt(height_cm x weight_kg / 3600) (Mosteller, N Engl J Med 1987)",
     "stlv": "Vauthey: sTLV (mL) = -794.41 + 1267.28 x BSA (Vauthey et al., Liver Transpl 2002)",
     "sflr": "sFLR = FLR / sTLV x 100; minimum 20% normal, 30% chemotherapy/steatosis, 40% cirrhosis (Abdalla et al., Ann Surg Oncol 2006)",
@@ -194,6 +194,8 @@ def csv_rows(result: PlanResult) -> list[dict]:
         for key, unit in (
             ("tlv_ml", "mL"),
             ("lesion_ml", "mL"),
+            ("tumour_ml", "mL"),
+            ("cyst_ml", "mL"),
             ("functional_liver_ml", "mL"),
             ("resected_ml", "mL"),
             ("flr_ml", "mL"),
