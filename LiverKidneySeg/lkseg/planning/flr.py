@@ -28,6 +28,8 @@ The resected part is what the surgeon defines:
 * several planes, combined as ``"intersection"`` (a convex wedge: a voxel is resected when it
   lies on the resected side of *every* plane) or ``"union"`` (resected when on the resected
   side of *any* plane);
+* Couinaud segments (``segments=(5, 6, 7, 8)``, presets in
+  :data:`lkseg.planning.couinaud.PRESETS`), alone or together with planes (their union);
 * a resection mask (a boolean/label Volume on the label map's grid, or a label such as
   ``"resection"`` in the label map's table): the liver inside it is resected.
 
@@ -42,13 +44,16 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from lkseg.errors import InputError
 from lkseg.planning._index import LIVER_LESION_NAMES, LIVER_VESSEL_NAMES, Box, LabelIndex
 from lkseg.volume import Grid, Volume
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lkseg.planning.couinaud import CouinaudResult
 
 __all__ = [
     "BSA_RANGE",
@@ -198,10 +203,13 @@ class ResectionPlane:
 
 @dataclass(frozen=True)
 class Resection:
-    """What is resected: planes, a mask, or a label of the label map (exactly one of them).
+    """What is resected: planes and/or Couinaud segments, a mask, or a label of the label map.
 
     Attributes:
         planes: cutting planes; combine: ``"intersection"`` (convex wedge) or ``"union"``.
+        segments: Couinaud segments (1-8) to resect (needs Couinaud landmarks); with planes,
+            the resected part is the segments **plus** the planes' region (e.g. segments 2-3
+            and a non-anatomical wedge of segment 4).
         mask: a Volume on the label map's grid; non-zero voxels are resected.
         label: structure name in the label map's table whose voxels are resected.
     """
@@ -210,16 +218,28 @@ class Resection:
     combine: Literal["intersection", "union"] = "intersection"
     mask: Volume | None = None
     label: str | None = None
+    segments: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        given = sum([bool(self.planes), self.mask is not None, self.label is not None])
+        given = sum([bool(self.planes) or bool(self.segments), self.mask is not None, self.label is not None])
         if given != 1:
-            raise InputError("a resection needs exactly one of: planes, a resection mask, or a resection label")
+            raise InputError(
+                "a resection needs exactly one of: planes and/or Couinaud segments, a resection mask, or a resection label"
+            )
         if self.combine not in ("intersection", "union"):
             raise InputError(f"planes combine as 'intersection' or 'union', got {self.combine!r}")
+        segs = tuple(sorted({int(v) for v in self.segments}))
+        if any(v < 1 or v > 8 for v in segs):
+            raise InputError(f"Couinaud segments are numbered 1 to 8, got {list(self.segments)}")
         object.__setattr__(self, "planes", tuple(self.planes))
+        object.__setattr__(self, "segments", segs)
 
     def describe(self) -> dict:
+        if self.segments:
+            out: dict = {"kind": "segments", "segments": list(self.segments)}
+            if self.planes:
+                out.update(kind="segments+planes", combine=self.combine, planes=[p.to_dict() for p in self.planes])
+            return out
         if self.planes:
             return {"kind": "planes", "combine": self.combine, "planes": [p.to_dict() for p in self.planes]}
         if self.mask is not None:
@@ -299,13 +319,16 @@ class FLRResult:
         return out
 
 
-def compute_flr(index: LabelIndex, resection: Resection, patient: Patient | None = None) -> FLRResult:
+def compute_flr(
+    index: LabelIndex, resection: Resection, patient: Patient | None = None, couinaud: CouinaudResult | None = None
+) -> FLRResult:
     """Resect virtually and compute remnant volumes, measured and standardised FLR, verdict.
 
     Args:
         index: the scanned label map (needs a ``liver`` segment).
         resection: planes, mask or label defining the resected part.
         patient: height, weight and liver quality; None = unknown body size, normal liver.
+        couinaud: the Couinaud segments (needed when the resection names segments).
 
     Raises:
         InputError: no liver; the resection misses the liver (nothing resected); the resection
@@ -327,7 +350,7 @@ def compute_flr(index: LabelIndex, resection: Resection, patient: Patient | None
     # with "masking: inside liver"; use a separate mask when it overlaps other segments).
     parenchyma = index.lut(liver_values + painted)[crop]
     lesion = index.lut(lesion_values)[crop]
-    cut = index.lut(painted)[crop] if painted else _resected(index, resection, box)
+    cut = index.lut(painted)[crop] if painted else _resected(index, resection, box, couinaud)
     lesion = _attached(parenchyma, lesion)
     tumour = lesion & index.lut(tumour_values)[crop]
     vml = grid.voxel_volume_ml
@@ -425,8 +448,19 @@ def _resection_label_values(index: LabelIndex, resection: Resection) -> list[int
     return present
 
 
-def _resected(index: LabelIndex, resection: Resection, box: Box) -> np.ndarray:
+def _resected(index: LabelIndex, resection: Resection, box: Box, couinaud: CouinaudResult | None) -> np.ndarray:
     grid = index.labels.grid
+    if resection.segments:
+        if couinaud is None:
+            raise InputError(
+                f"a resection of Couinaud segments {list(resection.segments)} needs the segments: give Couinaud "
+                "landmarks (or vessel segments to propose them)"
+            )
+        grid.require_same(couinaud.labels.grid, "Couinaud segment map")
+        cut = couinaud.mask(resection.segments, box)
+        if resection.planes:
+            cut |= resection_region(grid, resection.planes, resection.combine, box)
+        return cut
     if resection.planes:
         return resection_region(grid, resection.planes, resection.combine, box)
     if resection.mask is None:
@@ -436,6 +470,10 @@ def _resected(index: LabelIndex, resection: Resection, box: Box) -> np.ndarray:
 
 
 def _describe(resection: Resection) -> str:
+    if resection.segments:
+        return f"of Couinaud segments {','.join(map(str, resection.segments))}" + (
+            " and planes" if resection.planes else ""
+        )
     if resection.planes:
         parts = [
             f"point {tuple(round(v, 1) for v in p.point_ras)} normal {tuple(round(v, 3) for v in p.normal_ras)} ({p.side})"

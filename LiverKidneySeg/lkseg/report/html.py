@@ -139,6 +139,36 @@ def _lesions(result: PlanResult) -> str:
     return out
 
 
+def _couinaud(result: PlanResult) -> str:
+    info = result.couinaud_dict()
+    if info is None:
+        return f"<p>{_na(result.notes.get('couinaud'))}</p>"
+    from lkseg.surfaces.segments import segment_color
+
+    rows = []
+    for row in info["segments"]:
+        r, g, b = (round(255 * c) for c in segment_color(row["segment"]))
+        swatch = f'<span class="swatch" style="background:rgb({r},{g},{b})"></span>'
+        rows.append(
+            f"<tr><td>{swatch}{row['segment']}</td><td>{escape(row['name'])}</td><td class=num>{row['volume_ml']:.1f}</td>"
+            f"<td>{'resected' if row['resected'] else ''}</td><td>{escape(', '.join(row['lesions']))}</td></tr>"
+        )
+    parts = info["segment_4_parts_ml"]
+    lesion_rows = "".join(
+        f"<tr><td>{escape(name)}</td><td>{escape(', '.join(f'{s} ({100 * f:.0f}%)' for s, f in shares.items()))}</td></tr>"
+        for name, shares in info["lesion_segments"].items()
+    )
+    lm = info["landmarks"]
+    out = (
+        "<table><tr><th>segment</th><th>name</th><th>volume (mL)</th><th>resection</th><th>lesions</th></tr>"
+        f"{''.join(rows)}</table><p class=small>Segment 4: 4a {parts['4a']:.1f} mL above, 4b {parts['4b']:.1f} mL below "
+        f"the portal plane. Landmarks: {escape(lm['source'])} (saved with the report; RAS mm).</p>"
+    )
+    if lesion_rows:
+        out += f"<h3>Lesion &rarr; segment</h3><table><tr><th>lesion</th><th>segment(s) (share of its voxels)</th></tr>{lesion_rows}</table>"
+    return out
+
+
 def _flr(result: PlanResult) -> str:
     flr = result.flr
     if flr is None:
@@ -279,6 +309,7 @@ def render_html(
 <h2>Pictures</h2>{figs or "<p>No pictures.</p>"}
 <h2>Volumes</h2>{_volumes(result)}<div>{chart}</div>
 <h2>Lesions</h2>{_lesions(result)}
+<h2>Couinaud segments</h2>{_couinaud(result)}
 <h2>Future liver remnant</h2>{_flr(result)}
 <h2>Kidney tumours (R.E.N.A.L. nephrometry)</h2>{_renal(result)}
 <h2>Warnings</h2>{warnings}

@@ -35,6 +35,7 @@ METHODS = {
     "resection_planes": "voxel centres on the resected side of the plane(s); several planes: intersection = convex wedge, union = any plane",
     "lesions": "26-connected components; longest axial diameter and perpendicular extent on the slice where it is longest",
     "distance_to_surface": "smallest distance between lesion boundary voxels and the organ's outer boundary voxels (organ + lesions, holes filled)",
+    "couinaud": "Couinaud segments by the plane method: curved hepatic-vein planes (right, middle = Cantlie, left) around the IVC, transverse portal plane through the bifurcation (7, 8, 2, 4a above; 6, 5, 3, 4b below), caudate (1) between the IVC and the bifurcation; from landmarks in RAS mm saved with the report",
     "renal": "R.E.N.A.L. nephrometry (Kutikov & Uzzo, J Urol 2009); E from the convex hull of the kidney; N and L need a renal pelvis/sinus segment",
 }
 
@@ -187,6 +188,17 @@ def csv_rows(result: PlanResult) -> list[dict]:
                 "organ": b.organ,
                 "value": _r(b.percent_of_organ),
                 "unit": "%",
+            }
+        )
+    info = result.couinaud_dict()
+    for row in info["segments"] if info else []:
+        rows.append(
+            {
+                "kind": "couinaud_segment",
+                "name": f"segment_{row['segment']}",
+                "organ": "liver",
+                "volume_ml": _r(row["volume_ml"]),
+                "note": "; ".join([row["name"], *(["resected"] if row["resected"] else []), *row["lesions"]]),
             }
         )
     flr = result.flr
