@@ -322,8 +322,8 @@ def couinaud_segments(index: LabelIndex, landmarks: CouinaudLandmarks) -> Couina
     _check_near(frame, landmarks, index, region, box)
     offset = np.array([s.start for s in box])
     idx = np.nonzero(region)
-    ijk = np.stack([idx[2] + offset[2], idx[1] + offset[1], idx[0] + offset[0]], axis=1).astype(np.float64)
-    ras = grid.index_to_ras(ijk)
+    m = grid.ijk_to_ras  # RAS = m[:3, :3] @ (i, j, k) + m[:3, 3], applied to the (k, j, i) indices
+    ras = np.stack(idx, axis=1).astype(np.float64) @ m[:3, 2::-1].T + (m[:3, 3] + m[:3, 2::-1] @ offset)
     seg = label_points(frame, ras)
     counts = np.bincount(seg, minlength=9)
     sections = {

@@ -194,8 +194,9 @@ def _ivc_axis(grid: Grid, ivc: np.ndarray, z_range: tuple[float, float], step: f
 
 def _bifurcation(grid: Grid, portal: np.ndarray) -> np.ndarray:
     """The portal vein's main division (RAS): the branch point of the portal segment's
-    skeleton with the widest lumen (the main right and left branches and the trunk meet
-    there). A rough estimate (within ~5-10 mm on the phantoms): check it and move it."""
+    skeleton with the widest lumen (the trunk and the main right and left branches meet
+    there). A rough estimate: on the phantoms it is within 10 mm in about half the cases and
+    30-50 mm off (at the trunk's entry into the liver) in the others: check it and move it."""
     from skimage.morphology import skeletonize
 
     box = ndimage.find_objects(portal.astype(np.uint8))[0]
@@ -255,7 +256,8 @@ def propose_landmarks(
     * IVC: centroids of the IVC mask per 10 mm of height (when no IVC mask is given, a vertical
       axis through the hepatic veins' confluence: the vein voxel nearest to all three trunks'
       centre of mass, a rougher estimate).
-    * Portal bifurcation: the branch point of the portal vein's skeleton with the widest lumen.
+    * Portal bifurcation: the branch point of the portal vein's skeleton with the widest lumen
+      (rough: see :func:`_bifurcation`).
     * Hepatic veins: thick vein voxels (lumen radius >= 2.5 mm) at >= ``min_radius_mm`` from the
       IVC axis are grouped by their azimuth around it into three peaks (right, middle, left in
       counter-clockwise order seen from above in RAS); each vein's trunk is its voxels at least
