@@ -191,7 +191,7 @@ def run_plan(
 
     t = time.perf_counter()
     tumours = [les for les in lesions if les.structure == "kidney_tumor"]
-    renal = nephrometry(index, tumours) if tumours else []
+    renal = nephrometry(index, tumours, image) if tumours else []
     times["renal"] = time.perf_counter() - t
     report(progress, 0.4, "kidney tumours")
 
