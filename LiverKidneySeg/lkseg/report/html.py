@@ -250,7 +250,12 @@ def _renal(result: PlanResult) -> str:
             + f"<td class=num>{escape(r.notation) if r.notation else _na(r.notes.get('total'))}</td><td>{escape(r.complexity) if r.complexity else _na()}</td></tr>"
         )
     hilar = result.renal[0].notes.get("hilar", "assessed with the renal artery/vein segment")
-    return f"<table>{head}{''.join(rows)}</table><p class=small>Suffix a/p/x: anterior/posterior/neither; h: touches the main renal artery or vein ({escape(hilar)}).</p>"
+    sources = sorted({f"{r.tumour}: {r.sinus_source}" for r in result.renal if r.sinus_source})
+    sinus = "; ".join(sources) or "none (N and L not available)"
+    return (
+        f"<table>{head}{''.join(rows)}</table><p class=small>Suffix a/p/x: anterior/posterior/neither; h: touches the "
+        f"main renal artery or vein ({escape(hilar)}). Renal sinus used for N and L: {escape(sinus)}.</p>"
+    )
 
 
 def _audit(provenance: Provenance | None, result: PlanResult) -> str:

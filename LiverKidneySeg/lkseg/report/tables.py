@@ -36,7 +36,7 @@ METHODS = {
     "lesions": "26-connected components; longest axial diameter and perpendicular extent on the slice where it is longest",
     "distance_to_surface": "smallest distance between lesion boundary voxels and the organ's outer boundary voxels (organ + lesions, holes filled)",
     "couinaud": "Couinaud segments by the plane method: curved hepatic-vein planes (right, middle = Cantlie, left) around the IVC, transverse portal plane through the bifurcation (7, 8, 2, 4a above; 6, 5, 3, 4b below), caudate (1) between the IVC and the bifurcation; from landmarks in RAS mm saved with the report",
-    "renal": "R.E.N.A.L. nephrometry (Kutikov & Uzzo, J Urol 2009); E from the convex hull of the kidney; N and L need a renal pelvis/sinus segment",
+    "renal": "R.E.N.A.L. nephrometry (Kutikov & Uzzo, J Urol 2009); E from the convex hull of the kidney; N and L from a renal pelvis/sinus segment, else from the sinus derived from the kidney's shape (convex hull minus kidney, medial side; with an enhanced CT plus the segment's voxels < 80 HU), refused when smaller than 8% of the kidney; each score names its sinus source",
 }
 
 CSV_COLUMNS = [
