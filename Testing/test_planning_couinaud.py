@@ -276,3 +276,21 @@ def test_plan_command_with_landmarks_and_resect(axial, tmp_path, capsys):
     bad = tmp_path / "bad"
     assert main(["plan", str(labels), "-o", str(bad), "--resect", "5,6,7,8", "--no-surfaces"]) != 0
     assert "--landmarks" in capsys.readouterr().err and not bad.exists()
+
+
+def test_run_plan_proposes_landmarks_from_vessel_segments(axial):
+    ph, truth, _ = axial
+    lab = ph.labels.array
+    arr = ph.product_labels().array.copy()
+    arr[lab == DETAILED["hepatic_vein"]] = 20
+    arr[lab == DETAILED["portal_vein"]] = 21
+    arr[lab == DETAILED["inferior_vena_cava"]] = 22
+    table = LabelTable(
+        {**dict(PRODUCT_LABELS.items()), 20: "hepatic_vein", 21: "portal_vein", 22: "inferior_vena_cava"}
+    )
+    result = run_plan(ph.labels.with_array(arr), table, PlanOptions(auto_landmarks=True, surfaces=False))
+    assert result.couinaud.landmarks.source.startswith("automatic: IVC")
+    # the vessels, labelled separately, are part of the liver region that gets segments
+    assert np.mean(per_segment_dice(result.couinaud.labels.array, truth.array)) >= 0.85
+    with pytest.raises(InputError, match="need hepatic_vein and portal_vein"):
+        run_plan(ph.product_labels(), PRODUCT_LABELS, PlanOptions(auto_landmarks=True, surfaces=False))
