@@ -43,6 +43,10 @@ def test_derived_sinus_gives_the_exact_sinus_scores(phantom):
     assert derived.sinus_source.startswith("geometric")
     assert (derived.N, derived.L) == (truth.N, truth.L)
     assert derived.total is not None and derived.notation
+    # PADUA from the same geometry: the sinus-dependent components agree with the exact sinus
+    for part in ("polar", "sinus", "rim", "exophytic", "size"):
+        assert getattr(derived.padua, part) == getattr(truth.padua, part), part
+    assert truth.padua.total is not None and derived.padua.total is None  # no collecting system segment
     # a kidney segment that includes the sinus (this product's): with the enhanced CT the sinus
     # fat and urine inside it are found by density
     with_ct = _score(phantom, ("cortex", "medulla", "pelvis"), image=phantom.image)

@@ -28,6 +28,7 @@ from lkseg.planning.flr import (
 )
 from lkseg.planning.landmarks import CouinaudLandmarks, propose_landmarks
 from lkseg.planning.lesions import Lesion, TumourBurden, find_lesions, tumour_burden
+from lkseg.planning.padua import PaduaScore, padua_risk, padua_size
 from lkseg.planning.plan import PlanOptions, PlanResult, run_plan
 from lkseg.planning.renal import RenalScore, complexity_of, nephrometry, score_e, score_l, score_n, score_r
 from lkseg.planning.volumetry import StructureVolume, attach_mesh_volumes, structure_volumes
@@ -41,6 +42,7 @@ __all__ = [
     "FLRResult",
     "LabelIndex",
     "Lesion",
+    "PaduaScore",
     "Patient",
     "PlanOptions",
     "PlanResult",
@@ -56,6 +58,8 @@ __all__ = [
     "couinaud_segments",
     "find_lesions",
     "nephrometry",
+    "padua_risk",
+    "padua_size",
     "parse_segments",
     "propose_landmarks",
     "resection_region",

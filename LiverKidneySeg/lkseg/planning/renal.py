@@ -55,6 +55,7 @@ from scipy.spatial import ConvexHull, QhullError, cKDTree
 from lkseg.planning._geometry import boundary_face_points, boundary_voxels, spacing_zyx, zyx_to_ras
 from lkseg.planning._index import COLLECTING_SYSTEM_NAMES, LabelIndex, grow_box
 from lkseg.planning.lesions import Lesion
+from lkseg.planning.padua import PaduaScore, padua_size
 from lkseg.planning.sinus import geometric_sinus
 from lkseg.volume import Volume
 
@@ -134,6 +135,7 @@ class RenalScore:
     anterior_posterior: str | None = None
     hilar: bool | None = None
     sinus_source: str | None = None
+    padua: PaduaScore | None = None
     R: int | None = None
     E: int | None = None
     N: int | None = None
@@ -147,6 +149,7 @@ class RenalScore:
         out = dict(self.__dict__)
         out["centroid_ras_mm"] = list(out.pop("centroid_ras"))
         out["not_available"] = out.pop("notes")
+        out["padua"] = self.padua.to_dict() if self.padua is not None else None
         return out
 
 
@@ -179,6 +182,7 @@ def nephrometry(index: LabelIndex, tumours: Sequence[Lesion], image: Volume | No
         _anterior(score, kidney, tum_ras)
         _collecting_system(score, index, tumour, kidney, cs_values, tum_ras, sp, image)
         _hilar(score, index, tumour, vessel_values)
+        _padua(score, index, tumour, kidney, tum_ras, sp)
         if None not in (score.R, score.E, score.N, score.L):
             score.total = int(score.R + score.E + score.N + score.L)  # type: ignore[operator]
             score.complexity = complexity_of(score.total)
@@ -341,6 +345,36 @@ def _geometric_sinus(index: LabelIndex, kidney: dict, sp: np.ndarray, image: Vol
     return kidney["sinus"]
 
 
+def _padua(score: RenalScore, index: LabelIndex, tumour: Lesion, kidney: dict, tum_ras: np.ndarray, sp) -> None:
+    """PADUA (:mod:`lkseg.planning.padua`) from the R.E.N.A.L. measurements of ``score``."""
+    p = PaduaScore(size=padua_size(score.max_diameter_mm), face=score.anterior_posterior)
+    score.padua = p
+    if score.exophytic_fraction is not None:
+        p.exophytic = score_e(score.exophytic_fraction)
+    if score.fraction_between is not None:
+        p.polar = 2 if score.fraction_between > 0.5 else 1
+    else:
+        p.notes["polar"] = score.notes.get("polar_location", "not available: no polar lines")
+    if score.nearness_mm is not None:
+        p.sinus = 2 if score.nearness_mm <= 0.0 else 1
+    else:
+        p.notes["sinus"] = score.notes.get("nearness_mm", "not available: no renal sinus")
+    sign = {"kidney_right": -1.0, "kidney_left": 1.0}.get(kidney["name"])
+    if sign is None:
+        p.notes["rim"] = "not available: the kidney has no laterality (medial side unknown)"
+    else:
+        p.medial_fraction = float(((tum_ras[:, 0] - kidney["centroid_ras"][0]) * sign > 0).mean())
+        p.rim = 2 if p.medial_fraction > 0.5 else 1
+    ucs = index.present(("collecting_system", "renal_pelvis"))
+    if ucs:
+        p.collecting_system = 2 if np.isin(_touching(index, tumour), ucs).any() else 1
+    else:
+        p.notes["collecting_system"] = (
+            "not available: no collecting_system / renal_pelvis segment (a derived sinus does not separate urine from fat)"
+        )
+    p.finish()
+
+
 def _gap(vec_mm: np.ndarray, sp: np.ndarray) -> float:
     """Gap between two objects whose nearest boundary voxel centres are ``vec_mm`` apart: the
     centre distance minus the half-voxel on each side along that direction."""
@@ -356,6 +390,11 @@ def _hilar(score: RenalScore, index: LabelIndex, tumour: Lesion, vessel_values: 
     if not vessel_values:
         score.notes["hilar"] = "not assessed: no renal artery / renal vein segment in the label map"
         return
+    score.hilar = bool(np.isin(_touching(index, tumour), vessel_values).any())
+
+
+def _touching(index: LabelIndex, tumour: Lesion) -> np.ndarray:
+    """Label values of the voxels that share a face with the tumour."""
     lo = tumour.offset
     box = tuple(slice(max(0, int(o) - 1), int(o) + n + 1) for o, n in zip(lo, tumour.mask.shape))
     crop = index.labels.array[box]
@@ -365,4 +404,4 @@ def _hilar(score: RenalScore, index: LabelIndex, tumour: Lesion, vessel_values: 
     src = tuple(slice(max(0, -s), n) for s, n in zip(start, tumour.mask.shape))
     mask[inner] = tumour.mask[src]
     shell = ndimage.binary_dilation(mask) & ~mask
-    score.hilar = bool(np.isin(crop[shell], vessel_values).any())
+    return crop[shell]

@@ -235,7 +235,7 @@ def _renal(result: PlanResult) -> str:
         return "<p>No kidney tumour in the label map.</p>"
     head = (
         "<tr><th>tumour</th><th>kidney</th><th>max diameter</th><th>exophytic</th><th>to collecting system</th><th>polar location</th>"
-        "<th>A</th><th>R</th><th>E</th><th>N</th><th>L</th><th>total</th><th>complexity</th></tr>"
+        "<th>A</th><th>R</th><th>E</th><th>N</th><th>L</th><th>total</th><th>complexity</th><th>PADUA</th></tr>"
     )
     rows = []
     for r in result.renal:
@@ -247,7 +247,8 @@ def _renal(result: PlanResult) -> str:
             f"<td class=num>{_num(r.nearness_mm, unit='mm', reason=r.notes.get('nearness_mm'))}</td>"
             f"<td>{escape(r.polar_location) if r.polar_location else _na(r.notes.get('polar_location'))}</td><td>{ap}</td>"
             + "".join(f"<td class=num>{_num(getattr(r, k), '{:d}')}</td>" for k in ("R", "E", "N", "L"))
-            + f"<td class=num>{escape(r.notation) if r.notation else _na(r.notes.get('total'))}</td><td>{escape(r.complexity) if r.complexity else _na()}</td></tr>"
+            + f"<td class=num>{escape(r.notation) if r.notation else _na(r.notes.get('total'))}</td><td>{escape(r.complexity) if r.complexity else _na()}</td>"
+            + f"<td>{_padua_cell(r.padua)}</td></tr>"
         )
     hilar = result.renal[0].notes.get("hilar", "assessed with the renal artery/vein segment")
     sources = sorted({f"{r.tumour}: {r.sinus_source}" for r in result.renal if r.sinus_source})
@@ -256,6 +257,24 @@ def _renal(result: PlanResult) -> str:
         f"<table>{head}{''.join(rows)}</table><p class=small>Suffix a/p/x: anterior/posterior/neither; h: touches the "
         f"main renal artery or vein ({escape(hilar)}). Renal sinus used for N and L: {escape(sinus)}.</p>"
     )
+
+
+def _padua_cell(p) -> str:
+    if p is None:
+        return _na()
+    parts = " ".join(
+        f"{k[0].upper()}{'' if v is None else v}"
+        for k, v in (
+            ("polar", p.polar),
+            ("exophytic", p.exophytic),
+            ("rim", p.rim),
+            ("sinus", p.sinus),
+            ("ucs", p.collecting_system),
+            ("dimension", p.size),
+        )
+    )
+    total = f"{escape(p.notation)} ({escape(p.risk)})" if p.notation else _na(p.notes.get("total"))
+    return f"{total}<br><span class=small>{escape(parts)}</span>"
 
 
 def _audit(provenance: Provenance | None, result: PlanResult) -> str:
