@@ -62,7 +62,9 @@ def _case(path: Path) -> list[dict]:
                 "L": r.L,
                 "gap_mm": r.nearness_mm,
                 "notation": r.notation,
-                "note": (r.sinus_source or "")[:40] if r.N is not None else r.notes.get("nearness_mm", "").split(": ")[-1][:110],
+                "note": (r.sinus_source or "")[:40]
+                if r.N is not None
+                else r.notes.get("nearness_mm", "").split(": ")[-1][:110],
             }
         )
     return rows
