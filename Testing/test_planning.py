@@ -68,6 +68,23 @@ def test_sphere_voxel_volume_and_lesion_measures(name):
     assert lesion.organ is None and "outside its organ" in lesion.notes["organ"]  # no liver segment
 
 
+@pytest.mark.parametrize("radius_px", [3.0, 5.5, 10.0, 20.3])
+def test_axial_diameter_of_a_disc_within_one_voxel(radius_px):
+    """The documented accuracy of the outline diameters: a digitised disc of analytic diameter
+    2r (pixel centres within r of the centre) measures between 2r and 2r + 1 pixel."""
+    spacing = 0.7
+    n = int(2 * radius_px + 6)
+    arr = np.zeros((3, n, n), np.uint8)
+    c = (n - 1) / 2
+    y, x = np.mgrid[:n, :n]
+    arr[1] = (x - c) ** 2 + (y - c) ** 2 <= radius_px**2
+    labels = Volume.from_array(arr, spacing=(spacing, spacing, 5.0))
+    (lesion,) = find_lesions(LabelIndex.build(labels, LabelTable({1: "liver_tumor"})), "liver_tumor")
+    truth = 2 * radius_px * spacing
+    assert truth <= lesion.axial_long_mm <= truth + spacing
+    assert truth <= lesion.axial_short_mm <= truth + spacing
+
+
 def test_volumes_absent_structures_and_border():
     arr = np.zeros((10, 12, 14), np.uint8)
     arr[0:3, 2:5, 2:5] = 1  # touches the first slice
@@ -117,8 +134,10 @@ def test_lesions_count_size_depth_and_outside(liver_with_lesions):
     assert at_capsule.distance_to_surface_mm == 0.0
     outside = next(les for les in lesions[2:] if les.organ is None)
     assert outside.distance_to_surface_mm is None and "outside its organ" in outside.notes["organ"]
-    # diameters are measured on the pixel outline through the edge midpoints (as a marching-squares
-    # contour), which cuts the corners of a 10 x 10 square: sqrt(10^2 + 9^2), 3D sqrt(10^2 + 9^2 + 9^2)
+    # diameters are measured on the outline through the pixel-edge midpoints (as a marching-squares
+    # contour), which cuts a voxel-sharp corner by half a voxel on each side: a 10 x 10 square
+    # gives sqrt(10^2 + 9^2) = 13.45 mm, not its 14.14 mm corner-to-corner diagonal (documented
+    # in boundary_face_points); 3D sqrt(10^2 + 9^2 + 9^2)
     assert deep.axial_long_mm == pytest.approx(math.sqrt(181), abs=0.01)
     assert deep.axial_short_mm == pytest.approx(math.sqrt(181), abs=0.01)
     assert deep.max_diameter_mm == pytest.approx(math.sqrt(262), abs=0.01)
@@ -204,6 +223,26 @@ def test_flr_cube_cut_through_known_fraction(cube):
     assert other.tumour_in_remnant_ml == pytest.approx(512 * vox) and other.warnings
     # 292 mL / 1740.15 = 16.8% < 40% (cirrhosis)
     assert other.threshold_percent == 40.0 and other.verdict == "insufficient"
+
+
+def test_flr_denominator_subtracts_tumours_and_cysts():
+    """FLR% = FLR / (TLV - tumours - cysts); numbers by hand on a 1 mm cube (1 voxel = 1 uL)."""
+    arr = np.zeros((40, 40, 40), np.uint8)
+    arr[5:35, 5:35, 5:35] = 1  # 27000 voxels of liver region
+    arr[8:14, 8:14, 8:14] = 2  # tumour: 216 voxels, in the resected half (i < 20)
+    arr[8:18, 8:18, 25:35] = 3  # cyst: 1000 voxels, in the remnant (i >= 20)
+    index = LabelIndex.build(Volume.from_array(arr), LabelTable({1: "liver", 2: "liver_tumor", 3: "liver_cyst"}))
+    flr = compute_flr(index, Resection(planes=(_axis_plane(index, 19.5, "negative"),)))
+    assert flr.tlv_ml == pytest.approx(27.0)
+    assert flr.tumour_ml == pytest.approx(0.216) and flr.cyst_ml == pytest.approx(1.0)
+    assert flr.functional_liver_ml == pytest.approx(27.0 - 0.216 - 1.0)
+    remnant_parenchyma = 15 * 30 * 30 - 1000  # i = 20..34, cyst excluded
+    assert flr.flr_ml == pytest.approx(remnant_parenchyma / 1000)
+    assert flr.flr_percent == pytest.approx(100 * remnant_parenchyma / (27000 - 216 - 1000))
+    # without a resection the whole functional liver is the remnant: 100% (a plane beyond the liver
+    # resects nothing and is refused, so check with a plane resecting only the tumour's slab)
+    half = compute_flr(index, Resection(planes=(_axis_plane(index, 6.5, "negative"),)))
+    assert half.flr_percent == pytest.approx(100 * (27000 - 216 - 1000 - 2 * 900) / (27000 - 216 - 1000))
 
 
 @pytest.mark.parametrize(("combine", "fraction"), [("intersection", 0.25), ("union", 0.75)])

@@ -130,3 +130,50 @@ def test_tumour_outside_kidney_and_laterality():
     outside = by_kidney[None]
     assert outside.total is None and outside.E is None and "outside its organ" in outside.notes["total"]
     assert outside.R == 1  # the size is still measured
+
+
+def test_padua_tables_and_two_cases():
+    from lkseg.planning.padua import padua_risk, padua_size
+
+    assert [padua_size(d) for d in (30, 40.0, 40.5, 70.0, 70.5)] == [1, 1, 2, 2, 3]
+    assert [padua_risk(t) for t in (6, 7, 8, 9, 10, 14)] == [
+        "low",
+        "low",
+        "intermediate",
+        "intermediate",
+        "high",
+        "high",
+    ]
+    # medial, mid-kidney, endophytic 16 mm tumour overlapping the pelvis (x -22..-2): middle (2),
+    # endophytic (3), medial rim (2), sinus and collecting system involved (2, 2), <= 4 cm (1) = 12
+    # lateral upper-pole tumour whose centre lies outside the kidney: polar (1), >= 50% exophytic
+    # (1), lateral (1), sinus/collecting system not involved (1, 1), <= 4 cm (1) = 6
+    scores = score([((-20.0, 0.0, 0.0), 8.0), ((25.0, 0.0, 45.0), 8.0)])
+    medial = next(s for s in scores if s.centroid_ras[0] < 0).padua
+    lateral = next(s for s in scores if s.centroid_ras[0] > 0).padua
+    assert (medial.polar, medial.exophytic, medial.rim, medial.sinus, medial.collecting_system, medial.size) == (
+        2,
+        3,
+        2,
+        2,
+        2,
+        1,
+    )
+    assert (medial.total, medial.risk) == (12, "high")
+    assert (lateral.polar, lateral.exophytic, lateral.rim, lateral.sinus, lateral.collecting_system, lateral.size) == (
+        1,
+        1,
+        1,
+        1,
+        1,
+        1,
+    )
+    assert (lateral.total, lateral.risk) == (6, "low")
+
+
+def test_padua_without_collecting_system_segment_has_no_total():
+    table = LabelTable({3: "kidney_right", 5: "kidney_tumor"})
+    (s,) = score([((30.0, 0.0, 0.0), 25.0)], table=table, pelvis=False)
+    assert s.padua.size == 2 and s.padua.exophytic == 1 and s.padua.rim == 1
+    assert s.padua.collecting_system is None and s.padua.total is None
+    assert "collecting_system" in s.padua.notes["total"]

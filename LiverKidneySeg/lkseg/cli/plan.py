@@ -10,6 +10,12 @@ Planes are given in RAS mm as ``R,A,S:nR,nA,nS[:positive|negative]`` (point : no
 resect; default positive = the side the normal points to), or read from 3D Slicer plane markups
 (``.mrk.json``, LPS or RAS as the file says). Several planes combine as ``--combine
 intersection`` (a convex wedge, default) or ``union``.
+
+Couinaud segments: ``--landmarks couinaud.json`` (RAS mm; see :mod:`lkseg.planning.landmarks`)
+or ``--auto-landmarks`` (from hepatic/portal vein segments) label the liver 1-8; ``--resect
+5,6,7,8`` or ``--resect right_hepatectomy`` resects segments (with ``--plane`` too: their union).
+The landmarks used are written to ``OUT/couinaud_landmarks.json`` and the segments to
+``OUT/couinaud_segments.nii.gz``, so every assignment can be reproduced.
 """
 
 from __future__ import annotations
@@ -66,6 +72,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["intersection", "union"],
         default="intersection",
         help="how several planes combine (default intersection)",
+    )
+    g.add_argument(
+        "--resect",
+        metavar="SEGMENTS|PRESET",
+        help="resect Couinaud segments: '5,6,7,8', 'segmentectomy 7' or a preset (right_hepatectomy, "
+        "left_hepatectomy, extended_right_hepatectomy, extended_left_hepatectomy, left_lateral_sectionectomy, "
+        "right_posterior_sectionectomy, right_anterior_sectionectomy); combinable with planes (union); "
+        "needs --landmarks or --auto-landmarks",
+    )
+    c = p.add_argument_group("Couinaud segments")
+    c.add_argument(
+        "--landmarks",
+        metavar="FILE.json",
+        help="Couinaud landmarks in RAS mm (lkseg JSON, or a 3D Slicer point list .mrk.json with labels "
+        "IVC*, PB*, RHV*, MHV*, LHV*)",
+    )
+    c.add_argument(
+        "--auto-landmarks",
+        action="store_true",
+        help="propose the landmarks from the label map's hepatic_vein and portal_vein segments",
     )
     g.add_argument("--resection-mask", help="label/mask file on the same grid; non-zero voxels are resected")
     g.add_argument("--resection-label", help="segment of the label map that marks the resected part")
@@ -182,7 +208,7 @@ def _load(args):
 def run(args: argparse.Namespace) -> int:
     from lkseg.errors import InputError
     from lkseg.io import read_label_map
-    from lkseg.planning import Patient, PlanOptions, Resection, run_plan
+    from lkseg.planning import CouinaudLandmarks, Patient, PlanOptions, Resection, parse_segments, run_plan
     from lkseg.report import collect_provenance, write_report
     from lkseg.surfaces import SurfaceOptions, export_surfaces
 
@@ -191,12 +217,18 @@ def run(args: argparse.Namespace) -> int:
     planes = [parse_plane(p) for p in args.plane]
     for f in args.plane_markup:
         planes += read_plane_markups(f, args.resect_side)
-    given = sum([bool(planes), bool(args.resection_mask), bool(args.resection_label)])
+    given = sum([bool(planes) or bool(args.resect), bool(args.resection_mask), bool(args.resection_label)])
     if given > 1:
-        raise InputError("give the resection as planes, --resection-mask or --resection-label, not several")
+        raise InputError(
+            "give the resection as planes and/or --resect segments, --resection-mask or --resection-label, not several"
+        )
+    segments = parse_segments(args.resect) if args.resect else ()
+    if segments and not (args.landmarks or args.auto_landmarks):
+        raise InputError("--resect needs the Couinaud segments: give --landmarks FILE or --auto-landmarks")
+    landmarks = CouinaudLandmarks.load(args.landmarks) if args.landmarks else None  # checked before planning
     resection = None
-    if planes:
-        resection = Resection(planes=tuple(planes), combine=args.combine)
+    if planes or segments:
+        resection = Resection(planes=tuple(planes), combine=args.combine, segments=segments)
     elif args.resection_mask:
         resection = Resection(mask=read_label_map(args.resection_mask, reference=labels))
     elif resection_mask is not None:
@@ -212,16 +244,25 @@ def run(args: argparse.Namespace) -> int:
         patient=patient,
         surfaces=not args.no_surfaces,
         surface_options=SurfaceOptions(smoothing=args.smoothing, decimation=args.decimation),
+        landmarks=landmarks,
+        auto_landmarks=bool(args.auto_landmarks) and landmarks is None,
     )
     result = run_plan(labels, table, options, image=image, progress=progress)
     out = Path(args.output)
     written: dict[str, list[str]] = {}
+    if result.couinaud is not None:
+        from lkseg.io import write_label_map
+
+        out.mkdir(parents=True, exist_ok=True)
+        written["couinaud_landmarks"] = [str(result.couinaud.landmarks.save(out / "couinaud_landmarks.json"))]
+        written["couinaud_segments"] = [str(write_label_map(result.couinaud.labels, out / "couinaud_segments.nii.gz"))]
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     if result.surfaces and formats:
         for fmt, paths in export_surfaces(result.surfaces, out / "models", formats).items():
             written[fmt] = [str(p) for p in paths]
     parameters = {
         "resection": resection.describe() if resection else None,
+        "couinaud_landmarks": result.couinaud.landmarks.to_dict() if result.couinaud is not None else None,
         "height_cm": height,
         "weight_kg": weight,
         "liver_quality": args.liver_quality,
@@ -235,6 +276,7 @@ def run(args: argparse.Namespace) -> int:
             "image": args.image,
             "resection_mask": args.resection_mask,
             **{f"plane_markup_{i}": f for i, f in enumerate(args.plane_markup)},
+            "landmarks": args.landmarks,
         },
         labels_meta=labels.meta,
         parameters=parameters,
@@ -264,6 +306,9 @@ def _summary(result) -> dict:
             "sflr_percent": None if f.sflr_percent is None else round(f.sflr_percent, 1),
             "verdict": f.verdict,
         }
+    if result.couinaud is not None:
+        out["couinaud_ml"] = {str(k): round(v, 1) for k, v in result.couinaud.volumes_ml.items()}
+        out["lesion_segments"] = {k: sorted(v) for k, v in result.lesion_segments.items()}
     out["lesions"] = len(result.lesions)
     out["renal"] = {r.tumour: r.notation for r in result.renal}
     out["warnings"] = result.warnings
@@ -280,6 +325,11 @@ def _print_summary(result, out: Path, written: dict) -> None:
         print(
             f"{les.label:22s} {les.volume_ml:11.2f} mL, {les.axial_long_mm:.1f} x {les.axial_short_mm:.1f} mm, organ {les.organ or 'none (outside)'}"
         )
+    if result.couinaud is not None:
+        print("Couinaud segment    " + "  ".join(f"{k:>6d}" for k in range(1, 9)))
+        print("volume (mL)         " + "  ".join(f"{result.couinaud.volumes_ml[k]:6.1f}" for k in range(1, 9)))
+        for name, segs in result.lesion_segments.items():
+            print(f"{name:22s} in segment(s) " + ", ".join(f"{s} ({100 * f:.0f}%)" for s, f in segs.items()))
     if result.flr is not None:
         f = result.flr
         sflr = (

@@ -71,6 +71,9 @@ class Anatomy:
     lesions: list[Lesion]
     hu: dict[str, float]
     meta: dict = field(default_factory=dict)
+    #: vessel landmarks (LPS mm, body frame) for the Couinaud ground truth: ``ivc`` (its axis
+    #: points), ``portal_bifurcation``, ``hepatic_veins`` (name -> trunk centreline)
+    vessel_landmarks: dict = field(default_factory=dict)
 
 
 class _Var:
@@ -339,7 +342,15 @@ def build_anatomy(config: PhantomConfig) -> Anatomy:
     porta = inner[np.argmin(np.linalg.norm(inner - hilum_target[None], axis=1))]
     trunk = [Capsule(confluence, porta, 7.0, 6.5)]
     liver_only = (L["liver_parenchyma"],)
-    layers += _caps_layers("hepatic_vein", vessels.hepatic_tree(junction, deep, rt), hu["hepatic_vein"], liver_only)
+    trunks: dict = {}
+    layers += _caps_layers(
+        "hepatic_vein", vessels.hepatic_tree(junction, deep, rt, trunks), hu["hepatic_vein"], liver_only
+    )
+    vessel_landmarks = {
+        "ivc": np.array([c.a for c in ivc] + [ivc[-1].b]),
+        "portal_bifurcation": np.asarray(porta, dtype=float),
+        "hepatic_veins": trunks,
+    }
     layers += _caps_layers("portal_vein", trunk + vessels.portal_tree(porta, deep, rt), hu["portal_vein"], liver_only)
     layers += _caps_layers("pancreas", pancreas, _texture(hu["pancreas"], 6.0, rng["textures"], 20.0), _FAT)
     layers += _caps_layers("portal_vein_extrahepatic", trunk + pv_veins, hu["portal_vein"], (*_FAT, L["pancreas"]))
@@ -391,7 +402,7 @@ def build_anatomy(config: PhantomConfig) -> Anatomy:
         },
         "liver_target_ml": round(liver_meta["target_ml"], 1),
     }
-    return Anatomy(body, layers, lesions, hu, meta)
+    return Anatomy(body, layers, lesions, hu, meta, vessel_landmarks)
 
 
 def _kidneys(

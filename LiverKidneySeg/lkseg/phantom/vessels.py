@@ -143,17 +143,27 @@ def portal_tree(hilum: np.ndarray, deep: np.ndarray, rng: np.random.Generator) -
     return caps
 
 
-def hepatic_tree(junction: np.ndarray, deep: np.ndarray, rng: np.random.Generator) -> list[Capsule]:
+def hepatic_tree(
+    junction: np.ndarray, deep: np.ndarray, rng: np.random.Generator, trunks: dict | None = None
+) -> list[Capsule]:
     """Right, middle and left hepatic veins fanning out from the IVC below the dome and branching
-    as they run antero-inferiorly through the liver."""
+    as they run antero-inferiorly through the liver.
+
+    Args:
+        trunks: if given, receives each vein's trunk centreline, ``"right"``/``"middle"``/
+            ``"left"`` -> (n, 3) LPS points from the junction outward (no extra random draws).
+    """
     caps: list[Capsule] = []
     aims = [np.array([-65.0, 20.0, -45.0]), np.array([-15.0, -50.0, -50.0]), np.array([45.0, -40.0, -25.0])]
-    for aim in aims:
+    for name, aim in zip(("right", "middle", "left"), aims):
         end = _pick(deep, junction + aim, rng, k=60)
         if np.linalg.norm(end - junction) < 25:
             continue
         r0 = rng.uniform(5.0, 6.5)
-        caps += branch(junction, end, r0, r0 * 0.8, rng, n=3)
+        trunk = branch(junction, end, r0, r0 * 0.8, rng, n=3)
+        if trunks is not None:
+            trunks[name] = np.array([c.a for c in trunk] + [trunk[-1].b])
+        caps += trunk
         caps += grow(end, end - junction, r0 * 0.75, 2, deep, rng, children=2)
         for _ in range(2):  # tributaries joining along the trunk
             start = junction + (end - junction) * rng.uniform(0.4, 0.85)

@@ -64,8 +64,12 @@ def boundary_face_points(mask: np.ndarray) -> np.ndarray:
 
     For a 2D mask these are the midpoints of the pixel edges on the region's outline; for 3D the
     centres of the exposed voxel faces. They lie on the pixelated boundary, so a disc of radius
-    r pixels gives points at distance ~r from its centre (diameters are not biased by one voxel
-    as voxel centres would be).
+    r pixels gives points at distance ~r from its centre: diameters are not short by a whole
+    voxel as with voxel centres. The remaining error is below one voxel, in both directions:
+    a digitised disc of diameter 2r measures 2r to 2r + 0.7 pixel (its outline bulges at the
+    axes), while a voxel-sharp corner is cut by half a voxel on each adjacent face, so a
+    10 x 10 pixel square measures sqrt(10^2 + 9^2) = 13.45, not its 14.14 corner-to-corner
+    diagonal (the outline a marching-squares contour would draw through the same midpoints).
     """
     mask = np.asarray(mask, dtype=bool)
     padded = np.pad(mask, 1, constant_values=False)

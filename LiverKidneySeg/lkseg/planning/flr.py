@@ -2,12 +2,17 @@
 
 Formulas (``../shared/docs/clinical.md``, "Volumetry and future liver remnant"):
 
-* Total liver volume TLV = liver + liver lesions (tumours and cysts) in mL. Lesions are
-  non-functional: functional liver volume = TLV - lesion volume. Intrahepatic vessels count
-  when they are labelled as liver (as the automatic engine does); separate ``portal_vein`` /
+* Total liver volume TLV = liver + liver lesions (tumours and cysts) in mL. Intrahepatic vessels
+  count when they are labelled as liver (as the automatic engine does); separate ``portal_vein`` /
   ``hepatic_vein`` segments are not added (a warning says so).
-* Measured FLR% = FLR / (TLV - tumour volume) x 100, where FLR is the non-tumorous liver
-  parenchyma left after the resection.
+* Functional liver volume = TLV - tumour volume - cyst volume, and
+  **measured FLR% = FLR / (TLV - tumours - cysts) x 100**, where FLR is the liver parenchyma left
+  after the resection (tumours and cysts in the remnant excluded). clinical.md writes the
+  denominator as "TLV - tumour volume"; a cyst is non-functional tissue like a tumour, and the
+  numerator (FLR) excludes cysts, so the denominator excludes them too: without a resection the
+  FLR is then 100%, and a large cyst can neither count as remnant nor shrink the FLR%.
+  Both subtracted volumes are returned (``tumour_ml``, ``cyst_ml``; the denominator is
+  ``functional_liver_ml``) and printed in the report beside the FLR%.
 * Body surface area, Mosteller: BSA (m^2) = sqrt(height_cm x weight_kg / 3600)
   (Mosteller RD, N Engl J Med 1987;317:1098).
 * Standardised TLV, Vauthey: sTLV (mL) = -794.41 + 1267.28 x BSA (Vauthey JN et al., Liver
@@ -23,6 +28,8 @@ The resected part is what the surgeon defines:
 * several planes, combined as ``"intersection"`` (a convex wedge: a voxel is resected when it
   lies on the resected side of *every* plane) or ``"union"`` (resected when on the resected
   side of *any* plane);
+* Couinaud segments (``segments=(5, 6, 7, 8)``, presets in
+  :data:`lkseg.planning.couinaud.PRESETS`), alone or together with planes (their union);
 * a resection mask (a boolean/label Volume on the label map's grid, or a label such as
   ``"resection"`` in the label map's table): the liver inside it is resected.
 
@@ -37,13 +44,16 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from lkseg.errors import InputError
 from lkseg.planning._index import LIVER_LESION_NAMES, LIVER_VESSEL_NAMES, Box, LabelIndex
 from lkseg.volume import Grid, Volume
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lkseg.planning.couinaud import CouinaudResult
 
 __all__ = [
     "BSA_RANGE",
@@ -193,10 +203,13 @@ class ResectionPlane:
 
 @dataclass(frozen=True)
 class Resection:
-    """What is resected: planes, a mask, or a label of the label map (exactly one of them).
+    """What is resected: planes and/or Couinaud segments, a mask, or a label of the label map.
 
     Attributes:
         planes: cutting planes; combine: ``"intersection"`` (convex wedge) or ``"union"``.
+        segments: Couinaud segments (1-8) to resect (needs Couinaud landmarks); with planes,
+            the resected part is the segments **plus** the planes' region (e.g. segments 2-3
+            and a non-anatomical wedge of segment 4).
         mask: a Volume on the label map's grid; non-zero voxels are resected.
         label: structure name in the label map's table whose voxels are resected.
     """
@@ -205,16 +218,28 @@ class Resection:
     combine: Literal["intersection", "union"] = "intersection"
     mask: Volume | None = None
     label: str | None = None
+    segments: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        given = sum([bool(self.planes), self.mask is not None, self.label is not None])
+        given = sum([bool(self.planes) or bool(self.segments), self.mask is not None, self.label is not None])
         if given != 1:
-            raise InputError("a resection needs exactly one of: planes, a resection mask, or a resection label")
+            raise InputError(
+                "a resection needs exactly one of: planes and/or Couinaud segments, a resection mask, or a resection label"
+            )
         if self.combine not in ("intersection", "union"):
             raise InputError(f"planes combine as 'intersection' or 'union', got {self.combine!r}")
+        segs = tuple(sorted({int(v) for v in self.segments}))
+        if any(v < 1 or v > 8 for v in segs):
+            raise InputError(f"Couinaud segments are numbered 1 to 8, got {list(self.segments)}")
         object.__setattr__(self, "planes", tuple(self.planes))
+        object.__setattr__(self, "segments", segs)
 
     def describe(self) -> dict:
+        if self.segments:
+            out: dict = {"kind": "segments", "segments": list(self.segments)}
+            if self.planes:
+                out.update(kind="segments+planes", combine=self.combine, planes=[p.to_dict() for p in self.planes])
+            return out
         if self.planes:
             return {"kind": "planes", "combine": self.combine, "planes": [p.to_dict() for p in self.planes]}
         if self.mask is not None:
@@ -264,6 +289,7 @@ class FLRResult:
     tlv_ml: float
     lesion_ml: float
     tumour_ml: float
+    cyst_ml: float
     functional_liver_ml: float
     resected_ml: float
     resected_parenchyma_ml: float
@@ -293,13 +319,16 @@ class FLRResult:
         return out
 
 
-def compute_flr(index: LabelIndex, resection: Resection, patient: Patient | None = None) -> FLRResult:
+def compute_flr(
+    index: LabelIndex, resection: Resection, patient: Patient | None = None, couinaud: CouinaudResult | None = None
+) -> FLRResult:
     """Resect virtually and compute remnant volumes, measured and standardised FLR, verdict.
 
     Args:
         index: the scanned label map (needs a ``liver`` segment).
         resection: planes, mask or label defining the resected part.
         patient: height, weight and liver quality; None = unknown body size, normal liver.
+        couinaud: the Couinaud segments (needed when the resection names segments).
 
     Raises:
         InputError: no liver; the resection misses the liver (nothing resected); the resection
@@ -321,7 +350,7 @@ def compute_flr(index: LabelIndex, resection: Resection, patient: Patient | None
     # with "masking: inside liver"; use a separate mask when it overlaps other segments).
     parenchyma = index.lut(liver_values + painted)[crop]
     lesion = index.lut(lesion_values)[crop]
-    cut = index.lut(painted)[crop] if painted else _resected(index, resection, box)
+    cut = index.lut(painted)[crop] if painted else _resected(index, resection, box, couinaud)
     lesion = _attached(parenchyma, lesion)
     tumour = lesion & index.lut(tumour_values)[crop]
     vml = grid.voxel_volume_ml
@@ -333,6 +362,7 @@ def compute_flr(index: LabelIndex, resection: Resection, patient: Patient | None
     resected = resected_par + float((lesion & cut).sum() * vml)
     flr = float((parenchyma & ~cut).sum() * vml)
     tumour_left = float((tumour & ~cut).sum() * vml)
+    cyst_ml = lesion_ml - tumour_ml  # every liver lesion that is not a tumour is a cyst
     if resected <= 0:
         raise InputError(f"the resection {_describe(resection)} does not cut the liver: nothing would be resected")
     if flr <= 0:
@@ -344,6 +374,7 @@ def compute_flr(index: LabelIndex, resection: Resection, patient: Patient | None
         tlv_ml=tlv,
         lesion_ml=lesion_ml,
         tumour_ml=tumour_ml,
+        cyst_ml=cyst_ml,
         functional_liver_ml=functional,
         resected_ml=resected,
         resected_parenchyma_ml=resected_par,
@@ -417,8 +448,19 @@ def _resection_label_values(index: LabelIndex, resection: Resection) -> list[int
     return present
 
 
-def _resected(index: LabelIndex, resection: Resection, box: Box) -> np.ndarray:
+def _resected(index: LabelIndex, resection: Resection, box: Box, couinaud: CouinaudResult | None) -> np.ndarray:
     grid = index.labels.grid
+    if resection.segments:
+        if couinaud is None:
+            raise InputError(
+                f"a resection of Couinaud segments {list(resection.segments)} needs the segments: give Couinaud "
+                "landmarks (or vessel segments to propose them)"
+            )
+        grid.require_same(couinaud.labels.grid, "Couinaud segment map")
+        cut = couinaud.mask(resection.segments, box)
+        if resection.planes:
+            cut |= resection_region(grid, resection.planes, resection.combine, box)
+        return cut
     if resection.planes:
         return resection_region(grid, resection.planes, resection.combine, box)
     if resection.mask is None:
@@ -428,6 +470,10 @@ def _resected(index: LabelIndex, resection: Resection, box: Box) -> np.ndarray:
 
 
 def _describe(resection: Resection) -> str:
+    if resection.segments:
+        return f"of Couinaud segments {','.join(map(str, resection.segments))}" + (
+            " and planes" if resection.planes else ""
+        )
     if resection.planes:
         parts = [
             f"point {tuple(round(v, 1) for v in p.point_ras)} normal {tuple(round(v, 3) for v in p.normal_ras)} ({p.side})"

@@ -4,8 +4,9 @@ For every lesion (26-connected component of, e.g., ``liver_tumor``) this compute
 
 * volume (mL) from the voxel count;
 * the longest axial diameter and the longest extent perpendicular to it (mm), on the axial
-  slice where the lesion is longest (RECIST-style; measured on the pixel outline, see
-  :func:`lkseg.planning._geometry.boundary_face_points`);
+  slice where the lesion is longest (RECIST-style; measured on the outline through the pixel-edge
+  midpoints, within one voxel of the true diameter of a round lesion; voxel-sharp corners are
+  cut by half a voxel, see :func:`lkseg.planning._geometry.boundary_face_points`);
 * the largest 3D diameter (mm) — R of R.E.N.A.L. for kidney tumours;
 * the centroid in RAS mm;
 * the organ segment it belongs to: the organ it touches over the most voxel faces (a lesion

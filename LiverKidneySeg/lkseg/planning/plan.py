@@ -15,9 +15,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from lkseg.errors import InputError
 from lkseg.labels import PRODUCT_LABELS, LabelTable
 from lkseg.planning._index import LabelIndex
+from lkseg.planning.couinaud import CouinaudResult, couinaud_segments
 from lkseg.planning.flr import FLRResult, Patient, Resection, compute_flr
+from lkseg.planning.landmarks import CouinaudLandmarks, propose_landmarks
 from lkseg.planning.lesions import Lesion, TumourBurden, find_lesions, tumour_burden
 from lkseg.planning.renal import RenalScore, nephrometry
 from lkseg.planning.volumetry import StructureVolume, attach_mesh_volumes, structure_volumes
@@ -47,6 +50,9 @@ class PlanOptions:
         surfaces: build 3D surfaces (needed for the mesh-volume cross-check and exports).
         surface_options: :class:`lkseg.surfaces.SurfaceOptions` (None = defaults).
         min_lesion_volume_ml: lesion components smaller than this are skipped (0 = keep all).
+        landmarks: Couinaud landmarks (RAS mm): the liver is labelled with segments 1-8.
+        auto_landmarks: propose the landmarks from the label map's ``hepatic_vein`` and
+            ``portal_vein`` segments (and ``inferior_vena_cava`` when present) when none are given.
     """
 
     resection: Resection | None = None
@@ -54,6 +60,8 @@ class PlanOptions:
     surfaces: bool = True
     surface_options: SurfaceOptions | None = None
     min_lesion_volume_ml: float = 0.0
+    landmarks: CouinaudLandmarks | None = None
+    auto_landmarks: bool = False
 
 
 @dataclass
@@ -72,6 +80,22 @@ class PlanResult:
     notes: dict[str, str] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     patient: Patient | None = None
+    couinaud: CouinaudResult | None = None
+    #: lesion label -> {segment: share of its voxels} (liver lesions, when segments exist)
+    lesion_segments: dict[str, dict[int, float]] = field(default_factory=dict)
+
+    def couinaud_dict(self) -> dict | None:
+        if self.couinaud is None:
+            return None
+        out = self.couinaud.to_dict()
+        resected = set(self.flr.resection.get("segments", [])) if self.flr else set()
+        for row in out["segments"]:
+            row["resected"] = row["segment"] in resected
+            row["lesions"] = [k for k, v in self.lesion_segments.items() if row["segment"] in v]
+        out["lesion_segments"] = {
+            k: {str(s): round(f, 4) for s, f in v.items()} for k, v in self.lesion_segments.items()
+        }
+        return out
 
     def total_liver_volume_ml(self) -> float | None:
         names = ("liver", "liver_tumor", "liver_cyst")
@@ -87,6 +111,7 @@ class PlanResult:
             "lesions": [les.to_dict() for les in self.lesions],
             "tumour_burden": [b.to_dict() for b in self.burden],
             "flr": self.flr.to_dict() if self.flr else None,
+            "couinaud": self.couinaud_dict(),
             "renal": [r.to_dict() for r in self.renal],
             "surfaces": [m.summary() for m in self.surfaces],
             "warnings": list(self.warnings),
@@ -147,9 +172,18 @@ def run_plan(
 
     t = time.perf_counter()
     notes: dict[str, str] = {}
+    couinaud = _couinaud(index, options, notes)
+    lesion_segments = {}
+    if couinaud is not None:
+        warnings += couinaud.warnings
+        for les in lesions:
+            if les.organ == "liver" and les.mask is not None and les.offset is not None:
+                lesion_segments[les.label] = couinaud.segments_of(les.mask, les.offset)
+    times["couinaud"] = time.perf_counter() - t
+    t = time.perf_counter()
     flr = None
     if options.resection is not None:
-        flr = compute_flr(index, options.resection, options.patient)
+        flr = compute_flr(index, options.resection, options.patient, couinaud)
         warnings += flr.warnings
     else:
         notes["flr"] = "not available: no resection plane, mask or label given"
@@ -157,7 +191,7 @@ def run_plan(
 
     t = time.perf_counter()
     tumours = [les for les in lesions if les.structure == "kidney_tumor"]
-    renal = nephrometry(index, tumours) if tumours else []
+    renal = nephrometry(index, tumours, image) if tumours else []
     times["renal"] = time.perf_counter() - t
     report(progress, 0.4, "kidney tumours")
 
@@ -173,6 +207,8 @@ def run_plan(
         notes=notes,
         timings_s=times,
         patient=options.patient,
+        couinaud=couinaud,
+        lesion_segments=lesion_segments,
     )
     if options.surfaces:
         t = time.perf_counter()
@@ -185,6 +221,10 @@ def run_plan(
             cancel=cancel,
         )  # type: ignore[arg-type]
         result.warnings += attach_mesh_volumes(volumes, {m.name: m.volume_ml for m in result.surfaces})
+        if couinaud is not None:
+            from lkseg.surfaces import segment_surfaces
+
+            result.surfaces += segment_surfaces(couinaud, options.surface_options, cancel=cancel)
         times["surfaces"] = time.perf_counter() - t
     else:
         notes["mesh_volume_ml"] = "not available: surfaces were not built"
@@ -193,3 +233,28 @@ def run_plan(
     for w in result.warnings:
         log.warning("%s", w)
     return result
+
+
+def _couinaud(index: LabelIndex, options: PlanOptions, notes: dict[str, str]) -> CouinaudResult | None:
+    """Couinaud segments from the given landmarks, or proposed from vessel segments."""
+    landmarks = options.landmarks
+    if landmarks is None and options.auto_landmarks:
+        hv, pv = index.present(["hepatic_vein"]), index.present(["portal_vein"])
+        if not hv or not pv:
+            raise InputError(
+                "automatic Couinaud landmarks need hepatic_vein and portal_vein segments in the label map "
+                f"(present: {sorted({index.name_of(v) for v in index.counts if v in index.table})}); "
+                "give the landmarks instead"
+            )
+        arr = index.labels.array
+        ivc_values = index.present(["inferior_vena_cava", "ivc"])
+        landmarks = propose_landmarks(
+            index.labels.grid,
+            index.lut(hv)[arr],
+            index.lut(pv)[arr],
+            index.lut(ivc_values)[arr] if ivc_values else None,
+        )
+    if landmarks is None:
+        notes["couinaud"] = "not available: no Couinaud landmarks given"
+        return None
+    return couinaud_segments(index, landmarks)

@@ -28,11 +28,12 @@ How each part is measured here (our operationalisation, stated in the report):
   as endophytic and only what bulges beyond the outline as exophytic. 0 -> E=3.
 * **N**: shortest gap (mm) between the tumour and the collecting system / renal sinus segment
   (``renal_pelvis``, ``renal_sinus`` or ``collecting_system``) of that kidney. Without such a
-  segment N is *not available* — never estimated.
+  segment, the sinus is derived from the kidney's own shape (:mod:`lkseg.planning.sinus`:
+  convex hull minus kidney, medial side) and ``sinus_source`` says so; when the shape has no
+  medial concavity (or the kidney has no laterality) N is *not available*.
 * **L**: polar lines are the axial planes (RAS S) at the upper and lower limits of the renal
-  sinus / collecting-system segment of that kidney (where the sinus interrupts the medial lip
-  of the parenchyma); the axial renal midline is the axial plane halfway between them. Without
-  that segment L is *not available*.
+  sinus (segment or derived, as for N), where the sinus interrupts the medial lip of the
+  parenchyma; the axial renal midline is the axial plane halfway between them.
 * **A**: share of the tumour anterior to the kidney's coronal plane (through the kidney's
   centroid, normal RAS +y): >= 60% -> "a", <= 40% -> "p", otherwise "x".
 * **h**: only when a ``renal_artery`` / ``renal_vein`` segment exists (touching -> "h");
@@ -54,6 +55,9 @@ from scipy.spatial import ConvexHull, QhullError, cKDTree
 from lkseg.planning._geometry import boundary_face_points, boundary_voxels, spacing_zyx, zyx_to_ras
 from lkseg.planning._index import COLLECTING_SYSTEM_NAMES, LabelIndex, grow_box
 from lkseg.planning.lesions import Lesion
+from lkseg.planning.padua import PaduaScore, padua_size
+from lkseg.planning.sinus import geometric_sinus
+from lkseg.volume import Volume
 
 __all__ = [
     "HILAR_VESSEL_NAMES",
@@ -130,6 +134,8 @@ class RenalScore:
     anterior_fraction: float | None = None
     anterior_posterior: str | None = None
     hilar: bool | None = None
+    sinus_source: str | None = None
+    padua: PaduaScore | None = None
     R: int | None = None
     E: int | None = None
     N: int | None = None
@@ -143,11 +149,15 @@ class RenalScore:
         out = dict(self.__dict__)
         out["centroid_ras_mm"] = list(out.pop("centroid_ras"))
         out["not_available"] = out.pop("notes")
+        out["padua"] = self.padua.to_dict() if self.padua is not None else None
         return out
 
 
-def nephrometry(index: LabelIndex, tumours: Sequence[Lesion]) -> list[RenalScore]:
-    """Kidney tumour metrics and R.E.N.A.L. score for each tumour (from :func:`find_lesions`)."""
+def nephrometry(index: LabelIndex, tumours: Sequence[Lesion], image: Volume | None = None) -> list[RenalScore]:
+    """Kidney tumour metrics and R.E.N.A.L. score for each tumour (from :func:`find_lesions`).
+
+    ``image`` (the CT on the label map's grid) lets the derived sinus include the low-density
+    sinus fat and urine inside an enhanced kidney segment (see :mod:`lkseg.planning.sinus`)."""
     grid = index.labels.grid
     sp = spacing_zyx(grid)
     cs_values = index.present(COLLECTING_SYSTEM_NAMES)
@@ -170,8 +180,9 @@ def nephrometry(index: LabelIndex, tumours: Sequence[Lesion]) -> list[RenalScore
         _exophytic(score, kidney, tum_zyx, sp)
         tum_ras = zyx_to_ras(grid, tum_zyx)
         _anterior(score, kidney, tum_ras)
-        _collecting_system(score, index, tumour, kidney, cs_values, tum_ras, sp)
+        _collecting_system(score, index, tumour, kidney, cs_values, tum_ras, sp, image)
         _hilar(score, index, tumour, vessel_values)
+        _padua(score, index, tumour, kidney, tum_ras, sp)
         if None not in (score.R, score.E, score.N, score.L):
             score.total = int(score.R + score.E + score.N + score.L)  # type: ignore[operator]
             score.complexity = complexity_of(score.total)
@@ -247,21 +258,31 @@ def _anterior(score: RenalScore, kidney: dict, tum_ras: np.ndarray) -> None:
     score.anterior_posterior = "a" if frac >= _ANTERIOR else ("p" if frac <= _POSTERIOR else "x")
 
 
-def _collecting_system(score, index: LabelIndex, tumour: Lesion, kidney: dict, cs_values, tum_ras, sp) -> None:
-    if not cs_values:
-        reason = f"not available: no collecting-system / renal sinus segment ({', '.join(COLLECTING_SYSTEM_NAMES)}) in the label map"
-        score.notes["nearness_mm"] = reason
-        score.notes["polar_location"] = reason
-        return
-    # the collecting system of this kidney: its voxels within the kidney's box (+ 5 voxels)
-    box = grow_box(kidney["box"], 5, index.labels.shape)
-    cs = index.mask(cs_values, box)
-    if not cs.any():
-        reason = f"not available: the collecting-system segment does not reach {kidney['name']}"
-        score.notes["nearness_mm"] = reason
-        score.notes["polar_location"] = reason
-        return
-    offset = np.array([s.start for s in box])
+def _collecting_system(
+    score, index: LabelIndex, tumour: Lesion, kidney: dict, cs_values, tum_ras, sp, image: Volume | None = None
+) -> None:
+    if cs_values:
+        # the collecting system of this kidney: its voxels within the kidney's box (+ 5 voxels)
+        box = grow_box(kidney["box"], 5, index.labels.shape)
+        cs = index.mask(cs_values, box)
+        offset = np.array([s.start for s in box])
+        score.sinus_source = "segment: " + ", ".join(sorted({index.name_of(v) for v in cs_values}))
+        if not cs.any():
+            reason = f"not available: the collecting-system segment does not reach {kidney['name']}"
+            score.notes["nearness_mm"] = reason
+            score.notes["polar_location"] = reason
+            return
+    else:
+        cs, offset, source = _geometric_sinus(index, kidney, sp, image)
+        if cs is None:
+            reason = (
+                f"not available: no collecting-system segment ({', '.join(COLLECTING_SYSTEM_NAMES)}) and no renal "
+                f"sinus derived from {kidney['name']}: {source}"
+            )
+            score.notes["nearness_mm"] = reason
+            score.notes["polar_location"] = reason
+            return
+        score.sinus_source = source
     cs_zyx = np.argwhere(cs) + offset
     # N: gap between the tumour and the collecting system
     cs_b = (np.argwhere(boundary_voxels(cs)) + offset) * sp
@@ -295,6 +316,65 @@ def _collecting_system(score, index: LabelIndex, tumour: Lesion, kidney: dict, c
         score.polar_location = "crosses a polar line"
 
 
+def _geometric_sinus(index: LabelIndex, kidney: dict, sp: np.ndarray, image: Volume | None):
+    """The kidney's medial concavity (:mod:`lkseg.planning.sinus`), cached in ``kidney``."""
+    if "sinus" not in kidney:
+        name = kidney["name"]
+        sign = {"kidney_right": -1.0, "kidney_left": 1.0}.get(name)
+        kidney["sinus"] = (
+            None,
+            None,
+            "the kidney has no laterality (kidney_right / kidney_left): its medial side is unknown",
+        )
+        if sign is None:
+            log.warning("%s has no laterality: its medial side (renal sinus) is unknown", name)
+            return kidney["sinus"]
+        box = grow_box(kidney["box"], 3, index.labels.shape)
+        offset = np.array([s.start for s in box])
+        lesions = index.present(("kidney_tumor", "kidney_cyst"))
+        own = index.mask(index.present([name]), box)
+        region = own
+        if lesions:  # the kidney's own lesions (touching it) count as kidney for the hull
+            comps, _ = ndimage.label(own | index.mask(lesions, box), structure=np.ones((3, 3, 3), dtype=bool))
+            keep = np.unique(comps[own])
+            region = np.isin(comps, keep[keep > 0])
+        grid = index.labels.grid
+        hu = None if image is None else np.asarray(image.array[box])
+        sinus, source = geometric_sinus(region, sp, lambda ix: zyx_to_ras(grid, ix + offset)[:, 0], sign, own, hu)
+        kidney["sinus"] = (sinus, offset, source)
+    return kidney["sinus"]
+
+
+def _padua(score: RenalScore, index: LabelIndex, tumour: Lesion, kidney: dict, tum_ras: np.ndarray, sp) -> None:
+    """PADUA (:mod:`lkseg.planning.padua`) from the R.E.N.A.L. measurements of ``score``."""
+    p = PaduaScore(size=padua_size(score.max_diameter_mm), face=score.anterior_posterior)
+    score.padua = p
+    if score.exophytic_fraction is not None:
+        p.exophytic = score_e(score.exophytic_fraction)
+    if score.fraction_between is not None:
+        p.polar = 2 if score.fraction_between > 0.5 else 1
+    else:
+        p.notes["polar"] = score.notes.get("polar_location", "not available: no polar lines")
+    if score.nearness_mm is not None:
+        p.sinus = 2 if score.nearness_mm <= 0.0 else 1
+    else:
+        p.notes["sinus"] = score.notes.get("nearness_mm", "not available: no renal sinus")
+    sign = {"kidney_right": -1.0, "kidney_left": 1.0}.get(kidney["name"])
+    if sign is None:
+        p.notes["rim"] = "not available: the kidney has no laterality (medial side unknown)"
+    else:
+        p.medial_fraction = float(((tum_ras[:, 0] - kidney["centroid_ras"][0]) * sign > 0).mean())
+        p.rim = 2 if p.medial_fraction > 0.5 else 1
+    ucs = index.present(("collecting_system", "renal_pelvis"))
+    if ucs:
+        p.collecting_system = 2 if np.isin(_touching(index, tumour), ucs).any() else 1
+    else:
+        p.notes["collecting_system"] = (
+            "not available: no collecting_system / renal_pelvis segment (a derived sinus does not separate urine from fat)"
+        )
+    p.finish()
+
+
 def _gap(vec_mm: np.ndarray, sp: np.ndarray) -> float:
     """Gap between two objects whose nearest boundary voxel centres are ``vec_mm`` apart: the
     centre distance minus the half-voxel on each side along that direction."""
@@ -310,6 +390,11 @@ def _hilar(score: RenalScore, index: LabelIndex, tumour: Lesion, vessel_values: 
     if not vessel_values:
         score.notes["hilar"] = "not assessed: no renal artery / renal vein segment in the label map"
         return
+    score.hilar = bool(np.isin(_touching(index, tumour), vessel_values).any())
+
+
+def _touching(index: LabelIndex, tumour: Lesion) -> np.ndarray:
+    """Label values of the voxels that share a face with the tumour."""
     lo = tumour.offset
     box = tuple(slice(max(0, int(o) - 1), int(o) + n + 1) for o, n in zip(lo, tumour.mask.shape))
     crop = index.labels.array[box]
@@ -319,4 +404,4 @@ def _hilar(score: RenalScore, index: LabelIndex, tumour: Lesion, vessel_values: 
     src = tuple(slice(max(0, -s), n) for s, n in zip(start, tumour.mask.shape))
     mask[inner] = tumour.mask[src]
     shell = ndimage.binary_dilation(mask) & ~mask
-    score.hilar = bool(np.isin(crop[shell], vessel_values).any())
+    return crop[shell]

@@ -72,7 +72,7 @@ def _summary(result: PlanResult) -> str:
     flr = result.flr
     if flr is not None:
         cards.append(_card("future liver remnant (FLR)", _num(flr.flr_ml, unit="mL")))
-        cards.append(_card("measured FLR / (TLV - tumour)", _num(flr.flr_percent, unit="%")))
+        cards.append(_card("measured FLR / (TLV - tumours - cysts)", _num(flr.flr_percent, unit="%")))
         cards.append(
             _card("standardised FLR (sFLR)", _num(flr.sflr_percent, unit="%", reason=flr.notes.get("sflr_percent")))
         )
@@ -139,6 +139,36 @@ def _lesions(result: PlanResult) -> str:
     return out
 
 
+def _couinaud(result: PlanResult) -> str:
+    info = result.couinaud_dict()
+    if info is None:
+        return f"<p>{_na(result.notes.get('couinaud'))}</p>"
+    from lkseg.surfaces.segments import segment_color
+
+    rows = []
+    for row in info["segments"]:
+        r, g, b = (round(255 * c) for c in segment_color(row["segment"]))
+        swatch = f'<span class="swatch" style="background:rgb({r},{g},{b})"></span>'
+        rows.append(
+            f"<tr><td>{swatch}{row['segment']}</td><td>{escape(row['name'])}</td><td class=num>{row['volume_ml']:.1f}</td>"
+            f"<td>{'resected' if row['resected'] else ''}</td><td>{escape(', '.join(row['lesions']))}</td></tr>"
+        )
+    parts = info["segment_4_parts_ml"]
+    lesion_rows = "".join(
+        f"<tr><td>{escape(name)}</td><td>{escape(', '.join(f'{s} ({100 * f:.0f}%)' for s, f in shares.items()))}</td></tr>"
+        for name, shares in info["lesion_segments"].items()
+    )
+    lm = info["landmarks"]
+    out = (
+        "<table><tr><th>segment</th><th>name</th><th>volume (mL)</th><th>resection</th><th>lesions</th></tr>"
+        f"{''.join(rows)}</table><p class=small>Segment 4: 4a {parts['4a']:.1f} mL above, 4b {parts['4b']:.1f} mL below "
+        f"the portal plane. Landmarks: {escape(lm['source'])} (saved with the report; RAS mm).</p>"
+    )
+    if lesion_rows:
+        out += f"<h3>Lesion &rarr; segment</h3><table><tr><th>lesion</th><th>segment(s) (share of its voxels)</th></tr>{lesion_rows}</table>"
+    return out
+
+
 def _flr(result: PlanResult) -> str:
     flr = result.flr
     if flr is None:
@@ -146,12 +176,15 @@ def _flr(result: PlanResult) -> str:
     rows = [
         ("Resection", _resection_text(flr.resection)),
         ("Total liver volume (TLV)", _num(flr.tlv_ml, unit="mL")),
-        ("Lesion volume (tumours + cysts)", _num(flr.lesion_ml, unit="mL")),
-        ("Tumour volume", _num(flr.tumour_ml, unit="mL")),
-        ("Functional liver volume (TLV - lesions)", _num(flr.functional_liver_ml, unit="mL")),
+        ("Subtracted: tumour volume", _num(flr.tumour_ml, unit="mL")),
+        ("Subtracted: cyst volume", _num(flr.cyst_ml, unit="mL")),
+        (
+            "Functional liver volume = FLR% denominator (TLV - tumours - cysts)",
+            _num(flr.functional_liver_ml, unit="mL"),
+        ),
         ("Resected volume (incl. lesions)", _num(flr.resected_ml, unit="mL")),
         ("Future liver remnant (FLR, parenchyma)", _num(flr.flr_ml, unit="mL")),
-        ("Measured FLR%", _num(flr.flr_percent, unit="%")),
+        ("Measured FLR% = FLR / (TLV - tumours - cysts)", _num(flr.flr_percent, unit="%")),
         (
             "Height / weight",
             f"{_num(flr.height_cm, '{:.0f}', 'cm', flr.notes.get('bsa_m2'))} / {_num(flr.weight_kg, '{:.0f}', 'kg', flr.notes.get('bsa_m2'))}",
@@ -202,7 +235,7 @@ def _renal(result: PlanResult) -> str:
         return "<p>No kidney tumour in the label map.</p>"
     head = (
         "<tr><th>tumour</th><th>kidney</th><th>max diameter</th><th>exophytic</th><th>to collecting system</th><th>polar location</th>"
-        "<th>A</th><th>R</th><th>E</th><th>N</th><th>L</th><th>total</th><th>complexity</th></tr>"
+        "<th>A</th><th>R</th><th>E</th><th>N</th><th>L</th><th>total</th><th>complexity</th><th>PADUA</th></tr>"
     )
     rows = []
     for r in result.renal:
@@ -214,10 +247,34 @@ def _renal(result: PlanResult) -> str:
             f"<td class=num>{_num(r.nearness_mm, unit='mm', reason=r.notes.get('nearness_mm'))}</td>"
             f"<td>{escape(r.polar_location) if r.polar_location else _na(r.notes.get('polar_location'))}</td><td>{ap}</td>"
             + "".join(f"<td class=num>{_num(getattr(r, k), '{:d}')}</td>" for k in ("R", "E", "N", "L"))
-            + f"<td class=num>{escape(r.notation) if r.notation else _na(r.notes.get('total'))}</td><td>{escape(r.complexity) if r.complexity else _na()}</td></tr>"
+            + f"<td class=num>{escape(r.notation) if r.notation else _na(r.notes.get('total'))}</td><td>{escape(r.complexity) if r.complexity else _na()}</td>"
+            + f"<td>{_padua_cell(r.padua)}</td></tr>"
         )
     hilar = result.renal[0].notes.get("hilar", "assessed with the renal artery/vein segment")
-    return f"<table>{head}{''.join(rows)}</table><p class=small>Suffix a/p/x: anterior/posterior/neither; h: touches the main renal artery or vein ({escape(hilar)}).</p>"
+    sources = sorted({f"{r.tumour}: {r.sinus_source}" for r in result.renal if r.sinus_source})
+    sinus = "; ".join(sources) or "none (N and L not available)"
+    return (
+        f"<table>{head}{''.join(rows)}</table><p class=small>Suffix a/p/x: anterior/posterior/neither; h: touches the "
+        f"main renal artery or vein ({escape(hilar)}). Renal sinus used for N and L: {escape(sinus)}.</p>"
+    )
+
+
+def _padua_cell(p) -> str:
+    if p is None:
+        return _na()
+    parts = " ".join(
+        f"{k[0].upper()}{'' if v is None else v}"
+        for k, v in (
+            ("polar", p.polar),
+            ("exophytic", p.exophytic),
+            ("rim", p.rim),
+            ("sinus", p.sinus),
+            ("ucs", p.collecting_system),
+            ("dimension", p.size),
+        )
+    )
+    total = f"{escape(p.notation)} ({escape(p.risk)})" if p.notation else _na(p.notes.get("total"))
+    return f"{total}<br><span class=small>{escape(parts)}</span>"
 
 
 def _audit(provenance: Provenance | None, result: PlanResult) -> str:
@@ -276,6 +333,7 @@ def render_html(
 <h2>Pictures</h2>{figs or "<p>No pictures.</p>"}
 <h2>Volumes</h2>{_volumes(result)}<div>{chart}</div>
 <h2>Lesions</h2>{_lesions(result)}
+<h2>Couinaud segments</h2>{_couinaud(result)}
 <h2>Future liver remnant</h2>{_flr(result)}
 <h2>Kidney tumours (R.E.N.A.L. nephrometry)</h2>{_renal(result)}
 <h2>Warnings</h2>{warnings}

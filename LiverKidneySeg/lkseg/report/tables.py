@@ -28,14 +28,15 @@ SCHEMA = "lkseg.plan.report/1"
 METHODS = {
     "volume": "voxel count x voxel volume (mL); closed-surface volume as cross-check (must agree within 2% for organs)",
     "tlv": "total liver volume = liver + liver tumours + liver cysts (mL)",
-    "flr_percent": "measured FLR% = FLR / (TLV - lesion volume) x 100; FLR = non-tumorous liver left after resection",
+    "flr_percent": "measured FLR% = FLR / (TLV - tumour volume - cyst volume) x 100; FLR = liver parenchyma left after resection (tumours and cysts excluded)",
     "bsa": "Mosteller: BSA (m2) = sqrt(height_cm x weight_kg / 3600) (Mosteller, N Engl J Med 1987)",
     "stlv": "Vauthey: sTLV (mL) = -794.41 + 1267.28 x BSA (Vauthey et al., Liver Transpl 2002)",
     "sflr": "sFLR = FLR / sTLV x 100; minimum 20% normal, 30% chemotherapy/steatosis, 40% cirrhosis (Abdalla et al., Ann Surg Oncol 2006)",
     "resection_planes": "voxel centres on the resected side of the plane(s); several planes: intersection = convex wedge, union = any plane",
     "lesions": "26-connected components; longest axial diameter and perpendicular extent on the slice where it is longest",
     "distance_to_surface": "smallest distance between lesion boundary voxels and the organ's outer boundary voxels (organ + lesions, holes filled)",
-    "renal": "R.E.N.A.L. nephrometry (Kutikov & Uzzo, J Urol 2009); E from the convex hull of the kidney; N and L need a renal pelvis/sinus segment",
+    "couinaud": "Couinaud segments by the plane method: curved hepatic-vein planes (right, middle = Cantlie, left) around the IVC, transverse portal plane through the bifurcation (7, 8, 2, 4a above; 6, 5, 3, 4b below), caudate (1) between the IVC and the bifurcation; from landmarks in RAS mm saved with the report",
+    "renal": "R.E.N.A.L. nephrometry (Kutikov & Uzzo, J Urol 2009); E from the convex hull of the kidney; N and L from a renal pelvis/sinus segment, else from the sinus derived from the kidney's shape (convex hull minus kidney, medial side; with an enhanced CT plus the segment's voxels < 80 HU), refused when smaller than 8% of the kidney; each score names its sinus source; PADUA (Ficarra et al., Eur Urol 2009) from the same geometry: polar = middle when > 50% between the polar lines, rim = medial when > 50% medial to the kidney's sagittal centroid plane, sinus involved when the tumour touches the sinus, collecting system only from a collecting_system/renal_pelvis segment",
 }
 
 CSV_COLUMNS = [
@@ -189,11 +190,24 @@ def csv_rows(result: PlanResult) -> list[dict]:
                 "unit": "%",
             }
         )
+    info = result.couinaud_dict()
+    for row in info["segments"] if info else []:
+        rows.append(
+            {
+                "kind": "couinaud_segment",
+                "name": f"segment_{row['segment']}",
+                "organ": "liver",
+                "volume_ml": _r(row["volume_ml"]),
+                "note": "; ".join([row["name"], *(["resected"] if row["resected"] else []), *row["lesions"]]),
+            }
+        )
     flr = result.flr
     if flr is not None:
         for key, unit in (
             ("tlv_ml", "mL"),
             ("lesion_ml", "mL"),
+            ("tumour_ml", "mL"),
+            ("cyst_ml", "mL"),
             ("functional_liver_ml", "mL"),
             ("resected_ml", "mL"),
             ("flr_ml", "mL"),

@@ -6,7 +6,8 @@
 * :func:`export_surfaces` / :func:`write_mesh` / :func:`write_gltf` — STL, OBJ, VTP, PLY per
   structure and one coloured glTF/GLB scene, all in RAS mm with the coordinate system written
   into the files;
-* :func:`render_png` — an offscreen-rendered PNG of the scene.
+* :func:`render_png` — an offscreen-rendered PNG of the scene;
+* :func:`segment_surfaces` — one mesh per Couinaud liver segment, coloured per segment.
 
 VTK is imported only inside the functions that need it.
 """
@@ -16,9 +17,11 @@ from __future__ import annotations
 from lkseg.surfaces.export import MESH_FORMATS, export_surfaces, write_gltf, write_mesh
 from lkseg.surfaces.mesh import SurfaceMesh, SurfaceOptions, build_surfaces, decimate, is_closed, mesh_from_mask
 from lkseg.surfaces.render import RenderError, render_png, render_png_bytes
+from lkseg.surfaces.segments import SEGMENT_COLORS, segment_color, segment_surfaces
 
 __all__ = [
     "MESH_FORMATS",
+    "SEGMENT_COLORS",
     "RenderError",
     "SurfaceMesh",
     "SurfaceOptions",
@@ -29,6 +32,8 @@ __all__ = [
     "mesh_from_mask",
     "render_png",
     "render_png_bytes",
+    "segment_color",
+    "segment_surfaces",
     "write_gltf",
     "write_mesh",
 ]

@@ -1,0 +1,92 @@
+"""Benchmark: R.E.N.A.L. on real kidney tumour shapes (KiTS23 reference segmentations).
+
+KiTS23 (github.com/neheller/kits23, CC BY-NC-SA 4.0: local evaluation only, never commit the
+files) labels 1 = kidney, 2 = tumour, 3 = cyst, without a collecting-system segment and with one
+label for both kidneys. Each case's kidney label is split into its two largest 26-connected
+pieces, named right/left by RAS x (the right kidney has the larger RAS x); smaller pieces are
+dropped. No CT is used (only the segmentations are in the repository), so N and L come from the
+kidney's shape alone (:mod:`lkseg.planning.sinus`). Prints, per tumour, R, E, N, L, the sinus
+source or why N/L are not available.
+
+Usage::
+
+    .venv/bin/python Testing/benchmarks/bench_renal_kits.py FOLDER_WITH_case_*.nii.gz
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from benchutil import environment, print_table  # noqa: E402
+
+
+def _case(path: Path) -> list[dict]:
+    from scipy import ndimage
+
+    from lkseg.io import read_label_map
+    from lkseg.labels import LabelTable
+    from lkseg.planning import PlanOptions, run_plan
+
+    seg = read_label_map(path)
+    arr = np.asarray(seg.array)
+    comps, _ = ndimage.label(arr == 1, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(comps.ravel())[1:]
+    keep = np.argsort(sizes)[::-1][:2] + 1
+    out = np.zeros(arr.shape, np.uint8)
+    out[arr == 2] = 1
+    out[arr == 3] = 4
+    xs = {int(k): seg.grid.index_to_ras(np.argwhere(comps == k).mean(axis=0)[::-1])[0] for k in keep}
+    order = sorted(xs, key=xs.get, reverse=True)  # larger RAS x = patient right
+    for value, k in zip((2, 3), order):
+        out[comps == k] = value
+    table = LabelTable({1: "kidney_tumor", 2: "kidney_right", 3: "kidney_left", 4: "kidney_cyst"})
+    result = run_plan(seg.with_array(out), table, PlanOptions(surfaces=False))
+    rows = []
+    for r in result.renal:
+        rows.append(
+            {
+                "case": path.name.split(".")[0],
+                "tumour": r.tumour,
+                "kidney": r.kidney,
+                "R": r.R,
+                "E": r.E,
+                "N": r.N,
+                "L": r.L,
+                "gap_mm": r.nearness_mm,
+                "notation": r.notation,
+                "note": (r.sinus_source or "")[:40]
+                if r.N is not None
+                else r.notes.get("nearness_mm", "").split(": ")[-1][:110],
+            }
+        )
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder")
+    args = parser.parse_args()
+    print("# bench_renal_kits: R.E.N.A.L. on KiTS23 reference segmentations (no CT)")
+    print("environment:", environment())
+    print("load average (1, 5, 15 min):", os.getloadavg())
+    rows = []
+    for path in sorted(Path(args.folder).glob("case_*.nii.gz")):
+        rows += _case(path)
+    print_table(rows, title="per tumour")
+    scored = [r for r in rows if r["kidney"] is not None]
+    with_nl = [r for r in scored if r["N"] is not None and r["L"] is not None]
+    print(f"tumours {len(rows)}, in a kidney {len(scored)}, N and L computed {len(with_nl)}/{len(scored)}")
+    print("load average after:", os.getloadavg())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Benchmark: R.E.N.A.L. N and L from the geometric renal sinus vs the phantom's exact sinus.
+
+For each phantom seed (default grid, no noise; each phantom has one kidney tumour), three label
+maps of the same phantom are scored with :func:`lkseg.planning.run_plan`:
+
+* truth: kidneys = cortex + medulla, plus the exact ``renal_pelvis`` (pelvis + sinus) segment;
+* parenchyma: kidneys = cortex + medulla, no sinus segment (the sinus is derived from the shape);
+* product: kidneys = cortex + medulla + pelvis (this product's kidney label), no sinus segment;
+* product_ct: as product, with the phantom's CT (portal-venous, 12 HU noise) given to the plan.
+
+Prints N and L of each and the share of tumours whose N and L equal the truth's.
+
+Usage::
+
+    .venv/bin/python Testing/benchmarks/bench_renal_sinus.py [--seeds 10-29]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_couinaud import _seeds  # noqa: E402
+
+from benchutil import environment, print_table  # noqa: E402
+
+MAPS = {
+    "truth": {"kidney_right": ("cortex", "medulla"), "kidney_left": ("cortex", "medulla"), "renal_pelvis": ("pelvis",)},
+    "parenchyma": {"kidney_right": ("cortex", "medulla"), "kidney_left": ("cortex", "medulla")},
+    "product": {"kidney_right": ("cortex", "medulla", "pelvis"), "kidney_left": ("cortex", "medulla", "pelvis")},
+}
+MAPS["product_ct"] = MAPS["product"]
+KINDS = ("parenchyma", "product", "product_ct")
+
+
+def score(seed: int) -> dict:
+    from lkseg.labels import LabelTable
+    from lkseg.phantom import DETAILED, PhantomConfig, generate_phantom
+    from lkseg.planning import PlanOptions, run_plan
+
+    ph = generate_phantom(PhantomConfig(seed=seed, kidney_cyst=False, n_liver_tumors=0))
+    out = {"seed": seed}
+    for kind, parts in MAPS.items():
+        table = {1: "kidney_tumor"}
+        lut = np.zeros(256, np.uint8)
+        lut[DETAILED["kidney_tumor"]] = 1
+        for value, (name, pieces) in enumerate(parts.items(), start=2):
+            table[value] = name
+            for piece in pieces:
+                if name == "renal_pelvis":
+                    lut[DETAILED["kidney_right_pelvis"]] = lut[DETAILED["kidney_left_pelvis"]] = value
+                else:
+                    lut[DETAILED[f"{name}_{piece}"]] = value
+        labels = ph.labels.with_array(lut[ph.labels.array])
+        image = ph.image if kind == "product_ct" else None
+        renal = run_plan(labels, LabelTable(table), PlanOptions(surfaces=False), image=image).renal
+        if renal:
+            r = renal[0]
+            out[kind] = (r.N, r.L, r.nearness_mm, r.sinus_source)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="10-29")
+    args = parser.parse_args()
+    print("# bench_renal_sinus: R.E.N.A.L. N and L from the geometric sinus vs the exact sinus")
+    print("environment:", environment())
+    print("load average (1, 5, 15 min):", os.getloadavg())
+    rows = []
+    for seed in _seeds(args.seeds):
+        r = score(seed)
+        if "truth" not in r:
+            continue
+        row = {"seed": seed, "truth_N": r["truth"][0], "truth_L": r["truth"][1], "truth_gap_mm": r["truth"][2]}
+        for kind in KINDS:
+            n, lv, gap, _src = r.get(kind, (None, None, None, None))
+            row.update({f"{kind}_N": n, f"{kind}_L": lv, f"{kind}_gap_mm": gap})
+        rows.append(row)
+    print_table(rows, title="N and L per phantom kidney tumour")
+    for kind in KINDS:
+        n_ok = sum(r[f"{kind}_N"] == r["truth_N"] for r in rows)
+        l_ok = sum(r[f"{kind}_L"] == r["truth_L"] for r in rows)
+        both = sum(r[f"{kind}_N"] == r["truth_N"] and r[f"{kind}_L"] == r["truth_L"] for r in rows)
+        na = sum(r[f"{kind}_N"] is None for r in rows)
+        print(
+            f"{kind:10s}: N equal {n_ok}/{len(rows)}, L equal {l_ok}/{len(rows)}, both {both}/{len(rows)}, N not available {na}"
+        )
+    print("load average after:", os.getloadavg())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""Couinaud segments: against the phantom's exact segments (from its own vessel anatomy), on an
+axial and a flipped anisotropic grid; segment resections; landmark files; bad input."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from lkseg.errors import InputError
+from lkseg.labels import PRODUCT_LABELS, LabelTable
+from lkseg.phantom import DETAILED, PhantomConfig, direction_from_orientation, generate_phantom
+from lkseg.phantom.couinaud import couinaud_truth, exact_landmarks
+from lkseg.planning import (
+    PRESETS,
+    CouinaudLandmarks,
+    LabelIndex,
+    PlanOptions,
+    Resection,
+    couinaud_segments,
+    parse_segments,
+    propose_landmarks,
+    run_plan,
+)
+from lkseg.volume import Volume
+
+SEED = 6  # a phantom not used to tune the automatic landmarks (seeds 1-5 were)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
+
+
+def per_segment_dice(labels: np.ndarray, truth: np.ndarray) -> list[float]:
+    return [dice(labels == s, truth == s) for s in range(1, 9)]
+
+
+@pytest.fixture(scope="module")
+def axial():
+    ph = generate_phantom(PhantomConfig(seed=SEED, noise_sd=0.0))
+    return ph, couinaud_truth(ph), LabelIndex.build(ph.product_labels(), PRODUCT_LABELS)
+
+
+@pytest.fixture(scope="module")
+def flipped():
+    """Same patient on a RAS-stored, anisotropic grid (i toward the right, j anterior)."""
+    cfg = PhantomConfig(
+        seed=SEED,
+        noise_sd=0.0,
+        size_ijk=(230, 275, 84),
+        spacing=(1.8, 1.5, 3.0),
+        direction=tuple(direction_from_orientation("RAS").reshape(-1)),
+    )
+    ph = generate_phantom(cfg)
+    return ph, couinaud_truth(ph), LabelIndex.build(ph.product_labels(), PRODUCT_LABELS)
+
+
+def test_truth_labels_every_liver_voxel_and_all_segments(axial):
+    ph, truth, _ = axial
+    liver = ph.mask("liver") | ph.mask("liver_tumor")
+    assert np.array_equal(truth.array > 0, liver)
+    assert set(np.unique(truth.array[liver])) == set(range(1, 9))
+
+
+@pytest.mark.parametrize("case", ["axial", "flipped"])
+def test_exact_landmarks_match_the_truth(case, request):
+    ph, truth, index = request.getfixturevalue(case)
+    result = couinaud_segments(index, exact_landmarks(ph))
+    scores = per_segment_dice(result.labels.array, truth.array)
+    assert min(scores) >= 0.85 and np.mean(scores) >= 0.95, np.round(scores, 3)
+    # volumes are voxel counts of the segment map
+    vox = ph.grid.voxel_volume_ml
+    for s in range(1, 9):
+        assert result.volumes_ml[s] == pytest.approx((result.labels.array == s).sum() * vox)
+
+
+def test_same_landmarks_same_anatomy_on_both_grids(axial, flipped):
+    """The RAS landmarks are grid-independent: segment volumes agree across the two grids."""
+    a = couinaud_segments(axial[2], exact_landmarks(axial[0]))
+    b = couinaud_segments(flipped[2], exact_landmarks(axial[0]))
+    for s in (4, 5, 7, 8):  # the large segments: within 3% (different voxel sizes)
+        assert b.volumes_ml[s] == pytest.approx(a.volumes_ml[s], rel=0.03)
+
+
+def test_automatic_landmarks_from_the_vessel_segments(axial):
+    """A phantom where the proposal works (regression guard). On the evaluation seeds 10-19 the
+    automatic proposal reaches mean Dice >= 0.85 on only half of them (its portal bifurcation
+    is 30-50 mm off on the others): Testing/benchmarks/bench_couinaud.py."""
+    ph, truth, index = axial
+    lab = ph.labels.array
+    auto = propose_landmarks(
+        ph.grid, lab == DETAILED["hepatic_vein"], lab == DETAILED["portal_vein"], lab == DETAILED["inferior_vena_cava"]
+    )
+    assert auto.source.startswith("automatic")
+    exact = exact_landmarks(ph)
+    assert np.linalg.norm(np.subtract(auto.portal_bifurcation, exact.portal_bifurcation)) < 10.0
+    scores = per_segment_dice(couinaud_segments(index, auto).labels.array, truth.array)
+    assert np.mean(scores) >= 0.85, np.round(scores, 3)
+
+
+@pytest.mark.parametrize("preset", ["right_hepatectomy", "left_lateral_sectionectomy"])
+def test_segment_resection_flr_within_2_percent_of_truth(axial, preset):
+    ph, truth, _ = axial
+    segs = PRESETS[preset]
+    result = run_plan(
+        ph.product_labels(),
+        PRODUCT_LABELS,
+        PlanOptions(resection=Resection(segments=segs), landmarks=exact_landmarks(ph), surfaces=False),
+    )
+    # truth: parenchyma (product liver, tumours excluded) outside the resected truth segments
+    liver = ph.mask("liver")
+    kept = liver & ~np.isin(truth.array, segs)
+    true_percent = 100.0 * kept.sum() / liver.sum()
+    assert result.flr.flr_percent == pytest.approx(true_percent, abs=2.0)
+    assert result.flr.resection == {"kind": "segments", "segments": list(segs)}
+    info = result.to_dict()["couinaud"]
+    assert [row["resected"] for row in info["segments"]] == [s in segs for s in range(1, 9)]
+    # every liver tumour is placed in the segment holding most of its voxels in the truth map
+    tumours = [les for les in result.lesions if les.structure == "liver_tumor" and les.organ == "liver"]
+    assert tumours
+    for les in tumours:
+        box = tuple(slice(int(o), int(o) + n) for o, n in zip(les.offset, les.mask.shape))
+        true_counts = np.bincount(truth.array[box][les.mask], minlength=9)
+        shares = result.lesion_segments[les.label]
+        assert max(shares, key=shares.get) == int(np.argmax(true_counts))
+        assert sum(shares.values()) == pytest.approx(1.0)
+
+
+def test_segments_and_plane_combine_as_union(axial):
+    ph, _, index = axial
+    from lkseg.planning import ResectionPlane, compute_flr
+
+    cou = couinaud_segments(index, exact_landmarks(ph))
+    pb = exact_landmarks(ph).portal_bifurcation
+    plane = ResectionPlane(tuple(pb), (-1.0, 0.0, 0.0), "positive")  # everything left of the bifurcation
+    only_segments = compute_flr(index, Resection(segments=(6, 7)), couinaud=cou)
+    only_plane = compute_flr(index, Resection(planes=(plane,)), couinaud=cou)
+    both = compute_flr(index, Resection(planes=(plane,), segments=(6, 7)), couinaud=cou)
+    assert both.resected_ml > max(only_segments.resected_ml, only_plane.resected_ml)
+    assert both.resected_ml <= only_segments.resected_ml + only_plane.resected_ml + 1e-6
+    with pytest.raises(InputError, match="needs the segments"):
+        compute_flr(index, Resection(segments=(6, 7)))
+
+
+def test_landmarks_json_and_slicer_markups_round_trip(axial, tmp_path):
+    ph, _, index = axial
+    lm = exact_landmarks(ph)
+    path = lm.save(tmp_path / "lm.json")
+    again = CouinaudLandmarks.load(path)
+    assert again == lm
+    a = couinaud_segments(index, lm).labels.array
+    assert np.array_equal(a, couinaud_segments(index, again).labels.array)  # reproducible from the file
+    # the same points as a Slicer point list in LPS
+    points = [("IVC", p) for p in lm.ivc] + [("PB", lm.portal_bifurcation)]
+    points += [
+        (f"{tag}-{i}", p)
+        for tag, key in (("RHV", "right_hepatic_vein"), ("MHV", "middle_hepatic_vein"), ("LHV", "left_hepatic_vein"))
+        for i, p in enumerate(getattr(lm, key))
+    ]
+    doc = {
+        "markups": [
+            {
+                "type": "Fiducial",
+                "coordinateSystem": "LPS",
+                "controlPoints": [{"label": n, "position": [-p[0], -p[1], p[2]]} for n, p in points],
+            }
+        ]
+    }
+    mrk = tmp_path / "lm.mrk.json"
+    mrk.write_text(json.dumps(doc))
+    from_slicer = CouinaudLandmarks.load(mrk)
+    assert np.allclose(from_slicer.right_hepatic_vein, lm.right_hepatic_vein)
+    assert np.array_equal(a, couinaud_segments(index, from_slicer).labels.array)
+
+
+def test_parse_segments_and_presets():
+    assert parse_segments("5,6,7,8") == (5, 6, 7, 8)
+    assert parse_segments("right-hepatectomy") == (5, 6, 7, 8)
+    assert parse_segments("Left lateral sectionectomy") == (2, 3)
+    assert parse_segments("segmentectomy 7") == (7,)
+    assert parse_segments("segmentectomy:3") == (3,)
+    for bad in ("9", "0,1", "hepatectomy", ""):
+        with pytest.raises(InputError):
+            parse_segments(bad)
+
+
+# -- bad input ---------------------------------------------------------------------------------
+def test_swapped_hepatic_veins_are_refused(axial):
+    ph, _, index = axial
+    lm = exact_landmarks(ph)
+    swapped = replace(lm, right_hepatic_vein=lm.left_hepatic_vein, left_hepatic_vein=lm.right_hepatic_vein)
+    with pytest.raises(InputError, match="contradictory hepatic vein landmarks"):
+        couinaud_segments(index, swapped)
+
+
+def test_landmark_outside_the_liver_is_refused(axial):
+    ph, _, index = axial
+    lm = exact_landmarks(ph)
+    far = [*lm.middle_hepatic_vein[:-1], tuple(np.add(lm.middle_hepatic_vein[-1], (0.0, 120.0, 0.0)))]
+    with pytest.raises(InputError, match="outside the liver"):
+        couinaud_segments(index, replace(lm, middle_hepatic_vein=far))
+    # a whole landmark file in LPS read as RAS (x and y negated) is refused, not mis-labelled
+    flip = CouinaudLandmarks.from_dict({**lm.to_dict(), "coordinate_system": "LPS"})
+    with pytest.raises(InputError, match=r"outside the liver|contradictory"):
+        couinaud_segments(index, flip)
+
+
+def test_portal_plane_above_the_liver_is_refused(axial):
+    ph, _, index = axial
+    lm = exact_landmarks(ph)
+    liver = np.argwhere(ph.mask("liver"))
+    top = ph.grid.index_to_ras(liver[np.argmax(liver[:, 0])][::-1].astype(float))
+    with pytest.raises(InputError, match="portal plane"):
+        couinaud_segments(index, replace(lm, portal_bifurcation=(top[0], top[1], top[2] + 5.0)))
+
+
+def test_missing_landmarks_and_vein_near_ivc_only():
+    with pytest.raises(InputError, match="missing: portal_bifurcation"):
+        CouinaudLandmarks.from_dict(
+            {
+                "ivc": [[0, 0, 0]],
+                "right_hepatic_vein": [[1, 0, 0]],
+                "middle_hepatic_vein": [[0, 1, 0]],
+                "left_hepatic_vein": [[-1, 0, 0]],
+            }
+        )
+    lm = CouinaudLandmarks(((0, 0, 0), (0, 0, 50)), (0, 20, 0), ((3, 0, 10),), ((0, 30, 10),), ((-30, 5, 10),))
+    arr = np.zeros((30, 30, 30), np.uint8)
+    arr[5:25, 5:25, 5:25] = 1
+    index = LabelIndex.build(
+        Volume.from_array(arr, spacing=(3.0, 3.0, 3.0), origin=(30.0, 30.0, -20.0)), LabelTable({1: "liver"})
+    )
+    with pytest.raises(InputError, match="right hepatic vein landmarks all lie within"):
+        couinaud_segments(index, lm)
+
+
+def test_liver_in_two_pieces_is_refused(axial):
+    ph, _, _ = axial
+    arr = ph.product_labels().array.copy()
+    liver_value = PRODUCT_LABELS.value_of("liver")
+    spleen = arr == PRODUCT_LABELS.value_of("spleen")
+    arr[spleen] = liver_value  # a second, separate "liver" piece of spleen size
+    index = LabelIndex.build(ph.labels.with_array(arr), PRODUCT_LABELS)
+    with pytest.raises(InputError, match="2 separate pieces"):
+        couinaud_segments(index, exact_landmarks(ph))
+
+
+def test_plan_command_with_landmarks_and_resect(axial, tmp_path, capsys):
+    from lkseg.cli.main import main
+    from lkseg.io import read_label_map, write_label_map
+
+    ph, truth, _ = axial
+    labels = write_label_map(ph.product_labels(), tmp_path / "labels.nii.gz")
+    lm = exact_landmarks(ph).save(tmp_path / "landmarks.json")
+    out = tmp_path / "out"
+    args = ["plan", str(labels), "-o", str(out), "--landmarks", str(lm), "--resect", "right_hepatectomy"]
+    code = main([*args, "--no-surfaces", "--reports", "json,csv,html", "--json"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())["result"]
+    assert report["flr"]["resection"] == {"kind": "segments", "segments": [5, 6, 7, 8]}
+    assert [row["segment"] for row in report["couinaud"]["segments"]] == list(range(1, 9))
+    assert "Couinaud segments" in (out / "report.html").read_text()
+    assert "couinaud_segment" in (out / "report.csv").read_text()
+    # the written segment map and landmarks reproduce the assignment
+    seg = read_label_map(out / "couinaud_segments.nii.gz")
+    assert per_segment_dice(seg.array, truth.array) == pytest.approx(
+        per_segment_dice(
+            couinaud_segments(LabelIndex.build(ph.product_labels(), PRODUCT_LABELS), exact_landmarks(ph)).labels.array,
+            truth.array,
+        )
+    )
+    assert CouinaudLandmarks.load(out / "couinaud_landmarks.json") == CouinaudLandmarks.load(lm)
+    # --resect without landmarks: a clear error, nothing written
+    bad = tmp_path / "bad"
+    assert main(["plan", str(labels), "-o", str(bad), "--resect", "5,6,7,8", "--no-surfaces"]) != 0
+    assert "--landmarks" in capsys.readouterr().err and not bad.exists()
+
+
+def test_run_plan_proposes_landmarks_from_vessel_segments(axial):
+    ph, truth, _ = axial
+    lab = ph.labels.array
+    arr = ph.product_labels().array.copy()
+    arr[lab == DETAILED["hepatic_vein"]] = 20
+    arr[lab == DETAILED["portal_vein"]] = 21
+    arr[lab == DETAILED["inferior_vena_cava"]] = 22
+    table = LabelTable(
+        {**dict(PRODUCT_LABELS.items()), 20: "hepatic_vein", 21: "portal_vein", 22: "inferior_vena_cava"}
+    )
+    result = run_plan(ph.labels.with_array(arr), table, PlanOptions(auto_landmarks=True, surfaces=False))
+    assert result.couinaud.landmarks.source.startswith("automatic: IVC")
+    # the vessels, labelled separately, are part of the liver region that gets segments
+    assert np.mean(per_segment_dice(result.couinaud.labels.array, truth.array)) >= 0.85
+    with pytest.raises(InputError, match="need hepatic_vein and portal_vein"):
+        run_plan(ph.product_labels(), PRODUCT_LABELS, PlanOptions(auto_landmarks=True, surfaces=False))
