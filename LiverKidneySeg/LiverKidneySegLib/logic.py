@@ -23,6 +23,7 @@ import numpy as np
 
 from LiverKidneySegLib.autoseg import SegmentationJob, SegmentOptions
 from LiverKidneySegLib.batch import BatchJob, summaryTable
+from LiverKidneySegLib.couinaud import CouinaudLogicMixin
 from LiverKidneySegLib.history import EditHistory
 from LiverKidneySegLib.markups import (
     SlicePrompts,
@@ -83,7 +84,7 @@ class PendingEdit:
         return self.result
 
 
-class LiverKidneySegLogicBase:
+class LiverKidneySegLogicBase(CouinaudLogicMixin):
     """Automatic segmentation, refinement, undo/redo, surfaces, models and tables.
 
     Args:
@@ -105,6 +106,8 @@ class LiverKidneySegLogicBase:
         #: None: everywhere. Only the edited segment is ever written.
         self.editRules = None
         self._tasks = None  # planning/report worker thread (created on first use)
+        #: the segmentation node the last :meth:`plan` wrote Couinaud segments into
+        self.lastCouinaudSegmentation = None
 
     # -- plumbing -----------------------------------------------------------------------------
     @property
@@ -546,11 +549,16 @@ class LiverKidneySegLogicBase:
         weightKg: float | None = None,
         resectionPlaneNode=None,
         resectionSegmentName: str | None = None,
+        resectSegments=None,
+        landmarksNode=None,
+        autoLandmarks: bool = False,
+        couinaudSegmentationNode=None,
         tableNode=None,
         waitForCompletion: bool = True,
         progressCallback: Callable[[float, str], None] | None = None,
     ):
-        """Volumes, lesions, tumour burden, FLR (with a resection plane or segment), R.E.N.A.L.
+        """Volumes, lesions, tumour burden, Couinaud segments, FLR (with a resection plane, a
+        resection segment and/or Couinaud segments), R.E.N.A.L.
 
         The nodes are read on the calling (main) thread; the measurements run on a worker thread,
         so the GUI stays responsive; the table is written by ``finish()`` on the main thread.
@@ -560,6 +568,15 @@ class LiverKidneySegLogicBase:
             heightCm, weightKg: patient size for the BSA-standardised FLR (None = unknown).
             resectionPlaneNode: markups plane; the side its normal points to is resected.
             resectionSegmentName: or a segment whose voxels are resected.
+            resectSegments: Couinaud segments to resect ("5,6,7,8", a preset such as
+                "right_hepatectomy", "segmentectomy 7", or ints); with a plane, their union.
+            landmarksNode: point list of Couinaud landmarks (labels IVC, PB, RHV-n, MHV-n,
+                LHV-n); with it the liver is labelled with segments 1-8.
+            autoLandmarks: without ``landmarksNode``, propose the landmarks from the
+                hepatic_vein/portal_vein(/inferior_vena_cava) segments.
+            couinaudSegmentationNode: where the Couinaud segments go (created as
+                "<segmentation> Couinaud" when None and segments were computed; also kept in
+                :attr:`lastCouinaudSegmentation`).
             tableNode: table to fill (created when None).
             waitForCompletion: when False, returns a :class:`PendingEdit` (``done()``, ``cancel()``,
                 ``finish()`` -> ``(result, table)``) to poll from a timer.
@@ -573,7 +590,15 @@ class LiverKidneySegLogicBase:
         from lkseg.planning import run_plan
         from lkseg.progress import CancelToken
 
-        inputs = PlanInputs(heightCm, weightKg, resectionPlaneNode, resectionSegmentName)
+        inputs = PlanInputs(
+            heightCm,
+            weightKg,
+            resectionPlaneNode,
+            resectionSegmentName,
+            resectSegments=resectSegments,
+            landmarksNode=landmarksNode,
+            autoLandmarks=autoLandmarks,
+        )
         labels, table, options, image = preparePlan(volumeNode, segmentationNode, inputs)
         cancel = CancelToken()
         units = {
@@ -589,6 +614,10 @@ class LiverKidneySegLogicBase:
             return run_plan(labels, table, options, image=image, progress=progressCallback, cancel=cancel)
 
         def apply(result):
+            if result.couinaud is not None:
+                self.lastCouinaudSegmentation = self._writeCouinaud(
+                    result, segmentationNode, volumeNode, couinaudSegmentationNode
+                )
             return result, tableFromRows(planRows(result), tableNode, scene=self.scene, name=name, units=units)
 
         pending = self._background(compute, apply, cancel)
@@ -604,10 +633,14 @@ class LiverKidneySegLogicBase:
         weightKg: float | None = None,
         resectionPlaneNode=None,
         resectionSegmentName: str | None = None,
+        resectSegments=None,
+        landmarksNode=None,
+        autoLandmarks: bool = False,
         waitForCompletion: bool = True,
         progressCallback: Callable[[float, str], None] | None = None,
     ):
         """Plan and write the JSON, CSV and HTML reports into ``folder``; returns the HTML path.
+        The arguments are :meth:`plan`'s (the landmarks used are saved in the JSON report).
 
         Planning, 3D surfaces and rendering run on a worker thread (the nodes are read first, on
         the calling thread). ``waitForCompletion=False`` returns a :class:`PendingEdit` whose
@@ -617,7 +650,16 @@ class LiverKidneySegLogicBase:
         from lkseg.planning import run_plan
         from lkseg.progress import CancelToken
 
-        inputs = PlanInputs(heightCm, weightKg, resectionPlaneNode, resectionSegmentName, surfaces=True)
+        inputs = PlanInputs(
+            heightCm,
+            weightKg,
+            resectionPlaneNode,
+            resectionSegmentName,
+            surfaces=True,
+            resectSegments=resectSegments,
+            landmarksNode=landmarksNode,
+            autoLandmarks=autoLandmarks,
+        )
         labels, table, options, image = preparePlan(volumeNode, segmentationNode, inputs)
         stem = f"{segmentationNode.GetName()}_report".replace(" ", "_")
         cancel = CancelToken()

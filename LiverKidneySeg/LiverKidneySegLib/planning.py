@@ -1,15 +1,17 @@
-"""Surgical planning from MRML nodes: segmentation + CT + resection (plane or segment) -> the
-core's :func:`lkseg.planning.run_plan`, its rows as a table node, and the core's reports.
+"""Surgical planning from MRML nodes: segmentation + CT + resection (plane, segment and/or
+Couinaud segments) + Couinaud landmarks -> the core's :func:`lkseg.planning.run_plan`, its rows as
+a table node, and the core's reports.
 
 Coordinates: the core plans in the **volume's own RAS** (its ``IJKToRAS``); a resection plane
-placed in world coordinates is brought into that frame through the inverse of the volume's parent
-transform (points with its inverse, the normal with its transpose, so that scaling and shear
-parent transforms keep the plane). Volumes are mL, lengths mm.
+and Couinaud landmark points placed in world coordinates are brought into that frame through the
+inverse of the volume's parent transform (points with its inverse, the normal with its transpose,
+so that scaling and shear parent transforms keep the plane). Volumes are mL, lengths mm.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,15 @@ from LiverKidneySegLib.segmentations import findSegmentId, segmentationToLabelMa
 from LiverKidneySegLib.volumes import parentTransformMatrix, volumeFromNode
 from lkseg.errors import InputError
 
-__all__ = ["PlanInputs", "planCase", "planRows", "preparePlan", "resectionFromNodes", "writeReport"]
+__all__ = [
+    "PlanInputs",
+    "landmarksFromInputs",
+    "planCase",
+    "planRows",
+    "preparePlan",
+    "resectionFromNodes",
+    "writeReport",
+]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +43,13 @@ class PlanInputs:
         resectionPlaneNode: a ``vtkMRMLMarkupsPlaneNode``; the side its normal points to is resected.
         resectionSegmentName: a segment whose voxels are resected (instead of a plane).
         surfaces: build 3D surfaces in the core (mesh-volume cross-check, report picture).
+        resectSegments: Couinaud segments to resect: ``"5,6,7,8"``, a preset name
+            (``"right_hepatectomy"``, see :data:`lkseg.planning.PRESETS`), ``"segmentectomy 7"``
+            or a sequence of ints; with a resection plane, the union of both is resected.
+        landmarksNode: a point list of Couinaud landmarks (labels IVC, PB, RHV, MHV, LHV; world
+            RAS); unplaced points are ignored. With landmarks the liver is labelled 1-8.
+        autoLandmarks: when no landmarks node is given, propose them from the segmentation's
+            hepatic_vein / portal_vein (/ inferior_vena_cava) segments.
     """
 
     heightCm: float | None = None
@@ -40,6 +57,41 @@ class PlanInputs:
     resectionPlaneNode: object | None = None
     resectionSegmentName: str | None = None
     surfaces: bool = False
+    resectSegments: object | None = None
+    landmarksNode: object | None = None
+    autoLandmarks: bool = False
+
+
+#: Names of the segments :func:`LiverKidneySegLib.couinaud.couinaudToSegmentation` writes: they are
+#: planning results, never organs of the label map planned on.
+COUINAUD_SEGMENT_NAME = re.compile(r"^Couinaud [1-8] \(")
+
+
+def _couinaudSegments(value) -> tuple[int, ...]:
+    from lkseg.planning import parse_segments
+
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return ()
+    if isinstance(value, str):
+        return parse_segments(value)
+    return tuple(int(v) for v in value)
+
+
+def landmarksFromInputs(volumeNode, inputs: PlanInputs):
+    """The inputs' Couinaud landmarks in the volume's own RAS (None when no point list is given).
+
+    Raises:
+        InputError: the point list has no placed landmark, or a missing/unlabelled landmark.
+    """
+    from LiverKidneySegLib.couinaud import landmarksFromMarkups, transformLandmarks
+
+    node = inputs.landmarksNode
+    if node is None:
+        return None
+    if node.GetNumberOfDefinedControlPoints() == 0:
+        raise InputError(f"the Couinaud landmark list '{node.GetName()}' has no placed point yet")
+    world = landmarksFromMarkups(node)
+    return transformLandmarks(world, np.linalg.inv(parentTransformMatrix(volumeNode)))
 
 
 def resectionFromNodes(volumeNode, segmentationNode, inputs: PlanInputs, grid):
@@ -49,6 +101,9 @@ def resectionFromNodes(volumeNode, segmentationNode, inputs: PlanInputs, grid):
 
     if inputs.resectionPlaneNode is not None and inputs.resectionSegmentName:
         raise InputError("give either a resection plane or a resection segment, not both")
+    segments = _couinaudSegments(inputs.resectSegments)
+    if segments and inputs.resectionSegmentName:
+        raise InputError("give either Couinaud segments or a resection segment, not both")
     if inputs.resectionPlaneNode is not None:
         plane = inputs.resectionPlaneNode
         if plane.GetNumberOfDefinedControlPoints() < 3 and not plane.GetIsPlaneValid():
@@ -62,7 +117,9 @@ def resectionFromNodes(volumeNode, segmentationNode, inputs: PlanInputs, grid):
         # scaling or shear parent transform the world-to-local matrix itself would tilt the plane
         direction = localToWorld[:3, :3].T @ np.asarray(normal)
         direction = direction / np.linalg.norm(direction)
-        return Resection(planes=(ResectionPlane(tuple(point), tuple(direction)),))
+        return Resection(planes=(ResectionPlane(tuple(point), tuple(direction)),), segments=segments)
+    if segments:
+        return Resection(segments=segments)
     if inputs.resectionSegmentName:
         segmentId = findSegmentId(segmentationNode, inputs.resectionSegmentName)
         if segmentId is None:
@@ -99,12 +156,19 @@ def preparePlan(volumeNode, segmentationNode, inputs: PlanInputs | None = None):
     image = volumeFromNode(volumeNode)
     segmentation = segmentationNode.GetSegmentation()
     resectionId = findSegmentId(segmentationNode, inputs.resectionSegmentName) if inputs.resectionSegmentName else None
-    ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    ids = [
+        segmentation.GetNthSegmentID(i)
+        for i in range(segmentation.GetNumberOfSegments())
+        if not COUINAUD_SEGMENT_NAME.match(segmentation.GetNthSegment(i).GetName())
+    ]
     labels, table = segmentationToLabelMap(segmentationNode, image.grid, [s for s in ids if s != resectionId])
+    landmarks = landmarksFromInputs(volumeNode, inputs)
     options = PlanOptions(
         resection=resectionFromNodes(volumeNode, segmentationNode, inputs, image.grid),
         patient=Patient(inputs.heightCm or None, inputs.weightKg or None),
         surfaces=inputs.surfaces,
+        landmarks=landmarks,
+        auto_landmarks=bool(inputs.autoLandmarks) and landmarks is None,
     )
     return labels, table, options, image
 
