@@ -114,6 +114,15 @@ def test_segment_resection_from_a_point_list_matches_truth_and_core(headless_sli
     again, _ = logic.plan(ct, seg, landmarksNode=points, couinaudSegmentationNode=node, resectSegments="2,3")
     assert node.GetSegmentation().GetNumberOfSegments() == 8
     assert again.flr.to_dict()["resection"]["segments"] == [2, 3]
+    # Couinaud segments written into the organ segmentation itself are results, not organs
+    logic.plan(ct, seg, landmarksNode=points, couinaudSegmentationNode=seg)
+    assert seg.GetSegmentation().GetNumberOfSegments() == 8 + len(result.volumes)
+    third, _ = logic.plan(ct, seg, landmarksNode=points, couinaudSegmentationNode=node)
+    assert sorted(third.volumes) == sorted(result.volumes)
+    assert third.volumes["liver"].volume_ml == pytest.approx(result.volumes["liver"].volume_ml, rel=1e-12)
+    for s in range(1, 9):
+        seg.GetSegmentation().RemoveSegment(f"couinaud_{s}")
+    assert seg.GetSegmentation().GetNumberOfSegments() == len(result.volumes)
     scene.RemoveNode(points)
 
 
