@@ -260,3 +260,50 @@ def test_bad_landmark_input_is_refused_clearly(headless_slicer, case):
         logic.plan(ct, seg, landmarksNode=template)
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == before  # nothing written
     scene.RemoveNode(template)
+
+
+def test_module_planning_choices_to_logic_arguments(headless_slicer, case):
+    """What the module's planning widgets turn into (``planArguments``, used by the widget), run
+    through the Logic: a Couinaud preset resects the preset's segments."""
+    from LiverKidneySegLib.couinaud import hasVesselSegments, landmarksToMarkups, landmarkTemplate
+    from LiverKidneySegLib.logic import LiverKidneySegLogicBase
+    from LiverKidneySegLib.planning import planArguments, presetChoices
+    from lkseg.planning import PRESETS
+
+    ph, ct, seg, vessels, labels, _ = case
+    scene = headless_slicer.scene
+    assert not hasVesselSegments(seg) and hasVesselSegments(vessels)
+    choices = dict((label.split(" (")[0], text) for label, text in presetChoices())
+    assert choices["Right hepatectomy"] == "5,6,7,8" and choices["Left lateral sectionectomy"] == "2,3"
+    assert len(choices) == len(PRESETS)
+    template = landmarkTemplate(scene=scene)
+    plane = scene.AddNewNodeByClass("vtkMRMLMarkupsPlaneNode")
+    # an unplaced landmark list does not block plane planning; the other modes' choices are ignored
+    args = planArguments(
+        "plane", resectionPlaneNode=plane, resectionSegmentName="Liver", couinaudResection="2,3", landmarksNode=template
+    )
+    assert args["resectionPlaneNode"] is plane and args["landmarksNode"] is None
+    assert args["resectionSegmentName"] is None and args["resectSegments"] is None and not args["autoLandmarks"]
+    args = planArguments("segment", resectionPlaneNode=plane, resectionSegmentName="Liver", heightCm=0.0)
+    assert args["resectionSegmentName"] == "Liver" and args["resectionPlaneNode"] is None and args["heightCm"] is None
+    with pytest.raises(InputError, match="Couinaud segments to resect"):
+        planArguments("couinaud", couinaudResection="  ")
+    # Couinaud mode: an unplaced list is passed on (and refused by the Logic with a clear message)
+    assert planArguments("couinaud", couinaudResection="2,3", landmarksNode=template)["landmarksNode"] is template
+    # no list, vessel segments present: proposed automatically
+    args = planArguments("couinaud", couinaudResection=choices["Left lateral sectionectomy"], vesselsPresent=True)
+    assert args["autoLandmarks"] and args["landmarksNode"] is None
+    logic = LiverKidneySegLogicBase(scene)
+    result, _ = logic.plan(ct, vessels, **args)
+    assert result.flr.to_dict()["resection"]["segments"] == [2, 3]
+    # liver parenchyma of the label map planned on (the vessel segments are not liver) in segments 2-3
+    parenchyma = np.asarray(labels.array) == PRODUCT_LABELS.value_of("liver")
+    inside = np.isin(np.asarray(result.couinaud.labels.array), [2, 3]) & parenchyma
+    resected = inside.sum() * ph.grid.voxel_volume_ml
+    assert result.flr.resected_ml == pytest.approx(resected, rel=0.02)
+    # placed landmarks in Couinaud mode are used as given
+    points = landmarksToMarkups(exact_landmarks(ph), scene=scene)
+    args = planArguments("couinaud", couinaudResection="7", landmarksNode=points, vesselsPresent=True)
+    assert args["landmarksNode"] is points and not args["autoLandmarks"]
+    for node in (template, plane, points):
+        scene.RemoveNode(node)

@@ -234,13 +234,12 @@ class RefinePlanWidgetMixin:
     # -- Couinaud landmarks and segment resections ---------------------------------------------------
     def _setupCouinaud(self) -> None:
         """Preset combo, landmark point list widget, New/Propose buttons (called from setup)."""
-        from lkseg.planning import PRESETS
+        from LiverKidneySegLib.planning import presetChoices
 
         combo = self.ui.couinaudPresetComboBox
         combo.addItem(_("Preset..."), "")
-        for key, segments in PRESETS.items():
-            label = key.replace("_", " ").capitalize()
-            combo.addItem(f"{label} ({','.join(map(str, segments))})", key)
+        for label, segments in presetChoices():
+            combo.addItem(label, segments)
         combo.connect("activated(int)", self.onCouinaudPreset)
         selector = self.ui.couinaudLandmarksWidget.markupsSelectorComboBox()
         selector.nodeTypes = ["vtkMRMLMarkupsFiducialNode"]
@@ -269,11 +268,9 @@ class RefinePlanWidgetMixin:
         return bool(pn and hasVesselSegments(pn.outputSegmentation))
 
     def onCouinaudPreset(self, index: int) -> None:
-        from lkseg.planning import PRESETS
-
-        key = self.ui.couinaudPresetComboBox.itemData(index)
-        if key and self._parameterNode is not None:
-            self._parameterNode.couinaudResection = ",".join(map(str, PRESETS[key]))
+        segments = self.ui.couinaudPresetComboBox.itemData(index)
+        if segments and self._parameterNode is not None:
+            self._parameterNode.couinaudResection = segments
             self._parameterNode.resectionMode = "couinaud"
 
     def onNewLandmarks(self) -> None:
@@ -311,24 +308,19 @@ class RefinePlanWidgetMixin:
 
     # -- planning and export (planning and the report run on a worker thread) ------------------------
     def _planArgs(self) -> dict:
+        from LiverKidneySegLib.planning import planArguments
+
         pn = self._parameterNode
-        mode = pn.resectionMode
-        if mode == "couinaud" and not pn.couinaudResection.strip():
-            raise ValueError(_("Enter the Couinaud segments to resect (e.g. 5,6,7,8) or choose a preset."))
-        landmarks = pn.couinaudLandmarks
-        if landmarks is not None and landmarks.GetNumberOfDefinedControlPoints() == 0 and mode != "couinaud":
-            landmarks = None  # an unplaced landmark list does not block plane/segment planning
-        return {
-            "heightCm": pn.patientHeight or None,
-            "weightKg": pn.patientWeight or None,
-            "resectionPlaneNode": pn.resectionPlane if mode == "plane" else None,
-            "resectionSegmentName": (pn.resectionSegment or self.ui.resectionSegmentComboBox.currentData)
-            if mode == "segment"
-            else None,
-            "resectSegments": pn.couinaudResection if mode == "couinaud" else None,
-            "landmarksNode": landmarks,
-            "autoLandmarks": mode == "couinaud" and landmarks is None and self._vesselsPresent(),
-        }
+        return planArguments(
+            pn.resectionMode,
+            heightCm=pn.patientHeight,
+            weightKg=pn.patientWeight,
+            resectionPlaneNode=pn.resectionPlane,
+            resectionSegmentName=pn.resectionSegment or self.ui.resectionSegmentComboBox.currentData,
+            couinaudResection=pn.couinaudResection,
+            landmarksNode=pn.couinaudLandmarks,
+            vesselsPresent=self._vesselsPresent(),
+        )
 
     def _exportFolder(self) -> pathlib.Path:
         folder = str(self._parameterNode.exportFolder or "")

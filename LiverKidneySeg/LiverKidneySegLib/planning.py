@@ -24,9 +24,11 @@ from lkseg.errors import InputError
 __all__ = [
     "PlanInputs",
     "landmarksFromInputs",
+    "planArguments",
     "planCase",
     "planRows",
     "preparePlan",
+    "presetChoices",
     "resectionFromNodes",
     "writeReport",
 ]
@@ -75,6 +77,56 @@ def _couinaudSegments(value) -> tuple[int, ...]:
     if isinstance(value, str):
         return parse_segments(value)
     return tuple(int(v) for v in value)
+
+
+def planArguments(
+    mode: str,
+    *,
+    heightCm: float | None = None,
+    weightKg: float | None = None,
+    resectionPlaneNode=None,
+    resectionSegmentName: str | None = None,
+    couinaudResection: str = "",
+    landmarksNode=None,
+    vesselsPresent: bool = False,
+) -> dict:
+    """The keyword arguments of the Logic's ``plan`` / ``saveReport`` for the module's planning
+    choices (``mode``: "plane", "segment" or "couinaud"; the other choices are ignored).
+
+    * Landmarks are used in every mode (they add the Couinaud segments and per-segment volumes);
+      a list with no placed point is ignored except in "couinaud" mode (where it is an error).
+    * In "couinaud" mode without landmarks they are proposed from vessel segments when present.
+
+    Raises:
+        InputError: unknown mode; "couinaud" mode with no segments given.
+    """
+    if mode not in ("plane", "segment", "couinaud"):
+        raise InputError(f"unknown resection mode {mode!r}")
+    if mode == "couinaud" and not (couinaudResection or "").strip():
+        raise InputError("enter the Couinaud segments to resect (e.g. 5,6,7,8) or choose a preset")
+    if landmarksNode is not None and landmarksNode.GetNumberOfDefinedControlPoints() == 0 and mode != "couinaud":
+        landmarksNode = None  # an unplaced landmark list does not block plane/segment planning
+    return {
+        "heightCm": heightCm or None,
+        "weightKg": weightKg or None,
+        "resectionPlaneNode": resectionPlaneNode if mode == "plane" else None,
+        "resectionSegmentName": (resectionSegmentName or None) if mode == "segment" else None,
+        "resectSegments": couinaudResection if mode == "couinaud" else None,
+        "landmarksNode": landmarksNode,
+        "autoLandmarks": mode == "couinaud" and landmarksNode is None and vesselsPresent,
+    }
+
+
+def presetChoices() -> list[tuple[str, str]]:
+    """``(label, segments)`` of the named Couinaud resections, e.g.
+    ``("Right hepatectomy (5,6,7,8)", "5,6,7,8")``."""
+    from lkseg.planning import PRESETS
+
+    out = []
+    for key, segments in PRESETS.items():
+        text = ",".join(map(str, segments))
+        out.append((f"{key.replace('_', ' ').capitalize()} ({text})", text))
+    return out
 
 
 def landmarksFromInputs(volumeNode, inputs: PlanInputs):
