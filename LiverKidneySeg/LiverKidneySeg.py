@@ -569,6 +569,8 @@ class LiverKidneySegTest(ScriptedLoadableModuleTest):
         packagesInstalled = not missingRequirements()
         self.setUp()
         self.test_radiologist_flow(packagesInstalled)
+        self.setUp()
+        self.test_couinaud_planning()
         if not packagesInstalled:
             self.delayDisplay("Python packages missing: the tests with the real models are skipped")
             return
@@ -601,6 +603,17 @@ class LiverKidneySegTest(ScriptedLoadableModuleTest):
         finally:
             logic.cleanup()
         self.delayDisplay("Radiologist flow passed")
+
+    def test_couinaud_planning(self):
+        from LiverKidneySegLib.couinaud import checkCouinaudPlanning
+
+        self.delayDisplay("Couinaud landmarks from vessel segments, right hepatectomy by segments")
+        logic = LiverKidneySegLogic()
+        try:
+            outcome = checkCouinaudPlanning(logic, slicer.mrmlScene)
+        finally:
+            logic.cleanup()
+        self.delayDisplay(f"Couinaud Dice {[round(d, 2) for d in outcome['dice']]}, FLR {outcome['flr_percent']:.1f} %")
 
     def test_segment_phantom(self):
         from LiverKidneySegLib.selftest import checkSegmentPhantom, phantomVolumeNode

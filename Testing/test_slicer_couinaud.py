@@ -307,3 +307,18 @@ def test_module_planning_choices_to_logic_arguments(headless_slicer, case):
     assert args["landmarksNode"] is points and not args["autoLandmarks"]
     for node in (template, plane, points):
         scene.RemoveNode(node)
+
+
+def test_module_self_test_check(headless_slicer):
+    """The check the module's *Reload and Test* runs in Slicer (phantom seed 7: proposed landmarks)."""
+    from LiverKidneySegLib.couinaud import checkCouinaudPlanning
+    from LiverKidneySegLib.logic import LiverKidneySegLogicBase
+
+    logic = LiverKidneySegLogicBase(headless_slicer.scene)
+    try:
+        outcome = checkCouinaudPlanning(logic, headless_slicer.scene)
+    finally:
+        logic.cleanup()
+        headless_slicer.clear()
+    assert len(outcome["dice"]) == 8 and min(outcome["dice"]) > 0.5
+    assert outcome["couinaudNode"].GetSegmentation().GetNumberOfSegments() == 8
