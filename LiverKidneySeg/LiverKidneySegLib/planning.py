@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from lkseg.errors import InputError
 
 __all__ = [
     "PlanInputs",
+    "PlanningLogicMixin",
     "landmarksFromInputs",
     "planArguments",
     "planCase",
@@ -238,3 +240,139 @@ def writeReport(result, labels, table, image, folder: str | Path, stem: str = "r
     from lkseg.report import write_report
 
     return write_report(result, folder, labels, table, image=image, stem=stem)
+
+
+class PlanningLogicMixin:
+    """The planning part of the module's Logic (``LiverKidneySegLogicBase``: needs its ``scene``,
+    ``_background`` and ``_writeCouinaud``)."""
+
+    def plan(
+        self,
+        volumeNode,
+        segmentationNode,
+        *,
+        heightCm: float | None = None,
+        weightKg: float | None = None,
+        resectionPlaneNode=None,
+        resectionSegmentName: str | None = None,
+        resectSegments=None,
+        landmarksNode=None,
+        autoLandmarks: bool = False,
+        couinaudSegmentationNode=None,
+        tableNode=None,
+        waitForCompletion: bool = True,
+        progressCallback: Callable[[float, str], None] | None = None,
+    ):
+        """Volumes, lesions, tumour burden, Couinaud segments, FLR (with a resection plane, a
+        resection segment and/or Couinaud segments), R.E.N.A.L.
+
+        The nodes are read on the calling (main) thread; the measurements run on a worker thread,
+        so the GUI stays responsive; the table is written by ``finish()`` on the main thread.
+
+        Args:
+            volumeNode: the CT; segmentationNode: its segmentation (liver, kidneys, tumours...).
+            heightCm, weightKg: patient size for the BSA-standardised FLR (None = unknown).
+            resectionPlaneNode: markups plane; the side its normal points to is resected.
+            resectionSegmentName: or a segment whose voxels are resected.
+            resectSegments: Couinaud segments to resect ("5,6,7,8", a preset such as
+                "right_hepatectomy", "segmentectomy 7", or ints); with a plane, their union.
+            landmarksNode: point list of Couinaud landmarks (labels IVC, PB, RHV-n, MHV-n,
+                LHV-n); with it the liver is labelled with segments 1-8.
+            autoLandmarks: without ``landmarksNode``, propose the landmarks from the
+                hepatic_vein/portal_vein(/inferior_vena_cava) segments.
+            couinaudSegmentationNode: where the Couinaud segments go (created as
+                "<segmentation> Couinaud" when None and segments were computed; also kept in
+                :attr:`lastCouinaudSegmentation`).
+            tableNode: table to fill (created when None).
+            waitForCompletion: when False, returns a :class:`PendingEdit` (``done()``, ``cancel()``,
+                ``finish()`` -> ``(result, table)``) to poll from a timer.
+            progressCallback: ``progress(fraction, message)``, called from the worker thread.
+
+        Returns:
+            ``(result, tableNode)``: the core ``PlanResult`` and the results table (one row per
+            structure, lesion and summary measure; volumes in mL, lengths in mm).
+        """
+        from LiverKidneySegLib.tables import tableFromRows
+        from lkseg.planning import run_plan
+        from lkseg.progress import CancelToken
+
+        inputs = PlanInputs(
+            heightCm,
+            weightKg,
+            resectionPlaneNode,
+            resectionSegmentName,
+            resectSegments=resectSegments,
+            landmarksNode=landmarksNode,
+            autoLandmarks=autoLandmarks,
+        )
+        labels, table, options, image = preparePlan(volumeNode, segmentationNode, inputs)
+        cancel = CancelToken()
+        units = {
+            "volume_ml": "mL",
+            "mesh_volume_ml": "mL",
+            "axial_long_mm": "mm",
+            "axial_short_mm": "mm",
+            "max_3d_diameter_mm": "mm",
+        }
+        name = f"{segmentationNode.GetName()} planning"
+
+        def compute():
+            return run_plan(labels, table, options, image=image, progress=progressCallback, cancel=cancel)
+
+        def apply(result):
+            if result.couinaud is not None:
+                self.lastCouinaudSegmentation = self._writeCouinaud(
+                    result, segmentationNode, volumeNode, couinaudSegmentationNode
+                )
+            return result, tableFromRows(planRows(result), tableNode, scene=self.scene, name=name, units=units)
+
+        pending = self._background(compute, apply, cancel)
+        return pending.finish() if waitForCompletion else pending
+
+    def saveReport(
+        self,
+        volumeNode,
+        segmentationNode,
+        folder: str | Path,
+        *,
+        heightCm: float | None = None,
+        weightKg: float | None = None,
+        resectionPlaneNode=None,
+        resectionSegmentName: str | None = None,
+        resectSegments=None,
+        landmarksNode=None,
+        autoLandmarks: bool = False,
+        waitForCompletion: bool = True,
+        progressCallback: Callable[[float, str], None] | None = None,
+    ):
+        """Plan and write the JSON, CSV and HTML reports into ``folder``; returns the HTML path.
+        The arguments are :meth:`plan`'s (the landmarks used are saved in the JSON report).
+
+        Planning, 3D surfaces and rendering run on a worker thread (the nodes are read first, on
+        the calling thread). ``waitForCompletion=False`` returns a :class:`PendingEdit` whose
+        ``finish()`` returns the path.
+        """
+        from lkseg.planning import run_plan
+        from lkseg.progress import CancelToken
+
+        inputs = PlanInputs(
+            heightCm,
+            weightKg,
+            resectionPlaneNode,
+            resectionSegmentName,
+            surfaces=True,
+            resectSegments=resectSegments,
+            landmarksNode=landmarksNode,
+            autoLandmarks=autoLandmarks,
+        )
+        labels, table, options, image = preparePlan(volumeNode, segmentationNode, inputs)
+        stem = f"{segmentationNode.GetName()}_report".replace(" ", "_")
+        cancel = CancelToken()
+
+        def compute():
+            result = run_plan(labels, table, options, image=image, progress=progressCallback, cancel=cancel)
+            written = writeReport(result, labels, table, image, folder, stem=stem)
+            return written.get("html") or next(iter(written.values()))
+
+        pending = self._background(compute, lambda path: path, cancel)
+        return pending.finish() if waitForCompletion else pending
