@@ -406,6 +406,7 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Re
     def _onSegmentsChanged(self, caller=None, event=None) -> None:
         if self._parameterNode is not None and caller is self._parameterNode.outputSegmentation:
             self._refreshSegmentLists()
+            self._updateButtons()  # "Propose from vessels" follows the vessel segments
 
     def _refreshSegmentLists(self) -> None:
         """Refill the segment pickers when their entries change (signals blocked: no parameter

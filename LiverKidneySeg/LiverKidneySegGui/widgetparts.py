@@ -246,6 +246,8 @@ class RefinePlanWidgetMixin:
         selector.baseName = _("Couinaud landmarks")
         selector.noneEnabled = True
         selector.addEnabled = False  # "New landmark list" creates a labelled list instead
+        # one place click per landmark without re-arming; right-click or Esc stops placing
+        self.ui.couinaudLandmarksWidget.markupsPlaceWidget().placeModePersistency = True
         self.ui.couinaudLandmarksWidget.connect(
             "markupsNodeChanged()",
             lambda: self._setParameter("couinaudLandmarks", self.ui.couinaudLandmarksWidget.currentNode()),
@@ -286,7 +288,8 @@ class RefinePlanWidgetMixin:
             self.ui.couinaudLandmarksWidget.placeActive(True)
             slicer.util.showStatusMessage(
                 _(
-                    "Click IVC-1, IVC-2 (on the IVC), PB (portal bifurcation), then 2 points along each hepatic vein from the IVC outward"
+                    "Click IVC-1, IVC-2 (on the IVC), PB (portal bifurcation), then 2 points along each hepatic vein "
+                    "(right, middle, left) from the IVC outward; right-click to stop"
                 ),
                 8000,
             )
