@@ -42,6 +42,7 @@ PRODUCT_STRUCTURES = ["liver", "liver_tumor", "kidney_right", "kidney_left", "ki
 DEVICES = ["auto", "cpu", "cuda"]
 COMBINE_MODES = ["add", "subtract", "replace"]
 MESH_FORMATS = ["STL", "OBJ"]
+RESECTION_MODES = ["plane", "segment", "couinaud"]
 
 
 def defaultStructures() -> list[str]:
@@ -111,7 +112,10 @@ class LiverKidneySegParameterNode:
     combineMode - how a refinement changes the segment: add, subtract, replace.
     positivePoints / negativePoints / promptBox - the refinement prompts.
     patientHeight / patientWeight - cm / kg, 0 = unknown (for the standardised FLR).
-    resectionMode - "plane" or "segment"; resectionPlane / resectionSegment - the resection.
+    resectionMode - "plane", "segment" or "couinaud"; resectionPlane / resectionSegment /
+        couinaudResection (Couinaud segments "5,6,7,8" or a preset name) - the resection.
+    couinaudLandmarks - point list of Couinaud landmarks (IVC, PB, RHV-n, MHV-n, LHV-n).
+    couinaudSegmentation - where the Couinaud segments are written (None: created on planning).
     resultsTable - planning results.
     exportFolder / exportFormat - where and how models and reports are saved.
     """
@@ -130,9 +134,12 @@ class LiverKidneySegParameterNode:
     promptBox: vtkMRMLMarkupsROINode
     patientHeight: Annotated[float, WithinRange(0.0, 250.0)] = 0.0
     patientWeight: Annotated[float, WithinRange(0.0, 400.0)] = 0.0
-    resectionMode: Annotated[str, Choice(["plane", "segment"])] = "plane"
+    resectionMode: Annotated[str, Choice(RESECTION_MODES)] = "plane"
     resectionPlane: vtkMRMLMarkupsPlaneNode
     resectionSegment: str = ""
+    couinaudResection: str = ""
+    couinaudLandmarks: vtkMRMLMarkupsFiducialNode
+    couinaudSegmentation: vtkMRMLSegmentationNode
     resultsTable: vtkMRMLTableNode
     exportFolder: pathlib.Path
     exportFormat: Annotated[str, Choice(MESH_FORMATS)] = "STL"
@@ -198,9 +205,14 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Re
             combo.connect(
                 "currentIndexChanged(int)", lambda i, c=combo, n=name: self._setParameter(n, c.currentData or "")
             )
-        self.ui.resectionPlaneRadioButton.connect(
-            "toggled(bool)", lambda on: self._setParameter("resectionMode", "plane" if on else "segment")
-        )
+        self._resectionRadios = {
+            "plane": self.ui.resectionPlaneRadioButton,
+            "segment": self.ui.resectionSegmentRadioButton,
+            "couinaud": self.ui.resectionCouinaudRadioButton,
+        }
+        for mode, radio in self._resectionRadios.items():
+            radio.connect("toggled(bool)", lambda on, m=mode: on and self._setParameter("resectionMode", m))
+        self._setupCouinaud()
         for box in self._structureBoxes.values():
             box.connect(
                 "toggled(bool)",
@@ -334,10 +346,11 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Re
                 box.enabled = manifest is None or name in manifest.structures
             self._prefillPatient()
             self._refreshSegmentLists()
-            self.ui.resectionPlaneRadioButton.checked = pn.resectionMode == "plane"
-            self.ui.resectionSegmentRadioButton.checked = pn.resectionMode == "segment"
+            for mode, radio in self._resectionRadios.items():
+                radio.checked = pn.resectionMode == mode
             self.ui.resectionPlaneSelector.enabled = pn.resectionMode == "plane"
             self.ui.resectionSegmentComboBox.enabled = pn.resectionMode == "segment"
+            self._updateCouinaudGui()
             segmentation = pn.outputSegmentation
             for event in (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved):
                 if segmentation is not None and not self.hasObserver(segmentation, event, self._onSegmentsChanged):
@@ -367,6 +380,7 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Re
         self.ui.propagateButton.text = _("Cancel propagation") if propagating else _("Propagate in 3D")
         self.ui.undoButton.enabled = self.logic.canUndo and self._pendingEdit is None and not running
         self.ui.redoButton.enabled = self.logic.canRedo and self._pendingEdit is None and not running
+        self.ui.proposeLandmarksButton.enabled = ready and self._task is None and self._vesselsPresent()
         for button in (
             self.ui.computePlanButton,
             self.ui.createModelsButton,
@@ -392,6 +406,7 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Re
     def _onSegmentsChanged(self, caller=None, event=None) -> None:
         if self._parameterNode is not None and caller is self._parameterNode.outputSegmentation:
             self._refreshSegmentLists()
+            self._updateButtons()  # "Propose from vessels" follows the vessel segments
 
     def _refreshSegmentLists(self) -> None:
         """Refill the segment pickers when their entries change (signals blocked: no parameter
@@ -555,6 +570,8 @@ class LiverKidneySegTest(ScriptedLoadableModuleTest):
         packagesInstalled = not missingRequirements()
         self.setUp()
         self.test_radiologist_flow(packagesInstalled)
+        self.setUp()
+        self.test_couinaud_planning()
         if not packagesInstalled:
             self.delayDisplay("Python packages missing: the tests with the real models are skipped")
             return
@@ -587,6 +604,17 @@ class LiverKidneySegTest(ScriptedLoadableModuleTest):
         finally:
             logic.cleanup()
         self.delayDisplay("Radiologist flow passed")
+
+    def test_couinaud_planning(self):
+        from LiverKidneySegLib.couinaud import checkCouinaudPlanning
+
+        self.delayDisplay("Couinaud landmarks from vessel segments, right hepatectomy by segments")
+        logic = LiverKidneySegLogic()
+        try:
+            outcome = checkCouinaudPlanning(logic, slicer.mrmlScene)
+        finally:
+            logic.cleanup()
+        self.delayDisplay(f"Couinaud Dice {[round(d, 2) for d in outcome['dice']]}, FLR {outcome['flr_percent']:.1f} %")
 
     def test_segment_phantom(self):
         from LiverKidneySegLib.selftest import checkSegmentPhantom, phantomVolumeNode

@@ -231,17 +231,99 @@ class RefinePlanWidgetMixin:
         if (job is None or job.finished) and self._pendingEdit is None and self._task is None:
             self._timer.stop()
 
+    # -- Couinaud landmarks and segment resections ---------------------------------------------------
+    def _setupCouinaud(self) -> None:
+        """Preset combo, landmark point list widget, New/Propose buttons (called from setup)."""
+        from LiverKidneySegLib.planning import presetChoices
+
+        combo = self.ui.couinaudPresetComboBox
+        combo.addItem(_("Preset..."), "")
+        for label, segments in presetChoices():
+            combo.addItem(label, segments)
+        combo.connect("activated(int)", self.onCouinaudPreset)
+        selector = self.ui.couinaudLandmarksWidget.markupsSelectorComboBox()
+        selector.nodeTypes = ["vtkMRMLMarkupsFiducialNode"]
+        selector.baseName = _("Couinaud landmarks")
+        selector.noneEnabled = True
+        selector.addEnabled = False  # "New landmark list" creates a labelled list instead
+        # one place click per landmark without re-arming; right-click or Esc stops placing
+        self.ui.couinaudLandmarksWidget.markupsPlaceWidget().placeModePersistency = True
+        self.ui.couinaudLandmarksWidget.connect(
+            "markupsNodeChanged()",
+            lambda: self._setParameter("couinaudLandmarks", self.ui.couinaudLandmarksWidget.currentNode()),
+        )
+        self.ui.newLandmarksButton.connect("clicked()", self.onNewLandmarks)
+        self.ui.proposeLandmarksButton.connect("clicked()", self.onProposeLandmarks)
+
+    def _updateCouinaudGui(self) -> None:
+        """Called from ``_updateGui`` (signals of the widgets do not write back while it runs)."""
+        pn = self._parameterNode
+        self.ui.couinaudResectionLineEdit.enabled = pn.resectionMode == "couinaud"
+        self.ui.couinaudPresetComboBox.enabled = pn.resectionMode == "couinaud"
+        if self.ui.couinaudLandmarksWidget.currentNode() is not pn.couinaudLandmarks:
+            self.ui.couinaudLandmarksWidget.setCurrentNode(pn.couinaudLandmarks)
+
+    def _vesselsPresent(self) -> bool:
+        from LiverKidneySegLib.couinaud import hasVesselSegments
+
+        pn = self._parameterNode
+        return bool(pn and hasVesselSegments(pn.outputSegmentation))
+
+    def onCouinaudPreset(self, index: int) -> None:
+        segments = self.ui.couinaudPresetComboBox.itemData(index)
+        if segments and self._parameterNode is not None:
+            self._parameterNode.couinaudResection = segments
+            self._parameterNode.resectionMode = "couinaud"
+
+    def onNewLandmarks(self) -> None:
+        """A list of unplaced, labelled landmarks; place mode fills them in order (IVC-1, IVC-2,
+        PB, RHV-1, ...)."""
+        from LiverKidneySegLib.couinaud import landmarkTemplate
+
+        with slicer.util.tryWithErrorDisplay(_("Creating the landmark list failed."), waitCursor=False):
+            node = landmarkTemplate(scene=slicer.mrmlScene, name=_("Couinaud landmarks"))
+            node.CreateDefaultDisplayNodes()
+            self._parameterNode.couinaudLandmarks = node
+            self.ui.couinaudLandmarksWidget.setCurrentNode(node)
+            self.ui.couinaudLandmarksWidget.placeActive(True)
+            slicer.util.showStatusMessage(
+                _(
+                    "Click IVC-1, IVC-2 (on the IVC), PB (portal bifurcation), then 2 points along each hepatic vein "
+                    "(right, middle, left) from the IVC outward; right-click to stop"
+                ),
+                8000,
+            )
+
+    def onProposeLandmarks(self) -> None:
+        """Landmarks proposed from the vessel segments, into the selected point list (or a new one)."""
+        pn = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Proposing Couinaud landmarks failed."), waitCursor=True):
+            node = self.logic.proposeLandmarks(pn.inputVolume, pn.outputSegmentation, pn.couinaudLandmarks)
+            if node.GetDisplayNode() is None:
+                node.CreateDefaultDisplayNodes()
+            pn.couinaudLandmarks = node
+            slicer.util.showStatusMessage(
+                _("Proposed {n} landmark point(s): check them and move any that is off.").format(
+                    n=node.GetNumberOfControlPoints()
+                ),
+                8000,
+            )
+
     # -- planning and export (planning and the report run on a worker thread) ------------------------
     def _planArgs(self) -> dict:
+        from LiverKidneySegLib.planning import planArguments
+
         pn = self._parameterNode
-        return {
-            "heightCm": pn.patientHeight or None,
-            "weightKg": pn.patientWeight or None,
-            "resectionPlaneNode": pn.resectionPlane if pn.resectionMode == "plane" else None,
-            "resectionSegmentName": (pn.resectionSegment or self.ui.resectionSegmentComboBox.currentData)
-            if pn.resectionMode == "segment"
-            else None,
-        }
+        return planArguments(
+            pn.resectionMode,
+            heightCm=pn.patientHeight,
+            weightKg=pn.patientWeight,
+            resectionPlaneNode=pn.resectionPlane,
+            resectionSegmentName=pn.resectionSegment or self.ui.resectionSegmentComboBox.currentData,
+            couinaudResection=pn.couinaudResection,
+            landmarksNode=pn.couinaudLandmarks,
+            vesselsPresent=self._vesselsPresent(),
+        )
 
     def _exportFolder(self) -> pathlib.Path:
         folder = str(self._parameterNode.exportFolder or "")
@@ -274,6 +356,7 @@ class RefinePlanWidgetMixin:
                 pn.inputVolume,
                 pn.outputSegmentation,
                 tableNode=pn.resultsTable,
+                couinaudSegmentationNode=pn.couinaudSegmentation,
                 waitForCompletion=False,
                 progressCallback=self._storeWorkerProgress,
                 **self._planArgs(),
@@ -282,6 +365,8 @@ class RefinePlanWidgetMixin:
             def done(outcome):
                 pn.resultsTable = outcome[1]
                 self.ui.resultsTableView.setMRMLTableNode(outcome[1])
+                if outcome[0].couinaud is not None:
+                    pn.couinaudSegmentation = self.logic.lastCouinaudSegmentation
 
             self._startTask(pending, _("Planning"), done)
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from LiverKidneySegLib.autoseg import SegmentationJob, SegmentOptions
 from LiverKidneySegLib.batch import BatchJob, summaryTable
+from LiverKidneySegLib.couinaud import CouinaudLogicMixin
 from LiverKidneySegLib.history import EditHistory
 from LiverKidneySegLib.markups import (
     SlicePrompts,
@@ -31,6 +32,7 @@ from LiverKidneySegLib.markups import (
     controlPointsWorld,
     slicePrompts,
 )
+from LiverKidneySegLib.planning import PlanningLogicMixin
 from LiverKidneySegLib.refinement import (
     PropagateRequest,
     RefineEngine,
@@ -83,8 +85,10 @@ class PendingEdit:
         return self.result
 
 
-class LiverKidneySegLogicBase:
-    """Automatic segmentation, refinement, undo/redo, surfaces, models and tables.
+class LiverKidneySegLogicBase(PlanningLogicMixin, CouinaudLogicMixin):
+    """Automatic segmentation, refinement, undo/redo, surfaces, models and tables; planning
+    (``plan``, ``saveReport``: :class:`~LiverKidneySegLib.planning.PlanningLogicMixin`) and
+    Couinaud landmarks (:class:`~LiverKidneySegLib.couinaud.CouinaudLogicMixin`).
 
     Args:
         scene: the MRML scene (default ``slicer.mrmlScene``).
@@ -105,6 +109,8 @@ class LiverKidneySegLogicBase:
         #: None: everywhere. Only the edited segment is ever written.
         self.editRules = None
         self._tasks = None  # planning/report worker thread (created on first use)
+        #: the segmentation node the last :meth:`plan` wrote Couinaud segments into
+        self.lastCouinaudSegmentation = None
 
     # -- plumbing -----------------------------------------------------------------------------
     @property
@@ -536,99 +542,6 @@ class LiverKidneySegLogicBase:
         if self._tasks is None:
             self._tasks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lkseg-plan")
         return PendingEdit(self._tasks.submit(fn), apply, cancel)
-
-    def plan(
-        self,
-        volumeNode,
-        segmentationNode,
-        *,
-        heightCm: float | None = None,
-        weightKg: float | None = None,
-        resectionPlaneNode=None,
-        resectionSegmentName: str | None = None,
-        tableNode=None,
-        waitForCompletion: bool = True,
-        progressCallback: Callable[[float, str], None] | None = None,
-    ):
-        """Volumes, lesions, tumour burden, FLR (with a resection plane or segment), R.E.N.A.L.
-
-        The nodes are read on the calling (main) thread; the measurements run on a worker thread,
-        so the GUI stays responsive; the table is written by ``finish()`` on the main thread.
-
-        Args:
-            volumeNode: the CT; segmentationNode: its segmentation (liver, kidneys, tumours...).
-            heightCm, weightKg: patient size for the BSA-standardised FLR (None = unknown).
-            resectionPlaneNode: markups plane; the side its normal points to is resected.
-            resectionSegmentName: or a segment whose voxels are resected.
-            tableNode: table to fill (created when None).
-            waitForCompletion: when False, returns a :class:`PendingEdit` (``done()``, ``cancel()``,
-                ``finish()`` -> ``(result, table)``) to poll from a timer.
-            progressCallback: ``progress(fraction, message)``, called from the worker thread.
-
-        Returns:
-            ``(result, tableNode)``: the core ``PlanResult`` and the results table (one row per
-            structure, lesion and summary measure; volumes in mL, lengths in mm).
-        """
-        from LiverKidneySegLib.planning import PlanInputs, planRows, preparePlan
-        from lkseg.planning import run_plan
-        from lkseg.progress import CancelToken
-
-        inputs = PlanInputs(heightCm, weightKg, resectionPlaneNode, resectionSegmentName)
-        labels, table, options, image = preparePlan(volumeNode, segmentationNode, inputs)
-        cancel = CancelToken()
-        units = {
-            "volume_ml": "mL",
-            "mesh_volume_ml": "mL",
-            "axial_long_mm": "mm",
-            "axial_short_mm": "mm",
-            "max_3d_diameter_mm": "mm",
-        }
-        name = f"{segmentationNode.GetName()} planning"
-
-        def compute():
-            return run_plan(labels, table, options, image=image, progress=progressCallback, cancel=cancel)
-
-        def apply(result):
-            return result, tableFromRows(planRows(result), tableNode, scene=self.scene, name=name, units=units)
-
-        pending = self._background(compute, apply, cancel)
-        return pending.finish() if waitForCompletion else pending
-
-    def saveReport(
-        self,
-        volumeNode,
-        segmentationNode,
-        folder: str | Path,
-        *,
-        heightCm: float | None = None,
-        weightKg: float | None = None,
-        resectionPlaneNode=None,
-        resectionSegmentName: str | None = None,
-        waitForCompletion: bool = True,
-        progressCallback: Callable[[float, str], None] | None = None,
-    ):
-        """Plan and write the JSON, CSV and HTML reports into ``folder``; returns the HTML path.
-
-        Planning, 3D surfaces and rendering run on a worker thread (the nodes are read first, on
-        the calling thread). ``waitForCompletion=False`` returns a :class:`PendingEdit` whose
-        ``finish()`` returns the path.
-        """
-        from LiverKidneySegLib.planning import PlanInputs, preparePlan, writeReport
-        from lkseg.planning import run_plan
-        from lkseg.progress import CancelToken
-
-        inputs = PlanInputs(heightCm, weightKg, resectionPlaneNode, resectionSegmentName, surfaces=True)
-        labels, table, options, image = preparePlan(volumeNode, segmentationNode, inputs)
-        stem = f"{segmentationNode.GetName()}_report".replace(" ", "_")
-        cancel = CancelToken()
-
-        def compute():
-            result = run_plan(labels, table, options, image=image, progress=progressCallback, cancel=cancel)
-            written = writeReport(result, labels, table, image, folder, stem=stem)
-            return written.get("html") or next(iter(written.values()))
-
-        pending = self._background(compute, lambda path: path, cancel)
-        return pending.finish() if waitForCompletion else pending
 
     def cleanup(self) -> None:
         """Cancel running work and stop the refinement and planning worker threads."""
