@@ -38,6 +38,7 @@ __all__ = ["LANDMARK_KEYS", "VEIN_KEYS", "CouinaudLandmarks", "propose_landmarks
 log = logging.getLogger(__name__)
 
 SCHEMA = "lkseg.couinaud.landmarks/1"
+_PEAK_SEP_DEG = 35.0  # min. angle between vein peaks; 25 took side branches for trunks on 2 of seeds 1-9, 20-29
 VEIN_KEYS = ("right_hepatic_vein", "middle_hepatic_vein", "left_hepatic_vein")
 LANDMARK_KEYS = ("ivc", "portal_bifurcation", *VEIN_KEYS)
 _PREFIXES = (
@@ -303,7 +304,7 @@ def _vein_clusters(phi: np.ndarray, weight: np.ndarray) -> np.ndarray:
         if smooth[i] <= 0:
             break
         d = [abs((centres[i] - p + math.pi) % (2 * math.pi) - math.pi) for p in peaks]
-        if all(x > math.radians(25) for x in d):
+        if all(x > math.radians(_PEAK_SEP_DEG) for x in d):
             peaks.append(centres[i])
         if len(peaks) == 3:
             break
