@@ -91,7 +91,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--auto-landmarks",
         action="store_true",
-        help="propose the landmarks from the label map's hepatic_vein and portal_vein segments",
+        help="propose the landmarks from the label map's hepatic_vein, portal_vein and inferior_vena_cava segments "
+        "(all three needed)",
     )
     g.add_argument("--resection-mask", help="label/mask file on the same grid; non-zero voxels are resected")
     g.add_argument("--resection-label", help="segment of the label map that marks the resected part")

@@ -52,7 +52,7 @@ class PlanOptions:
         min_lesion_volume_ml: lesion components smaller than this are skipped (0 = keep all).
         landmarks: Couinaud landmarks (RAS mm): the liver is labelled with segments 1-8.
         auto_landmarks: propose the landmarks from the label map's ``hepatic_vein`` and
-            ``portal_vein`` segments (and ``inferior_vena_cava`` when present) when none are given.
+            ``portal_vein`` and ``inferior_vena_cava`` segments when none are given (refused without an IVC).
     """
 
     resection: Resection | None = None
