@@ -110,6 +110,27 @@ def phantom_case(seed: int):
     return ph.image, wanted, product
 
 
+def diagnose(predictor, ref: np.ndarray, name: str, clicks: int) -> None:
+    """Per axial slice: reference and predicted area (voxels) and slice Dice, after the protocol."""
+    from lkseg.refine import InteractiveSegment
+    from lkseg.refine.evaluation import _box_corners
+
+    slicer = predictor.slicer
+    ref_c = slicer.user_volume_to_canonical(ref)
+    ks = np.flatnonzero(ref_c.any(axis=(1, 2)))
+    mid = (ks[0] + ks[-1]) // 2
+    session = InteractiveSegment(predictor, name, "axial")
+    session.box(slicer.canonical_to_user_slice("axial", mid), _box_corners(slicer, "axial", mid, ref_c[mid]))
+    pred = session._mask
+    rows = []
+    for k in range(ref_c.shape[0]):
+        a, b = int(ref_c[k].sum()), int(pred[k].sum())
+        if a or b:
+            d = 2.0 * int((ref_c[k] & pred[k]).sum()) / (a + b)
+            rows.append(f"{k}:{a}/{b}/{d:.2f}")
+    print(f"  {name} (canonical slice: ref/pred/Dice) start {mid}: " + " ".join(rows))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="example_ct")
@@ -120,6 +141,7 @@ def main(argv=None) -> int:
     ap.add_argument("--embedding-cache", type=Path, help="keep encoder outputs on disk between runs")
     ap.add_argument("--set", action="append", default=[], help="override, e.g. prop.look_ahead=2 or click.roi_mm=20")
     ap.add_argument("--json", type=Path, help="write the results as JSON")
+    ap.add_argument("--diagnose", action="store_true", help="print per-slice areas after the box (clicks 0)")
     args = ap.parse_args(argv)
 
     from lkseg.refine import PredictorConfig, PromptPredictor, simulate_structure
@@ -154,6 +176,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         res = simulate_structure(predictor, ref, name, "axial", args.clicks, follow, **kwargs)
         wall = time.perf_counter() - t0
+        if args.diagnose:
+            diagnose(predictor, ref, name, args.clicks)
         results.append(res)
         steps = " ".join(f"{s.dice:.3f}" for s in res.steps)
         hd = " ".join(f"{s.hd95_mm:.1f}" for s in res.steps)

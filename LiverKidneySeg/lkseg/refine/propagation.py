@@ -11,7 +11,9 @@ box can catch a neighbouring organ), and propagation stops where the structure e
 * it no longer overlaps the previous mask enough (``min_overlap``: shape continuity);
 * its intensity no longer matches the structure: less than ``min_intensity_fraction`` of its
   pixels lie within the HU band of the **last accepted slices** (``band_slices``; the band adapts
-  as contrast changes along the organ);
+  as contrast changes along the organ), or its median HU moved more than ``max_median_shift_hu``
+  away from the median of everything accepted so far in this direction (a slow slide into a
+  neighbour of similar density - bowel below a liver - that an adaptive band alone would follow);
 * where a probability map of the structure is given (the U-Net's), its mean over the new mask
   is below ``min_probability``;
 * the structure would exceed ``max_extent_mm`` from the start slice (a bounded result on
@@ -62,6 +64,9 @@ class PropagationConfig:
         min_probability: stop when the mean probability map over the new mask is below this
             (used only where a probability map is given).
         max_extent_mm: None = per structure from :data:`MAX_EXTENT_MM` (unlimited for others).
+        max_median_shift_hu: stop when the new mask's median HU differs from the median HU of all
+            slices accepted so far (this direction, start slice included) by more than this
+            (None: no limit).
     """
 
     margin_mm: float = 5.5
@@ -75,6 +80,7 @@ class PropagationConfig:
     band_sigmas: float = 2.5
     min_band_hu: float = 40.0
     band_slices: int = 3
+    max_median_shift_hu: float | None = 25.0
     look_ahead: int = 2
     min_probability: float = 0.5
     max_extent_mm: float | None = None
@@ -149,8 +155,11 @@ def stop_reason(
     band: tuple[float, float],
     config: PropagationConfig,
     probability: np.ndarray | None = None,
+    anchor_hu: float | None = None,
 ) -> str:
-    """Why ``mask`` (display frame) is not the structure's continuation of ``prev`` ("" = it is)."""
+    """Why ``mask`` (display frame) is not the structure's continuation of ``prev`` ("" = it is).
+
+    ``anchor_hu``: median HU of the slices accepted so far (for ``max_median_shift_hu``)."""
     row_mm, col_mm = ctx.pixel_mm
     pix_mm2 = row_mm * col_mm
     area = int(mask.sum())
@@ -173,6 +182,10 @@ def stop_reason(
     fraction = float(np.mean((inside >= lo) & (inside <= hi)))
     if fraction < config.min_intensity_fraction:
         return f"structure ended (only {fraction:.0%} of the mask has the structure's intensity)"
+    if anchor_hu is not None and config.max_median_shift_hu is not None:
+        shift = float(np.median(inside)) - anchor_hu
+        if abs(shift) > config.max_median_shift_hu:
+            return f"structure ended (median intensity moved {shift:+.0f} HU from the slices accepted so far)"
     if probability is not None:
         mean_p = float(np.mean(probability[mask]))
         if mean_p < config.min_probability:
@@ -186,16 +199,17 @@ def step_slice(
     band: tuple[float, float],
     config: PropagationConfig,
     probability: np.ndarray | None = None,
+    anchor_hu: float | None = None,
 ) -> tuple[np.ndarray | None, str]:
     """Predict the slice of ``ctx`` from the neighbouring slice mask ``prev`` (display frame).
 
     Returns the new mask, or None and the reason to stop. ``probability``: the structure's
-    probability on this slice (display frame), if known.
+    probability on this slice (display frame), if known; ``anchor_hu``: see :func:`stop_reason`.
     """
     if bbox(prev) is None:
         return None, "empty previous mask"
     mask = predict_next(ctx, prev, config)
-    reason = stop_reason(ctx, mask, prev, band, config, probability)
+    reason = stop_reason(ctx, mask, prev, band, config, probability, anchor_hu)
     return (None, reason) if reason else (mask, "")
 
 
@@ -244,8 +258,7 @@ def propagate_from(
         return None if probability is None else slicer.display_slice(view, s, probability)
 
     for d in directions:
-        recent = deque([(first.hu, start)], maxlen=max(1, config.band_slices))
-        start_band = intensity_band(first.hu, start, config)
+        history = _History(first.hu[start], config)
         prev = start
         steps = 0
         s = c + d
@@ -255,20 +268,12 @@ def propagate_from(
             if batch > 1:
                 ahead = [t for t in range(s, s + d * batch, d) if 0 <= t < n]
                 predictor.precompute(view, ahead, first.window, cancel)
-            band = (
-                start_band
-                if config.band_slices <= 0
-                else intensity_band(
-                    np.concatenate([h[m] for h, m in recent]),
-                    np.ones(sum(int(m.sum()) for _, m in recent), bool),
-                    config,
-                )
-            )
+            band, anchor = history.band(), history.anchor()
             ctx = predictor.slice_context(view, s, structure)
-            mask, reason = step_slice(ctx, prev, band, config, prob2d(s))
+            mask, reason = step_slice(ctx, prev, band, config, prob2d(s), anchor)
             if mask is None:
                 resumed = _look_ahead(
-                    predictor, view, structure, s, d, prev, band, config, prob2d, max_slices, steps, n
+                    predictor, view, structure, s, d, prev, (band, anchor), config, prob2d, max_slices, steps, n
                 )
                 if resumed is None:
                     log.info(
@@ -283,7 +288,7 @@ def propagate_from(
                 done += abs(t - s)
                 s, ctx, mask = t, predictor.slice_context(view, t, structure), mask_t
             slicer.set_display_slice(out, view, s, mask)
-            recent.append((ctx.hu, mask))
+            history.add(ctx.hu[mask])
             prev = mask
             steps += 1
             done += 1
@@ -293,15 +298,43 @@ def propagate_from(
     return out
 
 
-def _look_ahead(predictor, view, structure, s, d, prev, band, config, prob2d, max_slices, steps, n):
+class _History:
+    """HU values of the slices a propagation accepted in one direction (start slice first)."""
+
+    def __init__(self, start_values: np.ndarray, config: PropagationConfig):
+        self.config = config
+        self.start_band = intensity_band(start_values, np.ones(start_values.shape, bool), config)
+        self.recent: deque[np.ndarray] = deque([start_values], maxlen=max(1, config.band_slices))
+        self.all: list[np.ndarray] = [start_values]
+
+    def add(self, values: np.ndarray) -> None:
+        self.recent.append(values)
+        self.all.append(values)
+
+    def band(self) -> tuple[float, float]:
+        """The band of the last ``band_slices`` accepted slices (the start slice's with 0)."""
+        if self.config.band_slices <= 0:
+            return self.start_band
+        values = np.concatenate(list(self.recent))
+        return intensity_band(values, np.ones(values.shape, bool), self.config)
+
+    def anchor(self) -> float | None:
+        """Median HU of everything accepted so far (None when the median-shift rule is off)."""
+        if self.config.max_median_shift_hu is None:
+            return None
+        return float(np.median(np.concatenate(self.all)))
+
+
+def _look_ahead(predictor, view, structure, s, d, prev, band_anchor, config, prob2d, max_slices, steps, n):
     """After slice ``s`` failed: the first of the next ``look_ahead`` slices that passes every
     rule when prompted from ``prev``, as (slice, mask, [(skipped slice, bridge mask)]), or None."""
+    band, anchor = band_anchor
     for k in range(1, config.look_ahead + 1):
         t = s + d * k
         if not 0 <= t < n or (max_slices is not None and steps + k >= max_slices):
             return None
         ctx = predictor.slice_context(view, t, structure)
-        mask, _ = step_slice(ctx, prev, band, config, prob2d(t))
+        mask, _ = step_slice(ctx, prev, band, config, prob2d(t), anchor)
         if mask is None:
             continue
         bridges = []
