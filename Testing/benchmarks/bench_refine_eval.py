@@ -192,6 +192,9 @@ def main(argv=None) -> int:
             print(f"   warning: {w}")
     predictor.close()
     finals = [r.final_dice for r in results]
+    n_steps = min(len(r.steps) for r in results) if results else 0
+    means = [float(np.mean([r.steps[i].dice for r in results])) for i in range(n_steps)]
+    print(f"{args.data} mean Dice per step (box, interactions): " + " ".join(f"{m:.4f}" for m in means))
     print(f"{args.data} mean final Dice {np.mean(finals):.3f}; settings {args.set}; user {args.user or 'default'}")
     if isinstance(engine, DiskCachedEngine):
         print(f"embedding cache: {engine.hits} hits, {engine.misses} encoded")

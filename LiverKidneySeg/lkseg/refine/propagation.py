@@ -58,7 +58,8 @@ class PropagationConfig:
     Attributes:
         band_slices: the HU band is measured on the last this-many accepted slices (1 = the
             previous slice; 0 = the start slice only, the behaviour before the band adapted).
-        look_ahead: slices tried beyond a failed slice before the structure is declared ended.
+        look_ahead: slices tried beyond a failed slice before the structure is declared ended
+            (0 by default: on the selection phantoms a look-ahead of 2 resumed into a neighbour).
         max_area_ratio: stop when the area grows above this multiple of the previous slice's
             (None: no limit) - only once the mask is larger than ``growth_min_mm2``.
         min_probability: stop when the mean probability map over the new mask is below this
@@ -81,7 +82,7 @@ class PropagationConfig:
     min_band_hu: float = 40.0
     band_slices: int = 3
     max_median_shift_hu: float | None = 25.0
-    look_ahead: int = 2
+    look_ahead: int = 0
     min_probability: float = 0.5
     max_extent_mm: float | None = None
     max_growth_mm: float | None = None

@@ -9,8 +9,8 @@ as the U-Net's) and applies prompts to it. Every prompt is a 3D edit:
   never overwrites it); on a slice the mask has, the result replaces the mask on the slices the
   propagation reached.
 * :meth:`~InteractiveSegment.click` - a click edits its slice locally (:mod:`lkseg.refine.clicks`),
-  then **follows its error along every slice where it continues** (no fixed number of slices):
-  the edited region's centre is re-clicked on the next slice while it is still missed (positive)
+  then follows its error into the next slices while it continues there (at most
+  ``FollowConfig.follow_slices`` on each side, 2 by default; None = no bound): the edited region's centre is re-clicked on the next slice while it is still missed (positive)
   / still included (negative), has the structure's intensity (positive), and the edit there stays
   large enough, overlaps the previous slice's edit and does not balloon (``FollowConfig``).
 
@@ -55,7 +55,8 @@ class FollowConfig:
 
     Attributes:
         follow_slices: at most this many slices on each side (None = as long as the error
-            continues; 0 = edit the clicked slice only).
+            continues; 0 = edit the clicked slice only). Default 2: following without a bound was
+            worse on the selection data (example_ct_sm, phantom 102; see README).
         min_edit_mm2: stop when the edit on a slice is smaller than this.
         min_overlap: stop when a slice's edit overlaps the previous slice's edit less than this
             fraction of its own area.
@@ -65,7 +66,7 @@ class FollowConfig:
             ends the structure there (see module docstring); None = never.
     """
 
-    follow_slices: int | None = None
+    follow_slices: int | None = 2
     min_edit_mm2: float = 10.0
     min_overlap: float = 0.2
     max_edit_growth: float = 2.0
