@@ -3,10 +3,10 @@ undo/redo and the simulated user, against an analytic phantom's exact labels.
 
 A *threshold engine* stands in for LiteMedSAM: its decoder outlines the pixels in the prompt box
 whose intensity is within 40 HU of the box centre's (a box-prompted "segment the blob in the box").
-The phantom is an ellipsoid organ whose HU drifts from 40 (bottom) to 88 (top) with a "heart"
+The phantom is an ellipsoid organ whose HU drifts from 40 (bottom) to 64 (top) with a "heart"
 (230 HU) on top of it and one artefact slice (-40 HU) inside it, so that a stop rule without
-look-ahead stops at the artefact and one that follows blindly runs into the heart. The truth is the ellipsoid's own formula, not the code under
-test.
+look-ahead stops at the artefact and one that follows blindly runs into the heart. The truth is
+the ellipsoid's own formula, not the code under test.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def phantom():
     hu = np.full(SHAPE, -100.0)
     hu[:, :4, :] = -1000.0  # air in front of the body
     z = np.arange(SHAPE[0], dtype=float)[:, None, None]
-    drift = 40.0 + 2.0 * (z - BOTTOM)
+    drift = 40.0 + 1.0 * (z - BOTTOM)
     hu = np.where(organ, np.broadcast_to(drift, SHAPE), hu)
     hu[ARTEFACT][organ[ARTEFACT]] = -40.0
     hu[heart] = 230.0
@@ -97,6 +97,7 @@ def _slices(mask: np.ndarray) -> np.ndarray:
 
 def test_propagation_follows_a_drifting_organ_to_its_true_ends_without_leaking(case):
     predictor, organ, heart = case
+    predictor.config.propagation.look_ahead = 2  # bridges the artefact slice (off by default)
     k = 20
     start = predictor.predict("axial", k, box=_box(organ[k], k))
     assert dice(start, organ[k]) > 0.95
@@ -111,8 +112,12 @@ def test_propagation_follows_a_drifting_organ_to_its_true_ends_without_leaking(c
 
 def test_old_rules_stop_early_on_the_same_organ(case):
     """The same propagation with the start slice's HU band and no look-ahead (the rules before
-    issue 14) stops at the artefact: what the look-ahead fixes."""
-    predictor, organ, _ = case
+    issue 14) stops at the artefact: what the look-ahead fixes; the default rules (no look-ahead)
+    stop there too, but never run into the heart."""
+    predictor, organ, heart = case
+    k = 20
+    vol = predictor.propagate("axial", k, predictor.predict("axial", k, box=_box(organ[k], k)))
+    assert _slices(vol).min() > ARTEFACT and _slices(vol).max() >= TOP - 1 and not (vol & heart).any()
     predictor.config.propagation.band_slices = 0
     predictor.config.propagation.look_ahead = 0
     k = 20
@@ -131,6 +136,7 @@ def test_propagation_extent_is_bounded(case):
 
 def test_positive_click_on_an_unreached_slice_propagates_until_it_meets_the_mask(case):
     predictor, organ, _ = case
+    predictor.config.propagation.look_ahead = 2  # across the artefact slice
     initial = organ.copy()
     initial[:18] = False  # the mask does not reach the organ's lower part (slices 8..17)
     session = InteractiveSegment(predictor, None, "axial", initial=initial)
@@ -145,6 +151,7 @@ def test_positive_click_on_an_unreached_slice_propagates_until_it_meets_the_mask
 
 def test_box_on_an_unreached_slice_fills_only_the_empty_slices(case):
     predictor, organ, _ = case
+    predictor.config.propagation.look_ahead = 2  # across the artefact slice
     initial = organ.copy()
     initial[:18] = False
     session = InteractiveSegment(predictor, None, "axial", initial=initial)
