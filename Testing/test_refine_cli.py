@@ -76,9 +76,12 @@ def test_refine_eval_cli_prints_dice_per_interaction(small_case, shared_cache, c
     argv += ["--clicks", "2", "--json", str(out_json)]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "kidney_left" in text and "box" in text and "click 1" in text
+    assert "kidney_left" in text and "box" in text and ("click 1" in text or "box 1" in text)
+    assert "Dice AUC" in text
     import json
 
-    steps = json.loads(out_json.read_text())["structures"]["kidney_left"]
+    payload = json.loads(out_json.read_text())
+    assert payload["user"] == "largest-3d"
+    steps = payload["structures"]["kidney_left"]
     assert steps[0]["step"] == "box" and steps[0]["dice"] >= 0.85
     assert steps[-1]["dice"] >= steps[0]["dice"] - 0.01

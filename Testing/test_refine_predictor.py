@@ -124,10 +124,12 @@ def test_clicks_correct_an_existing_mask_touching_only_the_prompted_region(refin
     auto = labels.array.copy()
     k = 6
     liver = labels.array[k] == LIVER
-    r0, c0, r1, _c1 = bbox(liver)
+    # a 6 x 6 block well inside the liver (centred on its innermost pixel)
+    r, c = interior_point(liver)
     block = np.zeros_like(liver)
-    block[(r0 + r1) // 2 - 3 : (r0 + r1) // 2 + 3, c0 + 4 : c0 + 10] = True
+    block[r - 3 : r + 3, c - 3 : c + 3] = True
     block &= liver
+    assert block.sum() >= 30, "the test's missed block must be inside the liver"
     auto[k][block] = 0
     session = InteractiveSegment(refine_predictor, "liver", "axial", initial=auto == LIVER)
     rc = interior_point(block)

@@ -1,9 +1,14 @@
 """``lkseg refine-eval IMAGE REFERENCE --labels 5=liver,2=kidney_right``: simulated-user evaluation.
 
 Per structure: one box on the central slice of the reference (its bounding box there),
-propagated; then up to ``--clicks`` corrective clicks, each at the centre of the largest error
-region on the worst slice. Prints Dice and HD95 after the box and after each click, with the
-time per interaction (the first interaction includes encoding the slices it visits).
+propagated; then up to ``--clicks`` corrective interactions. The default simulated user
+(``--user largest-3d``, the CVPR 2025 interactive 3D protocol) clicks the centre of the largest
+3D error component, missed or wrongly included, and draws a box instead where that centre lies on
+a slice the mask does not reach (at most ``--max-boxes`` boxes in all); ``--user worst-slice``
+clicks the largest error region on the slice with the most wrong voxels (the earlier protocol).
+Prints Dice and HD95 after the box and after each interaction, the area under the Dice curve of
+the corrective interactions, and the time per interaction (the first interaction includes
+encoding the slices it visits).
 """
 
 from __future__ import annotations
@@ -34,7 +39,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--clicks", type=int, default=5, help="corrective clicks per structure (default 5)")
     p.add_argument("--view", default="axial", choices=["axial", "coronal", "sagittal"])
-    p.add_argument("--follow-slices", type=int, help="slices a click's edit may follow on each side (default 2)")
+    p.add_argument(
+        "--follow-slices",
+        type=int,
+        help="slices a click's edit may follow on each side (default: as long as the error continues)",
+    )
+    p.add_argument(
+        "--user", default="largest-3d", choices=["largest-3d", "worst-slice"], help="simulated user (see above)"
+    )
+    p.add_argument("--max-boxes", type=int, default=2, help="boxes the largest-3d user may draw, the first included")
     p.add_argument("--click-strategy", choices=["combined", "reprompt", "randomwalker"], help="click handling variant")
     add_prompt_model_arguments(p)
     p.add_argument("--json", dest="json_out", metavar="FILE", help="also write the results as JSON")
@@ -55,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.clicks < 0:
         raise InputError(f"--clicks must be 0 or more, got {args.clicks}")
+    if args.max_boxes < 1:
+        raise InputError(f"--max-boxes must be 1 or more, got {args.max_boxes}")
     labels = parse_label_spec(args.labels)
     image = read_image(args.image)
     reference = read_label_map(args.reference, reference=image, resample=args.resample_labels)
@@ -79,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
         if not ref.any():
             print(f"warning: label {value} ({name}) is absent from the reference; skipped")
             continue
-        results.append(simulate_structure(predictor, ref, name, args.view, args.clicks, follow))
+        results.append(
+            simulate_structure(predictor, ref, name, args.view, args.clicks, follow, args.user, args.max_boxes)
+        )
     predictor.close()
     print(
         f"model {predictor.spec.name} on {predictor.engine.backend}/{predictor.engine.device}, loaded in {load_s:.1f} s"
@@ -89,8 +106,9 @@ def run(args: argparse.Namespace) -> int:
     for res in results:
         if res.steps:
             gain = res.final_dice - res.box_dice
+            auc = f"; Dice AUC {res.dice_auc:.3f}" if np.isfinite(res.dice_auc) else ""
             summary.append(
-                f"{res.name}: box {res.box_dice:.3f} -> {res.steps[-1].step} {res.final_dice:.3f} ({gain:+.3f})"
+                f"{res.name}: box {res.box_dice:.3f} -> {res.steps[-1].step} {res.final_dice:.3f} ({gain:+.3f}){auc}"
             )
     print("\n".join(summary))
     if args.json_out:
@@ -99,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
             "reference": str(args.reference),
             "model": predictor.spec.name,
             "backend": predictor.engine.backend,
+            "user": args.user,
+            "dice_auc": {r.name: (r.dice_auc if np.isfinite(r.dice_auc) else None) for r in results},
             "structures": {
                 r.name: [
                     {
@@ -107,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
                         "hd95_mm": s.hd95_mm if np.isfinite(s.hd95_mm) else None,
                         "seconds": s.seconds,
                         "click": s.click,
+                        "kind": s.kind,
                     }
                     for s in r.steps
                 ]

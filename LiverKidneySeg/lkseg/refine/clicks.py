@@ -32,6 +32,7 @@ from typing import Literal
 import numpy as np
 
 from lkseg.refine.maskops import bbox, component_at, disk
+from lkseg.refine.propagation import intensity_band
 
 __all__ = ["ClickConfig", "SliceEditor"]
 
@@ -57,6 +58,8 @@ class ClickConfig:
         use_prior: give the current mask as the decoder's mask prompt when re-prompting.
         adaptive: size the local window from the click's depth in its error region (distance to
             the mask border): ``adaptive_factor`` x depth, clamped to [``min_roi_mm``, ``roi_mm``].
+        click_hu_range: a positive click on a pixel outside this HU range (air, lung, bone) is
+            ignored with a warning.
         reprompt_depth_mm: if set, ``"combined"`` handles a negative click this deep inside the
             mask (a large wrong region) by re-prompting with the box shrunk past the click first
             (off by default: measured to help a leaking liver but to cut into kidneys).
@@ -76,6 +79,7 @@ class ClickConfig:
     adaptive_factor: float = 3.0
     min_roi_mm: float = 9.0
     reprompt_depth_mm: float | None = None
+    click_hu_range: tuple[float, float] = (-200.0, 600.0)
 
 
 class SliceEditor:
@@ -84,11 +88,16 @@ class SliceEditor:
     Args:
         ctx: the slice (``hu``, ``pixel_mm``, ``shape``, ``window`` and ``decode(box, ...)``).
         config: click settings.
+        structure_band: the structure's HU band measured in 3D (all its slices); a negative
+            click then keeps only mask pixels within it as structure (a slice whose mask is all
+            another tissue, e.g. the heart above a liver, is removed whole). Default: the band of
+            the slice's own mask away from the click.
     """
 
-    def __init__(self, ctx, config: ClickConfig):
+    def __init__(self, ctx, config: ClickConfig, structure_band: tuple[float, float] | None = None):
         self.ctx = ctx
         self.config = config
+        self.structure_band = structure_band
         row_mm, col_mm = ctx.pixel_mm
         self.px = (row_mm, col_mm)
         self.unit = ctx.window.apply(ctx.hu)
@@ -132,16 +141,9 @@ class SliceEditor:
         )
 
     def _band(self, mask: np.ndarray, rc: tuple[int, int]) -> tuple[float, float]:
-        """HU band of the structure: from the mask when it has pixels, else around the click."""
-        cfg = self.config
-        values = self.ctx.hu[mask]
-        if values.size < 20:
-            r, c = rc
-            values = self.ctx.hu[max(0, r - 1) : r + 2, max(0, c - 1) : c + 2].ravel()
-        med = float(np.median(values))
-        mad = float(np.median(np.abs(values - med))) * 1.4826
-        half = max(cfg.band_sigmas * mad, cfg.min_band_hu)
-        return med - half, med + half
+        """HU band of the structure (:func:`~lkseg.refine.propagation.intensity_band`): from the
+        mask when it has pixels, else around the click ``rc`` (slice row, col)."""
+        return intensity_band(self.ctx.hu, mask, self.config, fallback_rc=rc)
 
     def _random_walker(self, roi, seeds: np.ndarray) -> np.ndarray | None:
         """Foreground (label 1) of a random walker on the ROI's windowed intensities."""
@@ -190,6 +192,14 @@ class SliceEditor:
     def positive(self, mask: np.ndarray, rc: tuple[int, int]) -> np.ndarray:
         """Add the structure under a positive click at ``rc`` (display row, col)."""
         if mask[rc]:
+            return mask
+        hu = float(self.ctx.hu[rc])
+        lo, hi = self.config.click_hu_range
+        if not lo <= hu <= hi:
+            self.warnings.append(
+                f"positive click at pixel {rc} ignored: {hu:.0f} HU is air, lung or bone, not soft tissue "
+                f"({lo:.0f}..{hi:.0f} HU)"
+            )
             return mask
         strategy = self.config.strategy
         scale = self._scale_mm(self._depth_mm(mask, rc))
@@ -284,7 +294,10 @@ class SliceEditor:
         # structure-like pixels: the mask's band measured away from the click
         keep_pool = mask.copy()
         keep_pool[roi] &= far
-        lo, hi = self._band(keep_pool, local_rc)
+        if self.structure_band is not None:
+            lo, hi = self.structure_band
+        else:
+            lo, hi = self._band(keep_pool, (local_rc[0] + roi[0].start, local_rc[1] + roi[1].start))
         seeds = np.zeros(sub_mask.shape, dtype=np.int32)
         seeds[~sub_mask] = 2
         seeds[sub_mask & far & (hu >= lo) & (hu <= hi)] = 1

@@ -441,12 +441,14 @@ class PromptPredictor:
         max_slices: int | None = None,
         progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
+        probability: np.ndarray | None = None,
     ) -> np.ndarray:
         """Extend a slice mask through the neighbouring slices in both directions.
 
         Each next slice is prompted with the previous slice's box (grown by a margin) and, if
         configured, its mask; propagation stops where the structure ends (mask vanishes, shrinks
-        abruptly, leaves the previous mask or changes intensity).
+        abruptly, leaves the previous mask or changes intensity; see
+        :mod:`lkseg.refine.propagation`).
 
         Args:
             view: slicing direction.
@@ -455,6 +457,8 @@ class PromptPredictor:
             structure: structure name (HU window).
             max_slices: at most this many slices on each side (default: no limit).
             progress, cancel: progress callback and cancel token (checked every slice).
+            probability: optional probability map of the structure on the volume's grid (0..1,
+                e.g. the U-Net's); propagation also stops where its mean in the mask is low.
 
         Returns:
             bool 3D mask with ``volume.shape``.
@@ -466,6 +470,12 @@ class PromptPredictor:
         if bbox(start) is None:
             log.warning("propagate: the start mask is empty; nothing to propagate")
             return np.zeros(slicer.volume.shape, dtype=bool)
+        prob_c = None
+        if probability is not None:
+            probability = np.asarray(probability, dtype=np.float32)
+            if probability.shape != slicer.volume.shape:
+                raise PromptError(f"probability map has shape {probability.shape}; the volume is {slicer.volume.shape}")
+            prob_c = slicer.user_volume_to_canonical(probability)
         with self._lock:
-            canon = propagate_from(self, view, c, start, structure, max_slices, progress, cancel)
+            canon = propagate_from(self, view, c, start, structure, max_slices, progress, cancel, probability=prob_c)
         return slicer.canonical_volume_to_user(canon)

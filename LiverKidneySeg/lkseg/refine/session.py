@@ -1,21 +1,30 @@
-"""Editing one 3D segment with a box and clicks: what the Slicer module and the CLI drive.
+"""Editing one 3D segment with boxes and clicks: what the CLI, ``refine-eval`` and the pipeline drive.
 
 :class:`InteractiveSegment` holds the 3D mask of one structure (new, or an existing mask such
-as the U-Net's) and applies prompts to it:
+as the U-Net's) and applies prompts to it. Every prompt is a 3D edit:
 
 * :meth:`~InteractiveSegment.box` - a box on one slice predicts that slice and propagates it
-  through the neighbouring slices (:mod:`lkseg.refine.propagation`); on an existing mask the
-  result replaces the mask only on the slices the propagation reached.
-* :meth:`~InteractiveSegment.click` - a positive or negative click edits the slice locally
-  (:mod:`lkseg.refine.clicks`), then **follows the edit into the neighbouring slices** while the
-  same error continues there: a positive click's added region is re-clicked at its centre on the
-  next slice while that pixel is outside the mask and has the structure's intensity; a negative
-  click's removed region likewise while it is inside the mask. A positive click on a slice with
-  no mask (past the end of a propagation) starts the structure there and propagates it into the
-  empty slices beyond. Each follow-up stops after ``follow_slices`` slices, when the edit
-  becomes small or stops overlapping the previous slice's edit, so regions far from the click
-  never change.
-* :meth:`~InteractiveSegment.undo` - one step back.
+  (:mod:`lkseg.refine.propagation`). On a slice the existing mask does not reach, the new
+  propagation runs both ways only through empty slices, until it meets the existing mask (it
+  never overwrites it); on a slice the mask has, the result replaces the mask on the slices the
+  propagation reached.
+* :meth:`~InteractiveSegment.click` - a click edits its slice locally (:mod:`lkseg.refine.clicks`),
+  then follows its error into the next slices while it continues there (at most
+  ``FollowConfig.follow_slices`` on each side, 2 by default; None = no bound): the edited region's centre is re-clicked on the next slice while it is still missed (positive)
+  / still included (negative), has the structure's intensity (positive), and the edit there stays
+  large enough, overlaps the previous slice's edit and does not balloon (``FollowConfig``).
+
+  - A positive click on a slice with no mask (past the end of a propagation) seeds a new
+    propagation from there in both directions through the empty slices until it meets the mask.
+  - A negative click that removes (nearly) all of its slice's mask marks a slice the structure
+    does not reach (a propagation ran on): the structure **ends there** - the mask on that slice
+    and every slice beyond it (away from the bulk of the mask) that continues the removed part
+    goes; towards the bulk the removal follows as above, so the leaked slices between the true end
+    and the click go too, and the organ itself stays.
+
+* :meth:`~InteractiveSegment.undo` / :meth:`~InteractiveSegment.redo` - one user action (a box or a
+  click with everything it changed in 3D). The history stores only the bounding box of each change
+  (before and after), at most ``max_history`` actions.
 
 All work happens in the predictor's canonical frame; :attr:`~InteractiveSegment.mask` is the
 3D bool mask on the volume's own grid.
@@ -37,21 +46,40 @@ __all__ = ["FollowConfig", "InteractiveSegment"]
 
 log = logging.getLogger(__name__)
 
+_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
+
 
 @dataclass
 class FollowConfig:
     """How far a click's edit follows into neighbouring slices.
 
     Attributes:
-        follow_slices: at most this many slices on each side (0 = edit the clicked slice only).
+        follow_slices: at most this many slices on each side (None = as long as the error
+            continues; 0 = edit the clicked slice only). Default 2: following without a bound was
+            worse on the selection data (example_ct_sm, phantom 102; see README).
         min_edit_mm2: stop when the edit on a slice is smaller than this.
         min_overlap: stop when a slice's edit overlaps the previous slice's edit less than this
             fraction of its own area.
+        max_edit_growth: stop when a slice's edit is larger than this multiple of the previous
+            slice's edit (plus ``min_edit_mm2``): the error does not continue like this.
+        end_fraction: a negative click that removes at least this fraction of its slice's mask
+            ends the structure there (see module docstring); None = never.
     """
 
-    follow_slices: int = 2
+    follow_slices: int | None = 2
     min_edit_mm2: float = 10.0
     min_overlap: float = 0.2
+    max_edit_growth: float = 2.0
+    end_fraction: float | None = 0.8
+
+
+@dataclass
+class _Change:
+    """One user action: the bounding box (canonical slices) of what changed, before and after."""
+
+    where: tuple[slice, slice, slice]
+    before: np.ndarray
+    after: np.ndarray
 
 
 class InteractiveSegment:
@@ -63,6 +91,9 @@ class InteractiveSegment:
         view: the slicing direction the prompts are given on.
         initial: an existing 3D bool mask on the volume's grid to edit (e.g. from the U-Net).
         follow: click follow-up settings.
+        probability: optional probability map of the structure on the volume's grid (0..1, e.g.
+            the U-Net's); propagation then also stops where it falls (``min_probability``).
+        max_history: undoable actions kept.
     """
 
     def __init__(
@@ -72,6 +103,8 @@ class InteractiveSegment:
         view: str = "axial",
         initial: np.ndarray | None = None,
         follow: FollowConfig | None = None,
+        probability: np.ndarray | None = None,
+        max_history: int = 100,
     ):
         self.predictor = predictor
         self.slicer = predictor.slicer
@@ -86,26 +119,114 @@ class InteractiveSegment:
             if initial.shape != self.slicer.volume.shape:
                 raise PromptError(f"initial mask has shape {initial.shape}; the volume is {self.slicer.volume.shape}")
             self._mask = self.slicer.user_volume_to_canonical(initial.astype(bool))
-        self._history: list[np.ndarray] = []
+        self._probability = None
+        if probability is not None:
+            probability = np.asarray(probability, dtype=np.float32)
+            if probability.shape != self.slicer.volume.shape:
+                raise PromptError(
+                    f"probability map has shape {probability.shape}; the volume is {self.slicer.volume.shape}"
+                )
+            self._probability = self.slicer.user_volume_to_canonical(probability)
+        self.max_history = max(1, int(max_history))
+        self._undo: list[_Change] = []
+        self._redo: list[_Change] = []
         self.last_warnings: list[str] = []
 
     @property
     def mask(self) -> np.ndarray:
-        """The 3D bool mask on the volume's own grid (a copy)."""
-        return self.slicer.canonical_volume_to_user(self._mask)
+        """The 3D bool mask on the volume's own grid (a copy, also when no reorientation is needed)."""
+        out = self.slicer.canonical_volume_to_user(self._mask)
+        return out.copy() if np.shares_memory(out, self._mask) else out
+
+    # -- history -------------------------------------------------------------------------------------
+    def _record(self, before: np.ndarray) -> None:
+        """Store the change from ``before`` to the current mask as one undoable action."""
+        changed = before ^ self._mask
+        if not changed.any():
+            return
+        where = tuple(slice(int(ix.min()), int(ix.max()) + 1) for ix in np.nonzero(changed))
+        self._undo.append(_Change(where, before[where].copy(), self._mask[where].copy()))
+        del self._undo[: -self.max_history]
+        self._redo.clear()
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    def history_bytes(self) -> int:
+        """Memory held by the undo and redo history (bytes)."""
+        return sum(ch.before.nbytes + ch.after.nbytes for ch in self._undo + self._redo)
 
     def undo(self) -> bool:
-        """Return to the mask before the last prompt; False when there is nothing to undo."""
-        if not self._history:
+        """Take back the last user action (a box or a click, whatever it changed); False when
+        there is nothing to undo."""
+        if not self._undo:
             return False
-        self._mask = self._history.pop()
+        change = self._undo.pop()
+        self._mask[change.where] = change.before
+        self._redo.append(change)
         return True
 
+    def redo(self) -> bool:
+        """Re-apply the last undone action; False when there is nothing to redo."""
+        if not self._redo:
+            return False
+        change = self._redo.pop()
+        self._mask[change.where] = change.after
+        self._undo.append(change)
+        return True
+
+    # -- slices ---------------------------------------------------------------------------------------
     def _slice(self, c: int) -> np.ndarray:
         return self.slicer.display_slice(self.view, c, self._mask)
 
     def _put(self, c: int, mask2d: np.ndarray) -> None:
         self.slicer.set_display_slice(self._mask, self.view, c, mask2d)
+
+    def _slices_with(self, vol: np.ndarray) -> list[int]:
+        axis = _AXIS[self.view]
+        other = tuple(a for a in range(3) if a != axis)
+        return [int(s) for s in np.flatnonzero(vol.any(axis=other))]
+
+    def _propagate(self, c: int, start: np.ndarray, max_slices: int | None, directions=(1, -1)) -> np.ndarray:
+        return propagate_from(
+            self.predictor,
+            self.view,
+            c,
+            start,
+            self.structure,
+            max_slices,
+            directions=directions,
+            probability=self._probability,
+        )
+
+    def _empty_run(self, c: int, d: int) -> int:
+        """Number of consecutive empty slices after ``c`` in direction ``d``."""
+        n = self.slicer.n_slices(self.view)
+        count, s = 0, c + d
+        while 0 <= s < n and not self._slice(s).any():
+            count += 1
+            s += d
+        return count
+
+    def _fill_empty(self, c: int, start: np.ndarray, max_slices: int | None = None) -> None:
+        """Put ``start`` on slice ``c`` and propagate it through the empty slices on both sides
+        until it meets the existing mask (never overwriting it)."""
+        self._put(c, start)
+        for d in (1, -1):
+            limit = self._empty_run(c, d)
+            if max_slices is not None:
+                limit = min(limit, max_slices)
+            if limit == 0:
+                continue
+            grown = self._propagate(c, start, limit, directions=(d,))
+            for s in self._slices_with(grown):
+                if s != c:
+                    self._put(s, self.slicer.display_slice(self.view, s, grown))
 
     # -- box ---------------------------------------------------------------------------------------------
     def box(
@@ -122,24 +243,23 @@ class InteractiveSegment:
         ctx = p.slice_context(self.view, c, self.structure)
         mask2d, _, warns = SliceEditor(ctx, p.config.clicks).run(box_rc, None, None, None)
         self.last_warnings = list(warns)
-        self._history.append(self._mask.copy())
-        if not mask2d.any():
-            self.last_warnings.append("the box produced an empty mask")
-            self._put(c, mask2d)
-            return self.mask
-        if propagate:
-            new = propagate_from(p, self.view, c, mask2d, self.structure, max_slices)
-            reached = self._slices_with(new)
-            for s in reached:
-                self._put(s, self.slicer.display_slice(self.view, s, new))
-        else:
-            self._put(c, mask2d)
+        before = self._mask.copy()
+        try:
+            if not mask2d.any():
+                self.last_warnings.append("the box produced an empty mask")
+                self._put(c, mask2d)
+            elif not propagate:
+                self._put(c, mask2d)
+            elif self._mask.any() and not self._slice(c).any():
+                # a slice the mask does not reach: grow from here until the existing mask
+                self._fill_empty(c, mask2d, max_slices)
+            else:
+                new = self._propagate(c, mask2d, max_slices)
+                for s in self._slices_with(new):
+                    self._put(s, self.slicer.display_slice(self.view, s, new))
+        finally:
+            self._record(before)
         return self.mask
-
-    def _slices_with(self, vol: np.ndarray) -> list[int]:
-        axis = {"axial": 0, "coronal": 1, "sagittal": 2}[self.view]
-        other = tuple(a for a in range(3) if a != axis)
-        return [int(s) for s in np.flatnonzero(vol.any(axis=other))]
 
     # -- clicks ----------------------------------------------------------------------------------------------
     def click(self, point: np.ndarray, positive: bool = True, coords: str = "voxel") -> np.ndarray:
@@ -148,20 +268,12 @@ class InteractiveSegment:
         pt = np.asarray(point, dtype=np.float64).reshape(1, 3)
         c, pts_rc, _, _ = p._prompts_to_display(self.view, None, pt, [1.0 if positive else 0.0], None, coords)
         rc = tuple(int(v) for v in np.rint(pts_rc[0]))
-        self._history.append(self._mask.copy())
         self.last_warnings = []
-        old = self._slice(c).copy()
-        if positive and not old.any():
-            self._start_here(c, rc)
-            return self.mask
-        editor = SliceEditor(p.slice_context(self.view, c, self.structure), p.config.clicks)
-        new = editor.positive(old, rc) if positive else editor.negative(old, rc)
-        self.last_warnings.extend(editor.warnings)
-        self._put(c, new)
-        edit = (new & ~old) if positive else (old & ~new)
-        if edit.any() and self.follow.follow_slices > 0:
-            for d in (1, -1):
-                self._follow(c, d, edit, positive)
+        before = self._mask.copy()
+        try:
+            self._click(c, rc, positive)
+        finally:
+            self._record(before)
         return self.mask
 
     def click_display(self, c: int, rc: tuple[int, int], positive: bool) -> np.ndarray:
@@ -169,67 +281,114 @@ class InteractiveSegment:
         ijk = self.slicer.display_to_canonical_ijk(self.view, c, np.array([rc], dtype=float))
         return self.click(self.slicer.canonical_ijk_to_user(ijk)[0], positive, "voxel")
 
-    def _start_here(self, c: int, rc: tuple[int, int]) -> None:
-        """A positive click on an empty slice: grow the structure there, then into empty slices beyond."""
+    def _editor(self, c: int, structure_band: tuple[float, float] | None = None) -> SliceEditor:
         p = self.predictor
-        editor = SliceEditor(p.slice_context(self.view, c, self.structure), p.config.clicks)
-        new = editor.positive(np.zeros(self.slicer.display_shape(self.view), dtype=bool), rc)
-        self.last_warnings.extend(editor.warnings)
-        if not new.any():
-            return
-        self._put(c, new)
-        n = self.slicer.n_slices(self.view)
-        for d in (1, -1):
-            # only into slices that are empty: never overwrite what exists
-            limit = 0
-            s = c + d
-            while 0 <= s < n and not self._slice(s).any():
-                limit += 1
-                s += d
-            if limit == 0:
-                continue
-            grown = propagate_from(p, self.view, c, new, self.structure, limit, directions=(d,))
-            for s in self._slices_with(grown):
-                if s != c:
-                    self._put(s, self.slicer.display_slice(self.view, s, grown))
+        return SliceEditor(p.slice_context(self.view, c, self.structure), p.config.clicks, structure_band)
 
-    def _follow(self, c: int, d: int, edit: np.ndarray, positive: bool) -> None:
+    def _structure_band(self) -> tuple[float, float] | None:
+        """The structure's HU band over its whole 3D mask (None when the mask is small)."""
+        if np.count_nonzero(self._mask) < 200:
+            return None
+        return intensity_band(self.slicer.array, self._mask, self.predictor.config.clicks)
+
+    def _click(self, c: int, rc: tuple[int, int], positive: bool) -> None:
+        old = self._slice(c).copy()
+        if positive and not old.any():
+            editor = self._editor(c)
+            new = editor.positive(old, rc)
+            self.last_warnings.extend(editor.warnings)
+            if new.any():
+                self._fill_empty(c, new)
+            return
+        band3d = None if positive else self._structure_band()
+        editor = self._editor(c, band3d)
+        new = editor.positive(old, rc) if positive else editor.negative(old, rc)
+        self.last_warnings.extend(editor.warnings)
+        self._put(c, new)
+        edit = (new & ~old) if positive else (old & ~new)
+        if not edit.any():
+            return
+        ends_here = (
+            not positive and self.follow.end_fraction is not None and edit.sum() >= self.follow.end_fraction * old.sum()
+        )
+        beyond = self._beyond(c) if ends_here else 0
+        for d in (1, -1):
+            if d == beyond:
+                self._remove_beyond(c, d, edit)
+            elif self.follow.follow_slices is None or self.follow.follow_slices > 0:
+                self._follow(c, d, edit, positive, band3d)
+
+    def _beyond(self, c: int) -> int:
+        """The direction from slice ``c`` away from the bulk of the mask (+1 or -1)."""
+        axis = _AXIS[self.view]
+        other = tuple(a for a in range(3) if a != axis)
+        per_slice = self._mask.sum(axis=other)
+        return 1 if per_slice[c + 1 :].sum() <= per_slice[:c].sum() else -1
+
+    def _remove_beyond(self, c: int, d: int, edit: np.ndarray) -> None:
+        """The structure ends at slice ``c``: on the slices beyond, remove the mask's components
+        that continue the removed region (3D-connected to it), slice after slice."""
+        from scipy import ndimage
+
+        n = self.slicer.n_slices(self.view)
+        prev = edit
+        s = c + d
+        while 0 <= s < n:
+            current = self._slice(s)
+            if not current.any():
+                return
+            labels, _ = ndimage.label(current)
+            touched = np.unique(labels[prev & current])
+            touched = touched[touched > 0]
+            if touched.size == 0:
+                return
+            gone = np.isin(labels, touched)
+            self._put(s, current & ~gone)
+            prev = gone
+            s += d
+
+    def _follow(
+        self, c: int, d: int, edit: np.ndarray, positive: bool, band3d: tuple[float, float] | None = None
+    ) -> None:
+        """Repeat the click's edit on the next slices while the same error continues there: a
+        positive edit while the missed pixel has the structure's intensity, a negative one while
+        the removed region has the intensity of the region the click removed."""
         p = self.predictor
         cfg = self.follow
         n = self.slicer.n_slices(self.view)
         first = p.slice_context(self.view, c, self.structure)
-        band = intensity_band(first.hu, self._slice(c), p.config.propagation) if positive else None
+        band = intensity_band(first.hu, self._slice(c) if positive else edit, p.config.propagation)
         row_mm, col_mm = first.pixel_mm
+        pix_mm2 = row_mm * col_mm
         prev_edit = edit
         s = c + d
-        for _ in range(cfg.follow_slices):
-            if not 0 <= s < n:
-                return
+        steps = 0
+        while 0 <= s < n and (cfg.follow_slices is None or steps < cfg.follow_slices):
             current = self._slice(s).copy()
-            if positive:
-                candidates = prev_edit & ~current
-            else:
-                candidates = prev_edit & current
-            if not candidates.any():
+            candidates = prev_edit & ~current if positive else prev_edit & current
+            if not candidates.any() or (not positive and not current.any()):
                 return
             rc = interior_point(candidates, (row_mm, col_mm))
             ctx = p.slice_context(self.view, s, self.structure)
             if positive and not (band[0] <= ctx.hu[rc] <= band[1]):
                 return
-            if not positive and not current.any():
-                return
-            editor = SliceEditor(ctx, p.config.clicks)
+            editor = SliceEditor(ctx, p.config.clicks, band3d)
             new = editor.positive(current, rc) if positive else editor.negative(current, rc)
             this_edit = (new & ~current) if positive else (current & ~new)
-            area_mm2 = float(this_edit.sum()) * row_mm * col_mm
+            area_mm2 = float(this_edit.sum()) * pix_mm2
             if area_mm2 < cfg.min_edit_mm2:
                 return
+            if not positive and not band[0] <= float(np.median(ctx.hu[this_edit])) <= band[1]:
+                return  # not the tissue the click removed: the error does not continue
             overlap = float((this_edit & prev_edit).sum()) / max(1, int(this_edit.sum()))
             if overlap < cfg.min_overlap:
+                return
+            if area_mm2 > cfg.max_edit_growth * float(prev_edit.sum()) * pix_mm2 + cfg.min_edit_mm2:
                 return
             self._put(s, new)
             prev_edit = this_edit
             s += d
+            steps += 1
 
     def slice_box(self, c: int) -> tuple[int, int, int, int] | None:
         """Display-frame box of the mask on canonical slice ``c`` (None when empty)."""
