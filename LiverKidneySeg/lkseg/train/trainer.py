@@ -49,7 +49,8 @@ class StageConfig:
         lr: peak learning rate (AdamW, linear warm-up then cosine decay).
         weights_dtype: dtype the weights are stored in.
         max_minutes: wall-time budget; the learning-rate schedule follows whichever of steps or
-            time is further along, and training ends (with a final validation) when either is spent.
+            time is further along, and training ends (with a final validation) when either is spent,
+            never before one step.
     """
 
     name: str = "fine"
@@ -293,9 +294,12 @@ def train_stage(
             if cancel is not None:
                 cancel.raise_if_cancelled()
             done = fraction_done()
-            if done >= 1.0:
+            # a stage always takes one step, however short its budget: a loaded machine can spend
+            # the whole budget building the first batch, and a stage that never trained is no model
+            if done >= 1.0 and step_count > 0:
                 out_of_time = True
                 break
+            done = min(done, 1.0)
             for group in optimiser.param_groups:
                 group["lr"] = config.lr * _lr_factor(done)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
