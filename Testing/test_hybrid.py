@@ -261,3 +261,36 @@ def test_hybrid_with_litemedsam_improves_a_degraded_mask_on_real_ct(refine_engin
     for name, (before, after) in scores.items():
         assert after > before + 0.03, scores
         assert after > (0.88 if name in ("liver", "spleen") else 0.75), scores
+
+
+# -- position checks -----------------------------------------------------------------------------
+@pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0])], ids=["lps", "ras-stored"])
+def test_position_checks_refuse_a_midline_or_pelvic_kidney_and_a_right_sided_spleen(direction):
+    from lkseg.auto.plausibility import refuse_implausible_positions
+
+    shape = (60, 40, 60)  # k (S-I, 5 mm), j, i (5 mm): 300 mm wide, 300 mm long
+    grid = Grid(shape, (5.0, 5.0, 5.0), (0.0, 0.0, 0.0), direction)
+    image = np.full(shape, -1000, np.int16)
+    image[:, 5:35, 5:55] = 40  # the body, centred on i = 29.5
+    labels = np.zeros(shape, np.uint8)
+    # where the patient's right is depends on the storage: find it from the grid
+    right_is_low_i = grid.index_to_ras([0.0, 0, 0])[0] > grid.index_to_ras([59.0, 0, 0])[0]
+
+    def side(offset):  # i index ``offset`` voxels to the patient's right (+) or left (-) of the midline
+        return round(29.5 - offset) if right_is_low_i else round(29.5 + offset)
+
+    def blob(value, i, k, r=3):
+        labels[k - r : k + r, 15:21, i - r : i + r] = value
+
+    blob(1, side(12), 40, r=8)  # liver on the right, centre k = 40
+    blob(3, side(12), 32)  # right kidney: plausible
+    blob(4, side(-12), 32)  # left kidney: plausible
+    blob(4, side(0), 30)  # "kidney" on the midline (aorta)
+    blob(3, side(8), 5)  # "kidney" 175 mm below the liver (pelvis)
+    blob(7, side(10), 45)  # "spleen" on the right
+    kept_before = {v: int((labels == v).sum()) for v in (1, 3, 4, 7)}
+    notes = refuse_implausible_positions(labels, image, grid, TABLE)
+    assert len(notes) == 3, notes
+    assert (labels == 1).sum() == kept_before[1]
+    assert labels[32, 17, side(12)] == 3 and labels[32, 17, side(-12)] == 4
+    assert labels[30, 17, side(0)] == 0 and labels[5, 17, side(8)] == 0 and not (labels == 7).any()

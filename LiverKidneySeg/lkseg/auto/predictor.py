@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from lkseg.auto.cascade import (
     Box,
@@ -44,6 +45,7 @@ from lkseg.auto.cascade import (
 )
 from lkseg.auto.checks import check_ct_volume
 from lkseg.auto.hybrid import HybridConfig
+from lkseg.auto.plausibility import refuse_implausible_positions
 from lkseg.auto.postprocess import PostprocessConfig, organ_groups, postprocess_labels
 from lkseg.auto.sampling import ImageSampler, ProbabilityField
 from lkseg.auto.window import WindowConfig, plan_windows, run_sliding_window
@@ -388,17 +390,19 @@ class AutoSegmenter:
             if predictor is None:
                 mode = "unet"
         share = 0.35 if mode == "hybrid" else 1.0
-        sub = SubProgress(progress, 0.0, share)
-        raw = self._predict_unet(volume, keep, opts, sub, cancel)
+        # the U-Net's pass, and a second whole-scan pass when the locator misses an organ
+        first, second = SubProgress(progress, 0.0, 0.6 * share), SubProgress(progress, 0.6 * share, share)
+        raw = self._predict_unet(volume, keep, opts, first, cancel)
+        raw.notes.extend(refuse_implausible_positions(raw.labels, volume.array, volume.grid, self.output_table))
         ml = volume.grid.voxel_volume_ml
         weak = _weak_organs(self._volumes(raw.labels, ml), keep)
         if raw.cascade and opts.relocate and opts.cascade is None and weak:
-            full = self._predict_unet(volume, keep, replace(opts, cascade=False), sub, cancel)
+            full = self._predict_unet(volume, keep, replace(opts, cascade=False), second, cancel)
+            full.notes.extend(refuse_implausible_positions(full.labels, volume.array, volume.grid, self.output_table))
             before = _plausibility(self._volumes(raw.labels, ml))
             after = _plausibility(self._volumes(full.labels, ml))
-            for key, value in raw.timer.timings.items():
-                full.timer.timings[f"first_{key}"] = value
             if after > before + 0.2:
+                full.timer.timings.update({f"first_{k}": v for k, v in raw.timer.timings.items()})
                 full.notes.append(
                     f"locator: the cascade missed or under-found {', '.join(weak)}; the fine network over the whole "
                     f"scan scored {after:.2f} organs of plausible size instead of {before:.2f} and was used"
@@ -407,7 +411,15 @@ class AutoSegmenter:
                 raw = full
             else:
                 raw.timer.timings.update({f"relocate_{k}": v for k, v in full.timer.timings.items()})
-                raw.notes.append(f"locator: {', '.join(weak)} missing or small; the whole-scan network found no more")
+                added = self._merge_organs(raw.labels, full.labels, weak, ml)
+                raw.notes.append(
+                    f"locator: {', '.join(weak)} missing or small after the cascade; "
+                    + (
+                        f"taken from the whole-scan network: {', '.join(added)}"
+                        if added
+                        else "the whole-scan network found no more"
+                    )
+                )
         if fallback_warning:
             raw.warnings.append(fallback_warning)
         if mode == "hybrid" and raw.labels.any():
@@ -438,6 +450,27 @@ class AutoSegmenter:
             )
         report(progress, 1.0, "done")
         return result
+
+    def _merge_organs(self, labels: np.ndarray, other: np.ndarray, organs: list[str], ml: float) -> list[str]:
+        """Copy ``organs`` (with their lesions) that ``other`` holds at a plausible size into
+        the free voxels of ``labels`` (in place); returns the organs copied."""
+        added = []
+        volumes = self._volumes(other, ml)
+        value_of = {n: v for v, n in self.output_table.items()}
+        lesions = {"liver": ("liver_tumor",), "kidney_right": ("kidney_tumor", "kidney_cyst"), "spleen": ()}
+        lesions["kidney_left"] = lesions["kidney_right"]
+        for organ in organs:
+            if organ not in value_of or volumes.get(organ, 0.0) < _PLAUSIBLE_ML[organ][0]:
+                continue
+            piece = other == value_of[organ]
+            grown = ndimage.binary_dilation(piece, iterations=2)
+            for lesion in lesions[organ]:
+                if lesion in value_of:
+                    piece |= (other == value_of[lesion]) & grown
+            free = piece & (labels == 0)
+            labels[free] = other[free]
+            added.append(organ)
+        return added
 
     @property
     def phantom_trained(self) -> bool:
