@@ -61,6 +61,8 @@ class HybridConfig:
             deviations of the organ's HU (from the U-Net's mask).
         regrow: times a box is re-drawn around the mask when the mask runs into its side
             (the U-Net saw only part of the organ on that slice).
+        neighbour_ratio: when an organ on a slice has less than this fraction of its area on
+            the slice below, the slice below's box is tried too (0 = off).
     """
 
     box_margin_mm: float = 6.0
@@ -74,6 +76,7 @@ class HybridConfig:
     extend_max_ratio: float = 1.5
     extend_hu_sd: float = 2.0
     regrow: int = 2
+    neighbour_ratio: float = 0.8
 
 
 @dataclass
@@ -278,6 +281,9 @@ def hybrid_refine(
             fused[k][free & (out2d > 0)] = out2d[free & (out2d > 0)]
             for p in per_slice[k]:
                 stats[p.organ][1] += fb.get(p.value, 0)
+            if config.neighbour_ratio > 0 and k > 0 and ctx is not None:
+                for value in candidates:
+                    _follow_neighbour(ctx, fused, k, value, config, margin, pixel_mm)
         done += 1
     hu_stats = _organ_hu(slicer.array, canon, organ_values)
     for p in pieces:
@@ -300,6 +306,23 @@ def hybrid_refine(
             f"hybrid {organ}: redrawn on {n_sl} slice(s), U-Net kept on {n_fb}, extended by {ext} slice(s)"
         )
     return outcome
+
+
+def _follow_neighbour(ctx, fused, k, value, config, margin, pixel_mm) -> None:
+    """Where the organ on slice ``k`` is much smaller than on slice ``k - 1`` (the U-Net saw only
+    part of it here), decode the previous slice's box on this slice (same embedding) and keep the
+    larger mask when it mostly overlaps the previous slice's."""
+    prev, cur = fused[k - 1] == value, fused[k] == value
+    floor = config.min_piece_mm2 / (pixel_mm[0] * pixel_mm[1])
+    n_prev, n_cur = int(prev.sum()), int(cur.sum())
+    if n_prev < floor or n_cur >= config.neighbour_ratio * n_prev:
+        return
+    logits, _ = ctx.decode(box_rc=_box(prev | cur, margin))
+    radius = (config.keep_within_mm / pixel_mm[0], config.keep_within_mm / pixel_mm[1])
+    cand = (logits > 0) & _dilate(prev | cur, radius) & ((fused[k] == 0) | cur)
+    area = int(cand.sum())
+    if n_cur < area <= config.extend_max_ratio * n_prev and (cand & prev).sum() >= 0.5 * area:
+        fused[k][cand] = value
 
 
 def _touches(mask: np.ndarray, box: tuple[int, int, int, int]) -> bool:
