@@ -294,3 +294,28 @@ def test_position_checks_refuse_a_midline_or_pelvic_kidney_and_a_right_sided_spl
     assert (labels == 1).sum() == kept_before[1]
     assert labels[32, 17, side(12)] == 3 and labels[32, 17, side(-12)] == 4
     assert labels[30, 17, side(0)] == 0 and labels[5, 17, side(8)] == 0 and not (labels == 7).any()
+
+
+def test_a_slice_the_unet_saw_only_partly_is_redrawn_from_the_slice_below():
+    from lkseg.auto.hybrid import _follow_neighbour
+
+    organ = square((50, 50), 10, 10, 40, 40)  # the true organ on both slices
+
+    class Ctx:
+        def decode(self, box_rc=None, **_):
+            r0, c0, r1, c1 = box_rc
+            inside = square((50, 50), r0, c0, r1 + 1, c1 + 1)
+            return np.where(organ & inside, 5.0, -5.0), 0.9
+
+    fused = np.zeros((2, 50, 50), np.uint8)
+    fused[0][organ] = 7
+    fused[1][square((50, 50), 10, 10, 40, 18)] = 7  # the U-Net's box saw a quarter of it
+    fused[1][square((50, 50), 42, 10, 48, 40)] = 1  # another organ below it stays untouched
+    _follow_neighbour(Ctx(), fused, 1, 7, HybridConfig(), (2, 2), (1.0, 1.0))
+    assert np.array_equal(fused[1] == 7, organ) and (fused[1] == 1).sum() == 6 * 30
+    # an organ that really shrinks (and whose neighbour's box finds nothing more) is left alone
+    fused[1][fused[1] == 7] = 0
+    fused[1][square((50, 50), 20, 20, 30, 30)] = 7
+    organ = square((50, 50), 20, 20, 30, 30)
+    _follow_neighbour(Ctx(), fused, 1, 7, HybridConfig(), (2, 2), (1.0, 1.0))
+    assert np.array_equal(fused[1] == 7, organ)
