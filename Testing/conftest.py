@@ -15,6 +15,9 @@ import pytest
 from lkseg.labels import PRODUCT_LABELS
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# the automatic path's default "auto" mode runs the hybrid (U-Net + LiteMedSAM, ~1 s per slice on
+# a CPU); the suite runs the U-Net alone unless a test asks for mode="hybrid" explicitly
+os.environ.setdefault("LKSEG_AUTO_MODE", "unet")
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_CT = ROOT.parent / "shared" / "data" / "real-ct"

@@ -86,3 +86,18 @@ def test_demo_refinement_plan_and_report(demo_run):
     assert any("liver" in name.lower() for name in stls), stls
     assert not list(out.rglob("*.tmp*"))  # atomic writes leave no temporaries
     assert np.isfinite(summary["timings_s"]["automatic_s"])
+
+
+def test_demo_on_a_users_ct_proposes_the_correction_but_never_applies_it(refine_engine, refine_ct):
+    """Without a reference the demo cannot know whether its simulated box helps (on a real scan
+    it took the liver from 0.83 to 0.68 Dice): the label map must come back unchanged, with the
+    proposal recorded for the report."""
+    from lkseg.pipeline import simulated_liver_correction
+    from lkseg.refine import PredictorConfig, PromptPredictor
+
+    image, ref = refine_ct
+    labels = ref.with_array(np.where(ref.array == 5, 1, np.where(ref.array == 1, 7, 0)).astype(np.uint8))
+    predictor = PromptPredictor.with_engine(refine_engine, PredictorConfig(prefetch=0))
+    out, record = simulated_liver_correction(predictor, image, labels, 1, None)
+    assert np.array_equal(out.array, labels.array)
+    assert record["applied"] is False and record["prompt"] == "box" and "would change" in record["proposal"]

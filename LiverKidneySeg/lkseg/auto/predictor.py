@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from lkseg.auto.cascade import (
     Box,
@@ -43,6 +44,8 @@ from lkseg.auto.cascade import (
     sub_grid,
 )
 from lkseg.auto.checks import check_ct_volume
+from lkseg.auto.hybrid import HybridConfig
+from lkseg.auto.plausibility import refuse_implausible_positions
 from lkseg.auto.postprocess import PostprocessConfig, organ_groups, postprocess_labels
 from lkseg.auto.sampling import ImageSampler, ProbabilityField
 from lkseg.auto.window import WindowConfig, plan_windows, run_sliding_window
@@ -78,6 +81,15 @@ class AutoOptions:
             :func:`lkseg.auto.window.plan_windows`) or ``"patch"`` (MONAI's plain tiling).
         class_weights: structure name -> factor on that fine-stage probability before the
             arg-max (then renormalised); ``None``: the package's ``inference.class_weights``.
+        mode: ``"hybrid"`` (the U-Net locates, the prompt model draws the organs, see
+            :mod:`lkseg.auto.hybrid`), ``"unet"`` (the U-Net alone) or ``"auto"``: hybrid when the
+            refine extra is installed, else the U-Net with one warning. The environment variable
+            ``LKSEG_AUTO_MODE`` (``hybrid``/``unet``) replaces ``"auto"`` (the test suite sets
+            ``unet`` for speed).
+        hybrid: rules of the hybrid stage (default :class:`~lkseg.auto.hybrid.HybridConfig`).
+        relocate: when the cascade's locator misses an organ or finds one implausibly small,
+            run the fine network over the whole scan too and keep the result with more
+            plausible organs (short slabs, tight fields of view).
     """
 
     cascade: bool | None = None
@@ -91,6 +103,9 @@ class AutoOptions:
     postprocess: PostprocessConfig | None = None
     roi: str = "auto"
     class_weights: dict[str, float] | None = None
+    mode: str = "auto"
+    hybrid: HybridConfig | None = None
+    relocate: bool = True
 
 
 @dataclass
@@ -106,6 +121,9 @@ class AutoResult:
         probability: (optional) float32 probability of the chosen label per voxel.
         uncertainty: (optional) float32 normalised entropy in [0, 1] per voxel.
         boxes_mm: the fine boxes, each ``(lps_min, lps_max)`` in mm (for display and debugging).
+        mode: ``"hybrid"`` or ``"unet"``: what drew the organs (for the report's audit trail).
+        lesions_reliable: False when the model's tumour/cyst outputs are phantom-trained (the demo
+            model): they are kept but flagged as unreliable on real CT.
     """
 
     labels: Volume
@@ -120,6 +138,8 @@ class AutoResult:
     probability: Volume | None = None
     uncertainty: Volume | None = None
     boxes_mm: list[tuple[list[float], list[float]]] = field(default_factory=list)
+    mode: str = "unet"
+    lesions_reliable: bool = True
 
     @property
     def empty(self) -> bool:
@@ -141,6 +161,39 @@ class AutoResult:
         from lkseg.segmentation import Segmentation
 
         return Segmentation.from_label_volume(self.labels, self.label_table)
+
+
+@dataclass
+class _Raw:
+    """The U-Net's output before structures are selected."""
+
+    labels: np.ndarray
+    timer: _Timer
+    warnings: list[str]
+    notes: list[str]
+    cascade: bool
+    extras: dict
+
+
+def _resolve_mode(mode: str) -> str:
+    import os
+
+    if mode not in ("auto", "hybrid", "unet"):
+        raise InputError(f"unknown automatic mode {mode!r}; use auto, hybrid or unet")
+    if mode == "auto":
+        env = os.environ.get("LKSEG_AUTO_MODE", "").strip().lower()
+        mode = env if env in ("hybrid", "unet") else "hybrid"
+    return mode
+
+
+def _weak_organs(volumes: dict[str, float], keep: list[str]) -> list[str]:
+    """Organs wanted but absent or below the plausible adult minimum (mL)."""
+    return [n for n in keep if _is_organ(n) and volumes.get(n, 0.0) < _PLAUSIBLE_ML[n][0]]
+
+
+def _plausibility(volumes: dict[str, float]) -> float:
+    """Sum over organs of the fraction of the plausible minimum volume reached (0..4)."""
+    return sum(min(volumes.get(n, 0.0) / lo, 1.0) for n, (lo, _hi) in _PLAUSIBLE_ML.items())
 
 
 class _Timer:
@@ -229,6 +282,10 @@ class AutoSegmenter:
     ) -> AutoResult:
         """Segment ``volume`` (a CT in HU, any orientation).
 
+        The U-Net runs first (with the cascade's locator; if it misses an organ the fine
+        network also runs over the whole scan, see ``AutoOptions.relocate``), then in hybrid
+        mode the prompt model redraws the organs (:mod:`lkseg.auto.hybrid`).
+
         Args:
             volume: the CT.
             structures: names to keep (default: all the model produces); lesions need their
@@ -245,9 +302,14 @@ class AutoSegmenter:
             CancelledError: cancelled through ``cancel``.
         """
         opts = options or self.options
+        keep = self._select(structures)
+        return self._predict(volume, keep, opts, progress, cancel)
+
+    def _predict_unet(self, volume, keep, opts, progress, cancel) -> AutoResult:
+        """The U-Net alone (checks, cascade, fine network, resampling, postprocessing); all labels
+        of the model are kept (the caller drops the unwanted ones)."""
         timer = _Timer()
         start = time.perf_counter()
-        keep = self._select(structures)
         warnings = check_ct_volume(volume) if opts.check_input else []
         timer.add("checks", start)
         report(progress, 0.02, "checked input")
@@ -275,7 +337,7 @@ class AutoSegmenter:
         if not boxes:
             warnings.append("no liver, kidney or spleen found: the scan may not show the abdomen; the result is empty")
             labels = np.zeros(volume.shape, dtype=np.uint8)
-            return self._result(volume, labels, keep, timer, warnings, [], use_cascade)
+            return _Raw(labels, timer, warnings, [], use_cascade, {})
         probs, union = self._fine(
             sampler, fine_grid, boxes, opts, timer, SubProgress(progress, 0.15, 0.85, "segmenting: "), cancel
         )
@@ -315,18 +377,132 @@ class AutoSegmenter:
         unc_map = np.ascontiguousarray(plan.undo_array(unc_can)) if unc_can is not None else None
         timer.add("assemble", start)
         boxes_mm = [_box_mm(fine_grid, b) for b in boxes]
-        result = self._result(
-            volume,
-            labels,
-            keep,
-            timer,
-            warnings,
-            notes,
-            use_cascade,
-            {"probability": prob_map, "uncertainty": unc_map, "boxes_mm": boxes_mm},
-        )
+        report(progress, 1.0, "done")
+        extras = {"probability": prob_map, "uncertainty": unc_map, "boxes_mm": boxes_mm}
+        return _Raw(labels, timer, warnings, notes, use_cascade, extras)
+
+    def _predict(self, volume: Volume, keep: list[str], opts: AutoOptions, progress, cancel) -> AutoResult:
+        mode = _resolve_mode(opts.mode)
+        fallback_warning = None
+        predictor = None
+        if mode == "hybrid":
+            predictor, fallback_warning = self._prompt_predictor()
+            if predictor is None:
+                mode = "unet"
+        share = 0.35 if mode == "hybrid" else 1.0
+        # the U-Net's pass, and a second whole-scan pass when the locator misses an organ
+        first, second = SubProgress(progress, 0.0, 0.6 * share), SubProgress(progress, 0.6 * share, share)
+        raw = self._predict_unet(volume, keep, opts, first, cancel)
+        raw.notes.extend(refuse_implausible_positions(raw.labels, volume.array, volume.grid, self.output_table))
+        ml = volume.grid.voxel_volume_ml
+        weak = _weak_organs(self._volumes(raw.labels, ml), keep)
+        if raw.cascade and opts.relocate and opts.cascade is None and weak:
+            full = self._predict_unet(volume, keep, replace(opts, cascade=False), second, cancel)
+            full.notes.extend(refuse_implausible_positions(full.labels, volume.array, volume.grid, self.output_table))
+            before = _plausibility(self._volumes(raw.labels, ml))
+            after = _plausibility(self._volumes(full.labels, ml))
+            if after > before + 0.2:
+                full.timer.timings.update({f"first_{k}": v for k, v in raw.timer.timings.items()})
+                full.notes.append(
+                    f"locator: the cascade missed or under-found {', '.join(weak)}; the fine network over the whole "
+                    f"scan scored {after:.2f} organs of plausible size instead of {before:.2f} and was used"
+                )
+                full.cascade = False
+                raw = full
+            else:
+                raw.timer.timings.update({f"relocate_{k}": v for k, v in full.timer.timings.items()})
+                added = self._merge_organs(raw.labels, full.labels, weak, ml)
+                raw.notes.append(
+                    f"locator: {', '.join(weak)} missing or small after the cascade; "
+                    + (
+                        f"taken from the whole-scan network: {', '.join(added)}"
+                        if added
+                        else "the whole-scan network found no more"
+                    )
+                )
+        if fallback_warning:
+            raw.warnings.append(fallback_warning)
+        if mode == "hybrid" and raw.labels.any():
+            from lkseg.auto.hybrid import hybrid_refine
+
+            post = opts.postprocess or PostprocessConfig(min_organ_ml=self.manifest.inference.min_organ_ml)
+            out = hybrid_refine(
+                predictor,
+                volume,
+                raw.labels,
+                self.output_table,
+                opts.hybrid,
+                post,
+                SubProgress(progress, share, 0.98, "drawing organs: "),
+                cancel,
+            )
+            raw.labels = np.ascontiguousarray(out.labels)
+            raw.notes.extend(out.notes)
+            raw.timer.timings.update(out.timings)
+        result = self._result(volume, raw.labels, keep, raw.timer, raw.warnings, raw.notes, raw.cascade, raw.extras)
+        result.mode = mode
+        result.lesions_reliable = not self.phantom_trained
+        lesions = [n for n, ml in result.volumes_ml.items() if ml > 0 and not _is_organ(n)]
+        if lesions and not result.lesions_reliable:
+            result.warnings.append(
+                f"{', '.join(lesions)} come from a model trained on synthetic phantoms and are unreliable on real CT: "
+                "confirm or redraw each lesion (a box on a lesion gives its 3D mask: lkseg refine)"
+            )
         report(progress, 1.0, "done")
         return result
+
+    def _merge_organs(self, labels: np.ndarray, other: np.ndarray, organs: list[str], ml: float) -> list[str]:
+        """Copy ``organs`` (with their lesions) that ``other`` holds at a plausible size into
+        the free voxels of ``labels`` (in place); returns the organs copied."""
+        added = []
+        volumes = self._volumes(other, ml)
+        value_of = {n: v for v, n in self.output_table.items()}
+        lesions = {"liver": ("liver_tumor",), "kidney_right": ("kidney_tumor", "kidney_cyst"), "spleen": ()}
+        lesions["kidney_left"] = lesions["kidney_right"]
+        for organ in organs:
+            if organ not in value_of or volumes.get(organ, 0.0) < _PLAUSIBLE_ML[organ][0]:
+                continue
+            piece = other == value_of[organ]
+            grown = ndimage.binary_dilation(piece, iterations=2)
+            for lesion in lesions[organ]:
+                if lesion in value_of:
+                    piece |= (other == value_of[lesion]) & grown
+            free = piece & (labels == 0)
+            labels[free] = other[free]
+            added.append(organ)
+        return added
+
+    @property
+    def phantom_trained(self) -> bool:
+        """True for a model package trained on synthetic phantoms (the demo model)."""
+        text = f"{self.manifest.name} {self.manifest.task}".lower()
+        return "phantom" in text
+
+    def _volumes(self, labels: np.ndarray, ml: float) -> dict[str, float]:
+        counts = np.bincount(labels.reshape(-1), minlength=max(self.output_table) + 1)
+        return {name: float(counts[v]) * ml for v, name in self.output_table.items()}
+
+    def _prompt_predictor(self):
+        """The prompt model for the hybrid mode, loaded once: ``(predictor, None)``, or
+        ``(None, warning)`` when the refine extra or its weights are missing (logged once)."""
+        if getattr(self, "_prompt", None) is not None:
+            return self._prompt, None
+        try:
+            from lkseg.refine import PredictorConfig, PromptPredictor
+
+            self._prompt = PromptPredictor(
+                device=str(self.device), config=PredictorConfig(prefetch=0, cache_slices=32, threads=self.threads)
+            )
+            return self._prompt, None
+        except (ImportError, LKSegError, OSError) as exc:
+            text = (
+                f"hybrid segmentation unavailable ({exc}); the U-Net alone drew the organs "
+                "(install the refine extra: pip install 'liverkidneyseg[refine]')"
+            )
+            if not getattr(self, "_prompt_warned", False):
+                log.warning(text)
+                self._prompt_warned = True
+            return None, text
 
     # -- stages ------------------------------------------------------------------------------
     def _select(self, structures: Sequence[str] | None) -> list[str]:

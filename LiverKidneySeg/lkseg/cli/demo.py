@@ -26,7 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default="lkseg-output", help="output folder (default: ./lkseg-output)")
     p.add_argument("--model", help="automatic model id or package folder (default: the bundled demo model)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--seed", type=int, default=7, help="phantom seed (default 7)")
+    p.add_argument(
+        "--seed", type=int, default=5000, help="phantom seed (default 5000, unseen by the demo model's training)"
+    )
     p.add_argument("--size", type=int, nargs=3, default=(256, 256, 100), metavar=("I", "J", "K"), help="phantom size")
     p.add_argument("--no-refine", action="store_true", help="skip the simulated refinement")
     p.add_argument("--height-cm", type=float, help="patient height (phantom and DICOM headers provide it)")
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         ],
         "timings_s": {k: round(v, 2) for k, v in result.timings.items()},
         "outputs": {k: str(v) for k, v in result.outputs.items()},
-        "warnings": result.warnings + plan.warnings,
+        "warnings": plan.warnings + [w for w in result.warnings if f"automatic segmentation: {w}" not in plan.warnings],
     }
     if plan.flr is not None:
         f = plan.flr
@@ -116,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         line = f"\nrefinement   {r.get('prompt', 'none')} on the liver ({r.get('changed_voxels', 0)} voxels changed)"
         if "dice_before" in r:
             line += f": liver Dice {r['dice_before']:.4f} -> {r['dice_after']:.4f}"
+        if not r.get("applied", True):
+            line += f"; NOT applied: {r.get('reverted') or r.get('proposal', '')}"
         print(line)
     if summary["flr"]:
         f = summary["flr"]

@@ -31,6 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probabilities", action="store_true", help="also write probability and uncertainty maps (NIfTI)")
     p.add_argument("--no-cascade", action="store_true", help="run the fine network over the whole scan (slower)")
     p.add_argument(
+        "--mode",
+        default="auto",
+        choices=["auto", "hybrid", "unet"],
+        help="hybrid: the U-Net finds the organs and LiteMedSAM draws them (needs the refine extra); "
+        "unet: the U-Net alone (faster); auto (default): hybrid when the refine extra is installed",
+    )
+    p.add_argument(
         "--tta", action="store_true", help="mirroring test-time augmentation (models trained with mirroring)"
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
@@ -106,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         tta=args.tta,
         return_probabilities=args.probabilities,
         check_input=not args.no_input_checks,
+        mode=args.mode,
     )
     result = segmenter.predict(
         volume, args.structures, progress=SubProgress(progress, 0.08, 0.9) if progress else None, options=options
@@ -139,6 +147,8 @@ def _print_summary(args, segmenter, result, timings: dict[str, float], paths: di
             "device": result.device,
             "backend": segmenter.backend,
             "cascade": result.cascade,
+            "mode": result.mode,
+            "lesions_reliable": result.lesions_reliable,
             "empty": result.empty,
             "volumes_ml": {k: round(v, 2) for k, v in volumes.items()},
             "warnings": result.warnings,
@@ -148,8 +158,11 @@ def _print_summary(args, segmenter, result, timings: dict[str, float], paths: di
         }
         print(json.dumps(summary, indent=2))
         return
-    mode = "cascade" if result.cascade else "single stage"
-    print(f"model      {result.model_id}@{result.model_version} on {result.device} via {segmenter.backend} ({mode})")
+    stage = "cascade" if result.cascade else "single stage"
+    print(
+        f"model      {result.model_id}@{result.model_version} on {result.device} via {segmenter.backend} "
+        f"({stage}, {result.mode})"
+    )
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if result.empty:

@@ -1,0 +1,418 @@
+"""Hybrid automatic segmentation: the U-Net locates each organ, LiteMedSAM draws it slice by slice.
+
+Given the U-Net's label map (:class:`~lkseg.auto.AutoResult`), :func:`hybrid_refine`:
+
+1. takes each organ's 3D connected components (liver, right kidney, left kidney, spleen; a
+   component includes the organ's tumours and cysts), in the canonical LPS frame of
+   :class:`~lkseg.refine.slices.VolumeSlicer` (numpy axes ``(k, j, i)``; an axial display slice
+   is ``canonical[k]``: rows anterior -> posterior, columns patient right -> left);
+2. on every axial slice where a component is present, boxes each 2D piece of it (plus
+   ``box_margin_mm``) and decodes the box with the prompt model; each slice is encoded ONCE for
+   all organs (they share the soft-tissue window);
+3. fuses: the prompt model's mask is kept inside the U-Net piece dilated by ``keep_within_mm``;
+   where it is empty or its area is implausible next to the U-Net's (outside
+   ``[min_area_ratio, max_area_ratio]``), the U-Net's piece is kept; a pixel claimed by two
+   organs goes to the higher logit (no voxel in two organs);
+4. extends each component up to ``extend_mm`` beyond the U-Net's first and last slice while the
+   prompt model still sees the organ (area, overlap and HU checks against the previous slice);
+5. puts the U-Net's tumours and cysts back inside their (new) organ only, then runs the usual
+   postprocessing (:func:`~lkseg.auto.postprocess.postprocess_labels`).
+
+Defaults were chosen on ``real-ct/totalsegmentator/example_ct_sm`` (see README "Automatic
+segmentation" for which data chose what and which data reports what).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from lkseg.auto.postprocess import PostprocessConfig, postprocess_labels
+from lkseg.labels import LabelTable
+from lkseg.progress import CancelToken, ProgressCallback, report
+from lkseg.volume import Volume
+
+__all__ = ["HybridConfig", "HybridOutcome", "OrganPiece", "fuse_slice", "hybrid_refine", "organ_components"]
+
+log = logging.getLogger(__name__)
+
+ORGANS = ("liver", "kidney_right", "kidney_left", "spleen")
+_LESIONS = {"liver": ("liver_tumor",), "kidney": ("kidney_tumor", "kidney_cyst")}
+
+
+@dataclass(frozen=True)
+class HybridConfig:
+    """Rules of the hybrid stage (distances in mm, areas as ratios).
+
+    Attributes:
+        box_margin_mm: margin added around the U-Net piece's box on each side.
+        keep_within_mm: the prompt model's mask is cut to the U-Net piece dilated by this.
+        min_area_ratio, max_area_ratio: the prompt model's area over the U-Net's on the same
+            slice outside this range -> the U-Net's piece is kept on that slice.
+        min_piece_mm2, min_piece_fraction: U-Net 2D pieces smaller than this (mm², or fraction
+            of the organ's largest piece on that slice) get no box (kept as the U-Net drew them).
+        extend_mm: how far beyond the U-Net's first/last slice a component may grow.
+        extend_min_ratio, extend_max_ratio: area of an extension slice over the previous slice's.
+        extend_hu_sd: an extension slice's mean HU must lie within this many standard
+            deviations of the organ's HU (from the U-Net's mask).
+        regrow: times a box is re-drawn around the mask when the mask runs into its side
+            (the U-Net saw only part of the organ on that slice).
+        neighbour_ratio: when an organ on a slice has less than this fraction of its area on
+            the slice below, the slice below's box is tried too (0 = off).
+    """
+
+    box_margin_mm: float = 6.0
+    keep_within_mm: float = 15.0
+    min_area_ratio: float = 0.5
+    max_area_ratio: float = 3.0
+    min_piece_mm2: float = 40.0
+    min_piece_fraction: float = 0.05
+    extend_mm: float = 20.0
+    extend_min_ratio: float = 0.3
+    extend_max_ratio: float = 1.5
+    extend_hu_sd: float = 2.0
+    regrow: int = 2
+    neighbour_ratio: float = 0.8
+
+
+@dataclass
+class OrganPiece:
+    """One 3D connected component of an organ in the canonical (k, j, i) frame."""
+
+    organ: str
+    value: int
+    mask: np.ndarray  # bool, canonical shape
+    k_range: tuple[int, int]  # first, last slice (inclusive)
+
+
+@dataclass
+class HybridOutcome:
+    """Labels on the input grid and what the hybrid stage did."""
+
+    labels: np.ndarray
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    slices_encoded: int = 0
+    fallback_slices: dict[str, int] = field(default_factory=dict)
+    extended_slices: dict[str, int] = field(default_factory=dict)
+
+
+def organ_components(canon: np.ndarray, table: LabelTable, min_voxels: int = 1) -> list[OrganPiece]:
+    """The organs' 3D components (organ plus its lesions) in a canonical label array.
+
+    A kidney component goes to the side most of its kidney voxels carry.
+    """
+    names = dict(table.items())
+    value_of = {n: v for v, n in names.items()}
+    pieces: list[OrganPiece] = []
+    groups = {
+        "liver": ["liver", *_LESIONS["liver"]],
+        "kidney": ["kidney_right", "kidney_left", *_LESIONS["kidney"]],
+        "spleen": ["spleen"],
+    }
+    for members in groups.values():
+        values = [value_of[m] for m in members if m in value_of]
+        organ_values = [value_of[m] for m in members if m in value_of and m in ORGANS]
+        if not organ_values:
+            continue
+        comp, n = ndimage.label(np.isin(canon, values))
+        for idx, sl in enumerate(ndimage.find_objects(comp)[:n], start=1):
+            if sl is None:
+                continue
+            mask = np.zeros(canon.shape, dtype=bool)
+            mask[sl] = comp[sl] == idx
+            if int(mask.sum()) < min_voxels:
+                continue
+            votes = [int(np.count_nonzero(canon[sl][mask[sl]] == v)) for v in organ_values]
+            if max(votes) == 0:
+                continue  # lesion without any organ voxel: left to postprocessing
+            value = organ_values[int(np.argmax(votes))]
+            pieces.append(OrganPiece(names[value], value, mask, (sl[0].start, sl[0].stop - 1)))
+    return pieces
+
+
+def _dilate(mask: np.ndarray, radius_px: tuple[float, float]) -> np.ndarray:
+    """``mask`` dilated by an ellipse of ``radius_px`` (rows, cols), computed only around the
+    mask's bounding box (a Euclidean distance map: a 39-pixel disk on a 512x512 slice is otherwise slow)."""
+    ry, rx = max(0, round(radius_px[0])), max(0, round(radius_px[1]))
+    if (ry == 0 and rx == 0) or not mask.any():
+        return mask.copy()
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    r0, r1 = max(0, rows[0] - ry - 1), min(mask.shape[0], rows[-1] + ry + 2)
+    c0, c1 = max(0, cols[0] - rx - 1), min(mask.shape[1], cols[-1] + rx + 2)
+    sampling = (1.0 / max(ry, 1e-6), 1.0 / max(rx, 1e-6))  # distances in units of the radius
+    out = np.zeros_like(mask, dtype=bool)
+    out[r0:r1, c0:c1] = ndimage.distance_transform_edt(~mask[r0:r1, c0:c1], sampling=sampling) <= 1.0
+    return out
+
+
+def _box(mask: np.ndarray, margin_px: tuple[float, float]) -> tuple[int, int, int, int] | None:
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    h, w = mask.shape
+    my, mx = round(margin_px[0]), round(margin_px[1])
+    return (max(0, rows[0] - my), max(0, cols[0] - mx), min(h - 1, rows[-1] + my), min(w - 1, cols[-1] + mx))
+
+
+def fuse_slice(
+    candidates: dict[int, list[tuple[np.ndarray, np.ndarray | None]]],
+    config: HybridConfig,
+    pixel_mm: tuple[float, float],
+) -> tuple[np.ndarray, dict[int, int]]:
+    """Fuse one slice: organ value -> list of ``(unet_piece, logits or None)``.
+
+    For each piece: the prompt model's mask (``logits > 0``) cut to the piece dilated by
+    ``keep_within_mm``; if it is empty or its area ratio to the piece lies outside
+    ``[min_area_ratio, max_area_ratio]`` (or ``logits`` is None), the U-Net piece is used.
+    A pixel claimed by several organs goes to the highest score (logit; U-Net fallback pixels
+    score 0.5). Returns the fused 2D label slice and the number of fallback pieces per organ.
+    """
+    shape = next(iter(candidates.values()))[0][0].shape
+    best = np.full(shape, -np.inf, dtype=np.float32)
+    out = np.zeros(shape, dtype=np.uint8)
+    fallbacks: dict[int, int] = {}
+    radius = (config.keep_within_mm / pixel_mm[0], config.keep_within_mm / pixel_mm[1])
+    for value, items in candidates.items():
+        for piece, logits in items:
+            area = int(piece.sum())
+            use_unet = logits is None
+            if not use_unet:
+                sam = (logits > 0) & _dilate(piece, radius)
+                ratio = float(sam.sum()) / max(area, 1)
+                use_unet = not (config.min_area_ratio <= ratio <= config.max_area_ratio)
+            if use_unet:
+                fallbacks[value] = fallbacks.get(value, 0) + (logits is not None)
+                mask, score = piece, np.full(shape, 0.5, dtype=np.float32)
+            else:
+                mask, score = sam, logits.astype(np.float32)
+            take = mask & (score > best)
+            out[take] = value
+            best[take] = score[take]
+    return out, fallbacks
+
+
+def hybrid_refine(
+    predictor,
+    volume: Volume,
+    unet_labels: np.ndarray,
+    table: LabelTable,
+    config: HybridConfig | None = None,
+    post: PostprocessConfig | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> HybridOutcome:
+    """Redraw the U-Net's organs with the prompt model; see the module docstring.
+
+    Args:
+        predictor: a :class:`lkseg.refine.PromptPredictor` (its volume is set here).
+        volume: the CT (any orientation).
+        unet_labels: the U-Net's labels on ``volume``'s grid (ZYX), values of ``table``.
+        table: label value -> structure name.
+        config, post: hybrid rules and the final postprocessing.
+        progress, cancel: callback and token (checked before every slice: ~1 s on a CPU).
+
+    Returns:
+        :class:`HybridOutcome` whose ``labels`` lie on ``volume``'s grid.
+    """
+    config = config or HybridConfig()
+    t0 = time.perf_counter()
+    if getattr(predictor, "_slicer", None) is None or predictor.volume is not volume:
+        predictor.set_volume(volume, check_ct_values=False)  # same volume: reuse its embeddings
+    slicer = predictor.slicer
+    canon = slicer.user_volume_to_canonical(np.asarray(unet_labels))
+    pixel_mm = slicer.pixel_mm("axial")
+    slice_mm = slicer.slice_mm("axial")
+    margin = (config.box_margin_mm / pixel_mm[0], config.box_margin_mm / pixel_mm[1])
+    min_piece_px = config.min_piece_mm2 / (pixel_mm[0] * pixel_mm[1])
+    pieces = organ_components(canon, table)
+    outcome = HybridOutcome(labels=np.asarray(unet_labels))
+    if not pieces:
+        outcome.notes.append("hybrid: no organ to redraw")
+        return outcome
+    organ_values = {p.value for p in pieces}
+    fused = np.where(np.isin(canon, list(organ_values)), 0, canon).astype(np.uint8)  # keep non-organ labels
+    lesion_canon = canon.copy()
+    for p in pieces:
+        fused[p.mask] = 0
+    per_slice: dict[int, list[OrganPiece]] = {}
+    for p in pieces:
+        for k in range(p.k_range[0], p.k_range[1] + 1):
+            per_slice.setdefault(k, []).append(p)
+    ext_n = int(config.extend_mm // slice_mm) if config.extend_mm > 0 else 0
+    total = len(per_slice) + 2 * ext_n * len(pieces)
+    done = 0
+    stats = {o: [0, 0] for o in {p.organ for p in pieces}}  # organ -> [slices, fallbacks]
+    t_enc = 0.0
+    for k in sorted(per_slice):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        report(progress, done / max(total, 1), f"drawing organs, slice {done + 1} of {len(per_slice)}")
+        ctx = None
+        candidates: dict[int, list[tuple[np.ndarray, np.ndarray | None]]] = {}
+        for p in per_slice[k]:
+            m2 = p.mask[k]
+            if not m2.any():
+                continue
+            lab, n = ndimage.label(m2)
+            sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+            floor = max(min_piece_px, config.min_piece_fraction * float(sizes.max()))
+            for idx in range(1, n + 1):
+                piece = lab == idx
+                logits = None
+                if sizes[idx - 1] >= floor:
+                    if ctx is None:
+                        s = time.perf_counter()
+                        ctx = predictor.slice_context("axial", k, p.organ)
+                        t_enc += time.perf_counter() - s
+                        outcome.slices_encoded += 1
+                    logits = _decode_regrow(ctx, piece, margin, config.regrow)
+                candidates.setdefault(p.value, []).append((piece, logits))
+            stats[p.organ][0] += 1
+        if candidates:
+            out2d, fb = fuse_slice(candidates, config, pixel_mm)
+            free = fused[k] == 0
+            fused[k][free & (out2d > 0)] = out2d[free & (out2d > 0)]
+            for p in per_slice[k]:
+                stats[p.organ][1] += fb.get(p.value, 0)
+            if config.neighbour_ratio > 0 and k > 0 and ctx is not None:
+                for value in candidates:
+                    _follow_neighbour(ctx, fused, k, value, config, margin, pixel_mm)
+        done += 1
+    hu_stats = _organ_hu(slicer.array, canon, organ_values)
+    for p in pieces:
+        for direction in (1, -1):
+            added = _extend(predictor, slicer, fused, p, direction, ext_n, config, margin, pixel_mm, hu_stats, cancel)
+            outcome.slices_encoded += added[1]
+            if added[0]:
+                outcome.extended_slices[p.organ] = outcome.extended_slices.get(p.organ, 0) + added[0]
+            done += ext_n
+            report(progress, done / max(total, 1), f"extending {p.organ}")
+    _restore_lesions(fused, lesion_canon, table)
+    grid = slicer.canonical.grid
+    outcome.notes.extend(postprocess_labels(fused, grid, table, post or PostprocessConfig()))
+    outcome.labels = slicer.canonical_volume_to_user(fused)
+    outcome.fallback_slices = {o: s[1] for o, s in stats.items()}
+    outcome.timings = {"sam": time.perf_counter() - t0, "sam_first_encodes": t_enc}
+    for organ, (n_sl, n_fb) in stats.items():
+        ext = outcome.extended_slices.get(organ, 0)
+        outcome.notes.append(
+            f"hybrid {organ}: redrawn on {n_sl} slice(s), U-Net kept on {n_fb}, extended by {ext} slice(s)"
+        )
+    return outcome
+
+
+def _follow_neighbour(ctx, fused, k, value, config, margin, pixel_mm) -> None:
+    """Where the organ on slice ``k`` is much smaller than on slice ``k - 1`` (the U-Net saw only
+    part of it here), decode the previous slice's box on this slice (same embedding) and keep the
+    larger mask when it mostly overlaps the previous slice's."""
+    prev, cur = fused[k - 1] == value, fused[k] == value
+    floor = config.min_piece_mm2 / (pixel_mm[0] * pixel_mm[1])
+    n_prev, n_cur = int(prev.sum()), int(cur.sum())
+    if n_prev < floor or n_cur >= config.neighbour_ratio * n_prev:
+        return
+    logits, _ = ctx.decode(box_rc=_box(prev | cur, margin))
+    radius = (config.keep_within_mm / pixel_mm[0], config.keep_within_mm / pixel_mm[1])
+    cand = (logits > 0) & _dilate(prev | cur, radius) & ((fused[k] == 0) | cur)
+    area = int(cand.sum())
+    if n_cur < area <= config.extend_max_ratio * n_prev and (cand & prev).sum() >= 0.5 * area:
+        fused[k][cand] = value
+
+
+def _touches(mask: np.ndarray, box: tuple[int, int, int, int]) -> bool:
+    """Whether ``mask`` reaches a side of ``box`` that is not the image border."""
+    r0, c0, r1, c1 = box
+    h, w = mask.shape
+    sides = []
+    if r0 > 0:
+        sides.append(mask[r0, c0 : c1 + 1])
+    if r1 < h - 1:
+        sides.append(mask[r1, c0 : c1 + 1])
+    if c0 > 0:
+        sides.append(mask[r0 : r1 + 1, c0])
+    if c1 < w - 1:
+        sides.append(mask[r0 : r1 + 1, c1])
+    return any(bool(s.any()) for s in sides)
+
+
+def _decode_regrow(ctx, piece: np.ndarray, margin, regrow: int) -> np.ndarray:
+    """Decode the piece's box; while the mask runs into the box's side (the U-Net saw only part
+    of the organ), decode again with the box of mask and piece (same embedding, ~0.1 s)."""
+    box = _box(piece, margin)
+    logits, _ = ctx.decode(box_rc=box)
+    for _ in range(regrow):
+        mask = logits > 0
+        if not mask.any() or not _touches(mask, box):
+            break
+        grown = _box(mask | piece, margin)
+        if grown == box:
+            break
+        box = grown
+        logits, _ = ctx.decode(box_rc=box)
+    return logits
+
+
+def _organ_hu(hu: np.ndarray, canon: np.ndarray, values: set[int]) -> dict[int, tuple[float, float]]:
+    out = {}
+    for v in values:
+        sample = hu[canon == v]
+        if sample.size:
+            sample = sample[:: max(1, sample.size // 200000)].astype(np.float32)
+            out[v] = (float(np.median(sample)), float(max(np.std(sample), 15.0)))
+    return out
+
+
+def _extend(predictor, slicer, fused, piece: OrganPiece, direction, n_max, config, margin, pixel_mm, hu_stats, cancel):
+    """Grow ``piece`` slice by slice towards its end in ``direction`` and up to ``n_max`` slices
+    beyond it, starting from its last slice with a box-sized mask (the U-Net's end slices are
+    often slivers); only free voxels are added. Returns (slices grown beyond the U-Net, encodes)."""
+    floor = config.min_piece_mm2 / (pixel_mm[0] * pixel_mm[1])
+    end = piece.k_range[1] if direction > 0 else piece.k_range[0]
+    k = end
+    while (fused[k] == piece.value).sum() < floor and k != (piece.k_range[0] if direction > 0 else piece.k_range[1]):
+        k -= direction
+    prev = fused[k] == piece.value
+    added = encodes = 0
+    radius = (config.keep_within_mm / pixel_mm[0], config.keep_within_mm / pixel_mm[1])
+    mu, sd = hu_stats.get(piece.value, (None, None))
+    while True:
+        k += direction
+        beyond = (k - end) * direction
+        if beyond > n_max or not 0 <= k < fused.shape[0] or prev.sum() < floor:
+            break
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        ctx = predictor.slice_context("axial", k, piece.organ)
+        encodes += 1
+        logits, _ = ctx.decode(box_rc=_box(prev, margin))
+        current = fused[k] == piece.value
+        sam = ((logits > 0) & _dilate(prev, radius) & (fused[k] == 0)) | current
+        area, before = int(sam.sum()), int(prev.sum())
+        if not config.extend_min_ratio * before <= area <= config.extend_max_ratio * before:
+            break
+        if float((sam & prev).sum()) < 0.5 * area:
+            break
+        if mu is not None and abs(float(np.mean(slicer.array[k][sam])) - mu) > config.extend_hu_sd * sd:
+            break
+        fused[k][sam] = piece.value
+        prev = sam
+        added += beyond > 0
+    return added, encodes
+
+
+def _restore_lesions(fused: np.ndarray, unet: np.ndarray, table: LabelTable) -> None:
+    """U-Net tumours/cysts kept only where the fused map holds their organ."""
+    value_of = {n: v for v, n in table.items()}
+    for organ_group, lesions in _LESIONS.items():
+        organ_vals = [value_of[o] for o in ORGANS if o.startswith(organ_group) and o in value_of]
+        for lesion in lesions:
+            if lesion not in value_of:
+                continue
+            where = (unet == value_of[lesion]) & np.isin(fused, organ_vals)
+            fused[where] = value_of[lesion]

@@ -1,0 +1,321 @@
+"""Hybrid automatic segmentation (lkseg.auto.hybrid): fusion rules on synthetic masks, the whole
+stage with a stand-in prompt model whose answers come from a known truth, cancel, the fallback
+without the refine extra, and the real LiteMedSAM on real CT slices."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from test_auto import body_volume, tiny_package  # noqa: F401  (a fixture)
+
+from lkseg.auto.hybrid import HybridConfig, fuse_slice, hybrid_refine, organ_components
+from lkseg.errors import CancelledError
+from lkseg.labels import LabelTable
+from lkseg.progress import CancelToken
+from lkseg.refine.slices import VolumeSlicer
+from lkseg.volume import Grid, Volume
+
+TABLE = LabelTable({1: "liver", 2: "liver_tumor", 3: "kidney_right", 4: "kidney_left", 5: "kidney_tumor", 7: "spleen"})
+
+
+def square(shape, r0, c0, r1, c1):
+    m = np.zeros(shape, dtype=bool)
+    m[r0:r1, c0:c1] = True
+    return m
+
+
+# -- fusion rules on one slice -------------------------------------------------------------------
+def test_fuse_keeps_sam_inside_dilated_unet_and_cuts_the_rest():
+    shape = (60, 60)
+    unet = square(shape, 20, 20, 40, 40)
+    truth = square(shape, 18, 18, 42, 42)  # the organ is a bit larger than the U-Net saw
+    far = square(shape, 0, 50, 10, 60)  # something else the prompt model also lit up
+    logits = np.where(truth | far, 4.0, -4.0)
+    out, fallbacks = fuse_slice({1: [(unet, logits)]}, HybridConfig(keep_within_mm=4.0), (1.0, 1.0))
+    assert np.array_equal(out == 1, truth)
+    assert fallbacks == {}
+
+
+@pytest.mark.parametrize(
+    "sam",
+    [np.zeros((60, 60), bool), square((60, 60), 25, 25, 30, 30), square((60, 60), 5, 5, 55, 55)],
+    ids=["empty", "too-small", "too-large"],
+)
+def test_fuse_falls_back_to_the_unet_when_sam_is_implausible(sam):
+    unet = square((60, 60), 20, 20, 40, 40)
+    logits = np.where(sam, 4.0, -4.0)
+    out, fallbacks = fuse_slice({1: [(unet, logits)]}, HybridConfig(keep_within_mm=30.0), (1.0, 1.0))
+    assert np.array_equal(out == 1, unet)
+    assert fallbacks == {1: 1}
+
+
+def test_fuse_gives_each_pixel_to_one_organ_by_the_higher_logit():
+    shape = (40, 40)
+    liver_unet, kidney_unet = square(shape, 5, 5, 25, 25), square(shape, 20, 20, 35, 35)
+    liver_logit = np.where(square(shape, 5, 5, 27, 27), 2.0, -3.0)
+    kidney_logit = np.where(square(shape, 18, 18, 35, 35), 6.0, -3.0)
+    out, _ = fuse_slice(
+        {1: [(liver_unet, liver_logit)], 3: [(kidney_unet, kidney_logit)]}, HybridConfig(keep_within_mm=5), (1, 1)
+    )
+    both = square(shape, 5, 5, 27, 27) & square(shape, 18, 18, 35, 35)
+    assert np.all(out[both] == 3)  # the kidney's logit is higher where both claim a pixel
+    assert np.all(out[square(shape, 5, 5, 18, 18)] == 1)
+    assert set(np.unique(out)) == {0, 1, 3}
+
+
+def test_organ_components_split_kidneys_by_majority_and_keep_lesions():
+    canon = np.zeros((10, 30, 30), dtype=np.uint8)
+    canon[2:8, 5:12, 5:12] = 3  # right kidney
+    canon[4:6, 6:9, 6:9] = 5  # its tumour
+    canon[2:8, 5:12, 18:25] = 4  # left kidney, mislabelled on a few voxels
+    canon[2:4, 5:7, 18:20] = 3
+    pieces = organ_components(canon, TABLE)
+    by_value = {p.value: p for p in pieces}
+    assert sorted(by_value) == [3, 4]
+    assert by_value[3].mask[5, 7, 7]  # the tumour belongs to the right kidney's component
+    assert by_value[4].mask[3, 6, 19] and by_value[4].k_range == (2, 7)
+
+
+# -- the whole stage with a stand-in prompt model ------------------------------------------------
+class _Ctx:
+    def __init__(self, owner, k):
+        self.owner, self.k = owner, k
+
+    def decode(self, box_rc=None, **_):
+        self.owner.decodes += 1
+        if self.owner.delay:
+            time.sleep(self.owner.delay)
+        r0, c0, r1, c1 = box_rc
+        truth = self.owner.truth_canon[self.k]
+        inside = np.zeros(truth.shape, dtype=bool)
+        inside[r0 : r1 + 1, c0 : c1 + 1] = True
+        counts = np.bincount(truth[inside].ravel(), minlength=256)
+        counts[0] = 0
+        organ = (truth == int(np.argmax(counts))) if counts.any() else np.zeros_like(inside)
+        return np.where(organ & inside, 5.0, -5.0).astype(np.float32), 0.9
+
+
+class OraclePredictor:
+    """Answers every box with the true organ that fills most of it, cut to the box (an
+    independent truth, not the code under test); counts encodes and decodes."""
+
+    def __init__(self, truth_user: np.ndarray, delay: float = 0.0):
+        self.truth_user, self.delay = truth_user, delay
+        self.encodes: list[int] = []
+        self.decodes = 0
+        self._slicer = None
+
+    def set_volume(self, volume, check_ct_values=True):
+        self._slicer = VolumeSlicer(volume)
+        self.truth_canon = self._slicer.user_volume_to_canonical(self.truth_user)
+
+    @property
+    def volume(self):
+        return self._slicer.volume
+
+    @property
+    def slicer(self):
+        return self._slicer
+
+    def slice_context(self, view, k, structure=None):
+        assert view == "axial"
+        self.encodes.append(k)
+        return _Ctx(self, k)
+
+
+def _ellipsoid(shape, centre, radii):
+    zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    return sum(((a - c) / r) ** 2 for a, c, r in zip((zz, yy, xx), centre, radii)) <= 1.0
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["lps", "ras-stored"])
+def test_hybrid_recovers_the_true_organ_from_a_shrunken_unet_on_any_storage_order(flip):
+    shape = (24, 64, 64)
+    direction = np.diag([-1.0, -1.0, 1.0]) if flip else np.eye(3)
+    grid = Grid(shape, (1.5, 1.5, 3.0), (0.0, 0.0, 0.0), direction)
+    liver = _ellipsoid(shape, (12, 30, 22), (9, 18, 14))
+    kidney = _ellipsoid(shape, (12, 36, 48), (5, 9, 7))
+    hu = np.full(shape, -900, dtype=np.int16)
+    hu[_ellipsoid(shape, (12, 32, 32), (30, 30, 31))] = 20
+    hu[liver], hu[kidney] = 60, 150
+    volume = Volume(hu, grid)
+    truth = np.zeros(shape, np.uint8)
+    truth[liver], truth[kidney] = 1, 4
+    # the "U-Net": eroded organs that also stop two slices early at both ends, plus a tumour
+    unet = np.zeros(shape, np.uint8)
+    unet[ndimage.binary_erosion(liver, iterations=2)] = 1
+    unet[ndimage.binary_erosion(kidney, iterations=1)] = 4
+    unet[(unet == 1) & _ellipsoid(shape, (12, 30, 22), (2, 3, 3))] = 2
+    oracle = OraclePredictor(truth)
+    # the U-Net's end slices here are a third of the organ: allow the extension to double the area
+    out = hybrid_refine(oracle, volume, unet, TABLE, HybridConfig(extend_max_ratio=2.0))
+    labels = out.labels
+    for value in (1, 4):
+        organ = (labels == value) | ((labels == 2) & (value == 1))
+        before = 2 * (np.isin(unet, [1, 2] if value == 1 else [value]) & (truth == value)).sum()
+        before /= np.isin(unet, [1, 2] if value == 1 else [value]).sum() + (truth == value).sum()
+        after = 2 * (organ & (truth == value)).sum() / (organ.sum() + (truth == value).sum())
+        assert after > before + 0.05 and after > 0.97, (value, before, after)
+    assert (labels == 2).sum() > 0 and np.all(truth[labels == 2] == 1)  # tumour kept inside its organ
+    # the main pass encodes each slice holding an organ once, for both organs; the extension
+    # then revisits only the end slices (the real predictor's cache serves those)
+    n_main = int(np.count_nonzero(np.isin(unet, [1, 2, 4]).any(axis=(1, 2))))
+    main = oracle.encodes[:n_main]
+    assert len(main) == len(set(main)) == n_main
+    assert len(oracle.encodes) - n_main <= 4 * 8
+    assert out.extended_slices.get("liver", 0) >= 2
+
+
+def test_hybrid_cancels_within_two_seconds():
+    shape = (40, 48, 48)
+    grid = Grid(shape, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    liver = _ellipsoid(shape, (20, 24, 24), (18, 15, 15))
+    hu = np.where(liver, 60, -900).astype(np.int16)
+    unet = liver.astype(np.uint8)
+    oracle = OraclePredictor(liver.astype(np.uint8), delay=0.3)  # ~ a loaded CPU's encode+decode
+    token = CancelToken()
+    threading.Timer(0.5, token.cancel).start()
+    start = time.perf_counter()
+    with pytest.raises(CancelledError):
+        hybrid_refine(oracle, Volume(hu, grid), unet, TABLE, cancel=token)
+    assert time.perf_counter() - start < 0.5 + 2.0
+
+
+def test_hybrid_with_no_organ_returns_the_input_unchanged():
+    shape = (10, 20, 20)
+    grid = Grid(shape, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    oracle = OraclePredictor(np.zeros(shape, np.uint8))
+    out = hybrid_refine(oracle, Volume(np.full(shape, -900, np.int16), grid), np.zeros(shape, np.uint8), TABLE)
+    assert not out.labels.any() and oracle.encodes == []
+
+
+# -- the mode switch and the fallback without the refine extra -------------------------------------
+def test_auto_mode_falls_back_to_the_unet_with_one_warning_without_the_refine_extra(
+    tiny_package,  # noqa: F811  (the fixture imported above)
+    monkeypatch,
+    caplog,
+):
+    import builtins
+
+    from lkseg.auto import AutoOptions, AutoSegmenter
+
+    seg = AutoSegmenter(tiny_package, device="cpu", threads=1, backend="torch")
+    real_import = builtins.__import__
+
+    def no_refine(name, *args, **kwargs):
+        if name.startswith("lkseg.refine"):
+            raise ImportError("No module named 'segment_anything'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_refine)
+    volume = body_volume()
+    with caplog.at_level("WARNING", logger="lkseg.auto.predictor"):
+        first = seg.predict(volume, options=AutoOptions(mode="hybrid"))
+        second = seg.predict(volume, options=AutoOptions(mode="hybrid"))
+    assert first.mode == second.mode == "unet"
+    assert sum("hybrid segmentation unavailable" in w for w in first.warnings) == 1
+    assert sum("hybrid segmentation unavailable" in r.getMessage() for r in caplog.records) == 1  # logged once
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    plain = seg.predict(volume, options=AutoOptions(mode="unet"))
+    assert plain.mode == "unet" and not any("hybrid" in w for w in plain.warnings)
+    assert np.array_equal(first.labels.array, plain.labels.array)
+
+
+def test_auto_mode_names_are_checked_and_the_environment_chooses_auto(monkeypatch):
+    from lkseg.auto.predictor import _resolve_mode
+    from lkseg.errors import InputError
+
+    with pytest.raises(InputError, match="unknown automatic mode"):
+        _resolve_mode("sam")
+    monkeypatch.setenv("LKSEG_AUTO_MODE", "unet")
+    assert _resolve_mode("auto") == "unet" and _resolve_mode("hybrid") == "hybrid"
+    monkeypatch.delenv("LKSEG_AUTO_MODE")
+    assert _resolve_mode("auto") == "hybrid"
+
+
+# -- the real LiteMedSAM on real CT slices -------------------------------------------------------
+def test_hybrid_with_litemedsam_improves_a_degraded_mask_on_real_ct(refine_engine, refine_ct):
+    """12 real slices (example_ct_sm) with TotalSegmentator's masks as the truth: a 'U-Net' that
+    is the truth shrunk by 2 voxels in-plane is redrawn by LiteMedSAM much closer to the truth."""
+    from lkseg.metrics import dice
+    from lkseg.refine import PredictorConfig, PromptPredictor
+
+    image, ref = refine_ct
+    table = LabelTable({1: "liver", 3: "kidney_right", 4: "kidney_left", 7: "spleen"})
+    mapping = {5: 1, 2: 3, 3: 4, 1: 7}
+    truth = np.zeros(ref.shape, np.uint8)
+    for src, dst in mapping.items():
+        truth[ref.array == src] = dst
+    shrunk = np.zeros_like(truth)
+    inplane = np.zeros((1, 3, 3), bool)
+    inplane[0, 1, :] = inplane[0, :, 1] = True
+    for value in mapping.values():
+        shrunk[ndimage.binary_erosion(truth == value, inplane, iterations=2)] = value
+    predictor = PromptPredictor.with_engine(refine_engine, PredictorConfig(prefetch=0, cache_slices=16))
+    out = hybrid_refine(predictor, image, shrunk, table)
+    scores = {n: (dice(shrunk == v, truth == v), dice(out.labels == v, truth == v)) for v, n in table.items()}
+    for name, (before, after) in scores.items():
+        assert after > before + 0.03, scores
+        assert after > (0.88 if name in ("liver", "spleen") else 0.75), scores
+
+
+# -- position checks -----------------------------------------------------------------------------
+@pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0])], ids=["lps", "ras-stored"])
+def test_position_checks_refuse_a_midline_or_pelvic_kidney_and_a_right_sided_spleen(direction):
+    from lkseg.auto.plausibility import refuse_implausible_positions
+
+    shape = (60, 40, 60)  # k (S-I, 5 mm), j, i (5 mm): 300 mm wide, 300 mm long
+    grid = Grid(shape, (5.0, 5.0, 5.0), (0.0, 0.0, 0.0), direction)
+    image = np.full(shape, -1000, np.int16)
+    image[:, 5:35, 5:55] = 40  # the body, centred on i = 29.5
+    labels = np.zeros(shape, np.uint8)
+    # where the patient's right is depends on the storage: find it from the grid
+    right_is_low_i = grid.index_to_ras([0.0, 0, 0])[0] > grid.index_to_ras([59.0, 0, 0])[0]
+
+    def side(offset):  # i index ``offset`` voxels to the patient's right (+) or left (-) of the midline
+        return round(29.5 - offset) if right_is_low_i else round(29.5 + offset)
+
+    def blob(value, i, k, r=3):
+        labels[k - r : k + r, 15:21, i - r : i + r] = value
+
+    blob(1, side(12), 40, r=8)  # liver on the right, centre k = 40
+    blob(3, side(12), 32)  # right kidney: plausible
+    blob(4, side(-12), 32)  # left kidney: plausible
+    blob(4, side(0), 30)  # "kidney" on the midline (aorta)
+    blob(3, side(8), 5)  # "kidney" 175 mm below the liver (pelvis)
+    blob(7, side(10), 45)  # "spleen" on the right
+    kept_before = {v: int((labels == v).sum()) for v in (1, 3, 4, 7)}
+    notes = refuse_implausible_positions(labels, image, grid, TABLE)
+    assert len(notes) == 3, notes
+    assert (labels == 1).sum() == kept_before[1]
+    assert labels[32, 17, side(12)] == 3 and labels[32, 17, side(-12)] == 4
+    assert labels[30, 17, side(0)] == 0 and labels[5, 17, side(8)] == 0 and not (labels == 7).any()
+
+
+def test_a_slice_the_unet_saw_only_partly_is_redrawn_from_the_slice_below():
+    from lkseg.auto.hybrid import _follow_neighbour
+
+    organ = square((50, 50), 10, 10, 40, 40)  # the true organ on both slices
+
+    class Ctx:
+        def decode(self, box_rc=None, **_):
+            r0, c0, r1, c1 = box_rc
+            inside = square((50, 50), r0, c0, r1 + 1, c1 + 1)
+            return np.where(organ & inside, 5.0, -5.0), 0.9
+
+    fused = np.zeros((2, 50, 50), np.uint8)
+    fused[0][organ] = 7
+    fused[1][square((50, 50), 10, 10, 40, 18)] = 7  # the U-Net's box saw a quarter of it
+    fused[1][square((50, 50), 42, 10, 48, 40)] = 1  # another organ below it stays untouched
+    _follow_neighbour(Ctx(), fused, 1, 7, HybridConfig(), (2, 2), (1.0, 1.0))
+    assert np.array_equal(fused[1] == 7, organ) and (fused[1] == 1).sum() == 6 * 30
+    # an organ that really shrinks (and whose neighbour's box finds nothing more) is left alone
+    fused[1][fused[1] == 7] = 0
+    fused[1][square((50, 50), 20, 20, 30, 30)] = 7
+    organ = square((50, 50), 20, 20, 30, 30)
+    _follow_neighbour(Ctx(), fused, 1, 7, HybridConfig(), (2, 2), (1.0, 1.0))
+    assert np.array_equal(fused[1] == 7, organ)
