@@ -128,8 +128,8 @@ def test_segment_resection_from_a_point_list_matches_truth_and_core(headless_sli
 
 def test_landmarks_follow_a_parent_transform(headless_slicer, case):
     """The CT and the landmarks moved together by a transform: the same segments (the points
-    are brought into the CT's own RAS). The organ segmentation stays untransformed here: see
-    :func:`test_segmentation_under_the_same_transform` for why."""
+    are brought into the CT's own RAS). The organ segmentation stays untransformed here; the
+    case with all three under one transform is :func:`test_segmentation_under_the_same_transform`."""
     import vtk
 
     from LiverKidneySegLib.couinaud import landmarksToMarkups
@@ -162,13 +162,9 @@ def test_landmarks_follow_a_parent_transform(headless_slicer, case):
         scene.RemoveNode(points)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LiverKidneySegLib.segmentations.segmentMask reads segments with the segmentation's parent "
-    "transform applied (Slicer's GetSegmentBinaryLabelmapRepresentation applyParentTransform=True) but "
-    "places them on the volume's local grid: CT and segmentation under one transform are mis-registered",
-)
 def test_segmentation_under_the_same_transform(headless_slicer, case):
+    """CT, segmentation and landmarks under one parent transform: the same segments as without it
+    (segments were read with the parent transform applied but placed on the CT's local grid)."""
     import vtk
 
     from LiverKidneySegLib.couinaud import landmarksToMarkups

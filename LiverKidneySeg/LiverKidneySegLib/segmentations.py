@@ -262,14 +262,21 @@ def segmentChoices(segmentationNode, structures: Iterable[str] = PRODUCT_LABELS.
 
 def segmentMask(segmentationNode, segmentId: str, grid: Grid) -> np.ndarray:
     """Bool ZYX mask of one segment on ``grid`` (nearest-neighbour resampling when the
-    segmentation's own geometry differs)."""
+    segmentation's own geometry differs).
+
+    ``grid`` is read in the segmentation node's own (local) coordinates, the frame that
+    :func:`setSegmentMask` writes in (Slicer's ``SetBinaryLabelmapToSegment`` modifies the
+    segmentation in its local frame); the parent transform is therefore NOT applied here, so a CT
+    and its segmentation moved together under one transform still line up voxel for voxel."""
     import slicer
 
     segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
     if segment is None:
         raise InputError(f"segmentation '{segmentationNode.GetName()}' has no segment with ID {segmentId!r}")
     image = slicer.vtkOrientedImageData()
-    slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(segmentationNode, segmentId, image)
+    slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+        segmentationNode, segmentId, image, False
+    )
     # segments may share one labelmap layer: keep only this segment's label value
     return _orientedImageToMask(image, grid, segment.GetLabelValue())
 
