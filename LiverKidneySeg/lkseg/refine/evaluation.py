@@ -89,23 +89,16 @@ def _metrics(pred: np.ndarray, ref: np.ndarray, spacing) -> tuple[float, float]:
     return m.dice, m.hd95_mm
 
 
-def next_click(pred_slices, ref_slices, pixel_mm: tuple[float, float]) -> tuple[int, tuple[int, int], bool] | None:
-    """The protocol's next click: (slice, display (row, col), positive) or None when perfect.
-
-    Args:
-        pred_slices, ref_slices: callables ``c -> 2D bool`` or sequences of display slices.
-        pixel_mm: (row, col) pixel spacing for the region centre.
-    """
+def _largest_error_component(pred: np.ndarray, ref: np.ndarray, structure=None) -> tuple[np.ndarray | None, bool]:
+    """The largest connected error of ``pred`` against ``ref`` (bool arrays of one shape, 2D or 3D):
+    ``(component mask, positive)``, positive when it is missed (``ref & ~pred``) rather than wrongly
+    included (``pred & ~ref``); ``(None, True)`` when there is no error. ``structure``: scipy's
+    connectivity (None = faces only)."""
     from scipy import ndimage
 
-    errors = [int(np.count_nonzero(p ^ r)) for p, r in zip(pred_slices, ref_slices)]
-    if not errors or max(errors) == 0:
-        return None
-    worst = int(np.argmax(errors))
-    pred, ref = pred_slices[worst], ref_slices[worst]
     best, best_size, positive = None, 0, True
-    for region_mask, is_positive in ((ref & ~pred, True), (pred & ~ref, False)):
-        labels, n = ndimage.label(region_mask)
+    for region, is_positive in ((ref & ~pred, True), (pred & ~ref, False)):
+        labels, n = ndimage.label(region, structure=structure)
         if n == 0:
             continue
         sizes = np.bincount(labels.ravel())
@@ -113,6 +106,22 @@ def next_click(pred_slices, ref_slices, pixel_mm: tuple[float, float]) -> tuple[
         k = int(np.argmax(sizes))
         if sizes[k] > best_size:
             best, best_size, positive = labels == k, int(sizes[k]), is_positive
+    return best, positive
+
+
+def next_click(pred_slices, ref_slices, pixel_mm: tuple[float, float]) -> tuple[int, tuple[int, int], bool] | None:
+    """The protocol's next click: (slice, display (row, col), positive) or None when perfect.
+
+    Args:
+        pred_slices, ref_slices: callables ``c -> 2D bool`` or sequences of display slices.
+        pixel_mm: (row, col) pixel spacing for the region centre.
+    """
+
+    errors = [int(np.count_nonzero(p ^ r)) for p, r in zip(pred_slices, ref_slices)]
+    if not errors or max(errors) == 0:
+        return None
+    worst = int(np.argmax(errors))
+    best, positive = _largest_error_component(pred_slices[worst], ref_slices[worst])
     rc = interior_point(best, pixel_mm)
     return worst, (int(rc[0]), int(rc[1])), positive
 
@@ -132,22 +141,11 @@ def largest_error_3d(
     """
     from scipy import ndimage
 
-    best, best_size, positive = None, 0, True
-    full = np.ones((3, 3, 3), dtype=bool)
-    for region, is_positive in ((ref & ~pred, True), (pred & ~ref, False)):
-        labels, n = ndimage.label(region, structure=full)
-        if n == 0:
-            continue
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        k = int(np.argmax(sizes))
-        if sizes[k] > best_size:
-            best, best_size, positive = (labels, k), int(sizes[k]), is_positive
+    best, positive = _largest_error_component(pred, ref, structure=np.ones((3, 3, 3), dtype=bool))
     if best is None:
         return None
-    labels, k = best
-    where = ndimage.find_objects((labels == k).astype(np.int32))[0]
-    comp = np.pad(labels[where] == k, 1)
+    where = ndimage.find_objects(best.astype(np.int32))[0]
+    comp = np.pad(best[where], 1)
     dist = ndimage.distance_transform_edt(comp, sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
     local = np.unravel_index(int(np.argmax(dist)), dist.shape)
     centre = tuple(int(v + w.start) for v, w in zip(local, where))
