@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from lkseg.auto.postprocess import PostprocessConfig, postprocess_labels
+from lkseg.auto.postprocess import PostprocessConfig, components, postprocess_labels
 from lkseg.labels import LabelTable
 from lkseg.progress import CancelToken, ProgressCallback, report
 from lkseg.volume import Volume
@@ -119,12 +119,7 @@ def organ_components(canon: np.ndarray, table: LabelTable, min_voxels: int = 1) 
         organ_values = [value_of[m] for m in members if m in value_of and m in ORGANS]
         if not organ_values:
             continue
-        comp, n = ndimage.label(np.isin(canon, values))
-        for idx, sl in enumerate(ndimage.find_objects(comp)[:n], start=1):
-            if sl is None:
-                continue
-            mask = np.zeros(canon.shape, dtype=bool)
-            mask[sl] = comp[sl] == idx
+        for sl, mask in components(np.isin(canon, values)):
             if int(mask.sum()) < min_voxels:
                 continue
             votes = [int(np.count_nonzero(canon[sl][mask[sl]] == v)) for v in organ_values]

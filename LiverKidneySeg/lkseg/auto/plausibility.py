@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
+from lkseg.auto.postprocess import components
 from lkseg.labels import LabelTable
 from lkseg.volume import Grid
 
@@ -66,12 +66,7 @@ def refuse_implausible_positions(
     if "spleen" in value_of:
         checks.append(("spleen", [value_of["spleen"]]))
     for organ, values in checks:
-        comp, n = ndimage.label(np.isin(labels, values))
-        for idx, sl in enumerate(ndimage.find_objects(comp)[:n], start=1):
-            if sl is None:
-                continue
-            piece = np.zeros(labels.shape, dtype=bool)
-            piece[sl] = comp[sl] == idx
+        for _, piece in components(np.isin(labels, values)):
             x, _, z = _centre_ras(piece, grid)
             reason = None
             if organ == "kidney" and abs(x - mid_x) < config.kidney_midline_mm:

@@ -33,7 +33,7 @@ from scipy import ndimage
 from lkseg.labels import LabelTable, get_structure
 from lkseg.volume import Grid
 
-__all__ = ["ORGAN_GROUPS", "PostprocessConfig", "organ_groups", "postprocess_labels"]
+__all__ = ["ORGAN_GROUPS", "PostprocessConfig", "components", "organ_groups", "postprocess_labels"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,18 @@ def organ_groups(table: LabelTable) -> dict[str, tuple[list[int], list[int]]]:
         organs, lesions = groups.setdefault(organ, ([], []))
         (organs if name in ORGAN_GROUPS[organ] else lesions).append(value)
     return {k: v for k, v in groups.items() if v[0]}
+
+
+def components(mask: np.ndarray):
+    """Yield ``(bounding box, piece)`` for each connected component of ``mask`` (face
+    connectivity): the box as a tuple of slices, the piece a bool array of ``mask``'s full shape."""
+    comp, n = ndimage.label(mask)
+    for idx, sl in enumerate(ndimage.find_objects(comp)[:n], start=1):
+        if sl is None:
+            continue
+        piece = np.zeros(mask.shape, dtype=bool)
+        piece[sl] = comp[sl] == idx
+        yield sl, piece
 
 
 def _bbox(mask_slices: list, shape: tuple[int, ...]) -> tuple[slice, ...] | None:
