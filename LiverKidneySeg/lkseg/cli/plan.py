@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from lkseg.cli.metrics import add_resample_labels_argument
+from lkseg.io.jsonfile import read_json
 from lkseg.progress import progress_lines
 
 __all__ = ["parse_plane", "read_plane_markups", "register", "run"]
@@ -137,12 +138,7 @@ def read_plane_markups(path: str | Path, side: str = "positive") -> list:
     from lkseg.planning import ResectionPlane
 
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("no such file", path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"not a markups JSON file ({exc})", path) from None
+    doc = read_json(path, "markups JSON file")
     planes = []
     for markup in doc.get("markups", []) if isinstance(doc, dict) else []:
         if str(markup.get("type", "")).lower() != "plane":

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lkseg.errors import ModelError
+from lkseg.io.jsonfile import read_json
 from lkseg.labels import STRUCTURES, LabelTable, get_structure
 
 __all__ = [
@@ -549,8 +550,5 @@ def load_manifest(folder: str | Path) -> ModelManifest:
     path = folder / MANIFEST_NAME
     if not path.is_file():
         raise ModelError(f"{folder}: not a model package (no {MANIFEST_NAME})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: cannot read the manifest ({exc})") from exc
+    data = read_json(path, "model manifest", ModelError)
     return parse_manifest(data, folder, source=str(path))

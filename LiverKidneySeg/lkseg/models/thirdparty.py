@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from lkseg.errors import ModelError
+from lkseg.io.jsonfile import read_json
 from lkseg.labels import LabelTable
 from lkseg.models.manifest import InferenceSpec, IntensitySpec, ModelManifest, StageSpec, label_spec_for
 
@@ -66,18 +67,11 @@ _FIELDS = {
 }
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: cannot read ({exc})") from exc
-
-
 def load_mapping(folder: str | Path) -> ModelManifest:
     """Read ``folder/lkseg-mapping.json`` and the model's own files into a :class:`ModelManifest`."""
     folder = Path(folder)
     path = folder / MAPPING_NAME
-    data = _read_json(path)
+    data = read_json(path, "model mapping file", ModelError)
     if not isinstance(data, Mapping):
         raise ModelError(f"{path}: must be a JSON object")
     unknown = sorted(k for k in data if k not in _FIELDS and not str(k).startswith("x_"))
@@ -179,7 +173,7 @@ def _bundle_config(folder: Path) -> dict:
         path = folder / "configs" / name
         if path.is_file():
             if path.suffix == ".json":
-                return _read_json(path)
+                return read_json(path, "MONAI bundle config", ModelError)
             try:
                 import yaml
             except ImportError:
@@ -247,8 +241,8 @@ def _nnunet_config(plans: Mapping, name: str, source: Path) -> dict:
 
 
 def _nnunet_info(folder: Path, mapping: Mapping, source: Path) -> dict:
-    dataset = _read_json(folder / "dataset.json")
-    plans = _read_json(folder / "plans.json")
+    dataset = read_json(folder / "dataset.json", "nnU-Net dataset.json", ModelError)
+    plans = read_json(folder / "plans.json", "nnU-Net plans.json", ModelError)
     cfg = _nnunet_config(plans, str(mapping.get("configuration", "3d_fullres")), source)
     if list(plans.get("transpose_forward", [0, 1, 2])) != [0, 1, 2]:
         raise ModelError(f"{source}: plans with transpose_forward {plans['transpose_forward']} are not supported")

@@ -16,7 +16,6 @@ position of each connected kidney piece relative to the body's midline (RAS x).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from lkseg.errors import InputError
+from lkseg.io.jsonfile import read_json
 from lkseg.labels import PRODUCT_LABELS, STRUCTURES
 from lkseg.volume import Grid
 
@@ -106,10 +106,7 @@ class LabelMapping:
         if text in LABEL_PRESETS:
             return cls(dict(LABEL_PRESETS[text]))
         if text.endswith(".json") or Path(text).is_file():
-            try:
-                data = json.loads(Path(text).read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise InputError(f"cannot read the label mapping ({exc})", text) from exc
+            data = read_json(text, "label mapping JSON file")
             return cls._checked({int(k): str(v) for k, v in data.items()})
         pairs = {}
         for item in filter(None, (p.strip() for p in text.split(","))):
@@ -195,16 +192,9 @@ def split_kidney_sides(
         labels[comp == idx] = right if x > midline_x else left
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read dataset.json ({exc})", path) from exc
-
-
 def _detect(root: Path) -> str:
     if (root / "dataset.json").is_file():
-        data = _read_json(root / "dataset.json")
+        data = read_json(root / "dataset.json", "dataset.json file")
         labels = data.get("labels", {})
         if "training" in data or any(str(k).isdigit() for k in labels):
             return "msd"
@@ -232,7 +222,7 @@ def read_dataset(root: str | Path, layout: str = "auto") -> DatasetSpec:
     labels: dict[int, str] = {}
     name = root.name
     if layout in ("msd", "nnunet"):
-        data = _read_json(root / "dataset.json")
+        data = read_json(root / "dataset.json", "dataset.json file")
         name = str(data.get("name", name))
         raw = data.get("labels", {})
         if layout == "msd":
