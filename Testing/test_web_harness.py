@@ -1,0 +1,95 @@
+"""The browser-test harness itself: a throwaway trame app (written here, not the product app) is
+started through :func:`web_harness.start_server_process` on 127.0.0.1, and headless Chromium
+reads the text its page renders (which only appears once trame's client has connected over the
+websocket and received the app's state)."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import time
+
+import pytest
+
+pytest.importorskip("trame", reason="the web extra is not installed (pip install 'liverkidneyseg[web]')")
+
+import web_harness
+
+#: A minimal trame app: prints the harness's readiness line once listening; the page shows a
+#: state value, so reading it proves the websocket round trip.
+TINY_APP = textwrap.dedent(
+    """
+    import sys
+    from trame.app import get_server
+    from trame.ui.html import DivLayout
+    from trame.widgets import html
+
+    server = get_server("harness_probe", client_type="vue3")
+    server.state.greeting = "harness says hello"
+    with DivLayout(server) as layout:
+        html.Div("{{ greeting }}", id="probe")
+
+    @server.controller.add("on_server_ready")
+    def _ready(**_):
+        print(f"LKSEG-WEB-READY http://127.0.0.1:{server.port}/", flush=True)
+
+    server.start(port=0, host="127.0.0.1", open_browser=False, show_connection_info=False, timeout=0)
+    """
+)
+
+
+@pytest.fixture
+def tiny_server(tmp_path):
+    script = tmp_path / "tiny_app.py"
+    script.write_text(TINY_APP)
+    server = web_harness.start_server_process([sys.executable, str(script)], timeout=60)
+    yield server
+    server.stop()
+
+
+def test_server_ready_on_loopback_and_stopped(tiny_server):
+    assert tiny_server.base_url.startswith("http://127.0.0.1:")
+    assert tiny_server.port > 0 and tiny_server.token is None
+    assert tiny_server.url == tiny_server.base_url
+    assert web_harness._http_status(tiny_server.url) == 200
+    print(f"tiny trame app: started to HTTP 200 in {tiny_server.started_to_ready_s:.2f} s")
+    tiny_server.stop()
+    assert not tiny_server.alive()
+
+
+def test_start_failure_quotes_the_output(tmp_path):
+    script = tmp_path / "broken.py"
+    script.write_text("print('about to fail', flush=True)\nraise SystemExit(3)\n")
+    with pytest.raises(RuntimeError, match=r"(?s)exited with code 3.*about to fail"):
+        web_harness.start_server_process([sys.executable, str(script)], timeout=30)
+
+
+def test_chromium_reads_the_page(tiny_server):
+    why = web_harness.browser_missing()
+    if why:
+        pytest.skip(why)
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    t0 = time.monotonic()
+    driver = web_harness.chrome(width=800, height=600)
+    startup_s = time.monotonic() - t0
+    try:
+        t1 = time.monotonic()
+        driver.get(tiny_server.url)
+        WebDriverWait(driver, 30).until(
+            lambda d: (
+                "harness says hello" in (d.find_element(By.ID, "probe").text if d.find_elements(By.ID, "probe") else "")
+            )
+        )
+        page_s = time.monotonic() - t1
+        shot = web_harness.save_screenshot(driver, "harness probe")
+        assert shot.name == "harness_probe.png" and shot.stat().st_size > 1000
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        size = driver.get_window_size()
+        assert (size["width"], size["height"]) == (800, 600)
+    finally:
+        driver.quit()
+    with open("/proc/loadavg") as fh:
+        load = fh.read().split()[:3]
+    print(f"chromium start {startup_s:.2f} s, page rendered {page_s:.2f} s (load {' '.join(load)})")
