@@ -156,8 +156,13 @@ def test_stream_upload_and_no_overwrite(tmp_path):
     first = save_upload("ct.nii.gz", io.BytesIO(src.read_bytes()), dest, max_bytes=10**6)
     with open(src, "rb") as stream:
         second = save_upload("ct.nii.gz", stream, dest, max_bytes=10**6)
-    assert (first.name, second.name) == ("ct.nii.gz", "ct-1.nii.gz")
-    assert first.read_bytes() == second.read_bytes() == src.read_bytes()
+    data = src.read_bytes()
+    chunks = [data[i : i + 1000] for i in range(0, len(data), 1000)]  # trame's file input: a list of chunks
+    third = save_upload("ct.nii.gz", chunks, dest, max_bytes=10**6)
+    assert (first.name, second.name, third.name) == ("ct.nii.gz", "ct-1.nii.gz", "ct-2.nii.gz")
+    assert first.read_bytes() == second.read_bytes() == third.read_bytes() == data
+    with pytest.raises(InputError, match="upload limit"):
+        save_upload("ct.nii.gz", chunks, dest, max_bytes=len(data) - 1)
 
 
 def test_single_dicom_file(tmp_path):

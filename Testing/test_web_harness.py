@@ -26,8 +26,19 @@ TINY_APP = textwrap.dedent(
 
     server = get_server("harness_probe", client_type="vue3")
     server.state.greeting = "harness says hello"
+    PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, every byte value
+
+    @server.trigger("get_payload")
+    def get_payload():
+        return server.protocol.addAttachment(PAYLOAD)
+
     with DivLayout(server) as layout:
         html.Div("{{ greeting }}", id="probe")
+        html.Button(
+            "download",
+            id="download",
+            click="utils.download('payload.bin', trigger('get_payload'), 'application/octet-stream')",
+        )
 
     @server.controller.add("on_server_ready")
     def _ready(**_):
@@ -93,3 +104,25 @@ def test_chromium_reads_the_page(tiny_server):
     with open("/proc/loadavg") as fh:
         load = fh.read().split()[:3]
     print(f"chromium start {startup_s:.2f} s, page rendered {page_s:.2f} s (load {' '.join(load)})")
+
+
+def test_chromium_downloads_bytes_from_the_server(tiny_server, tmp_path):
+    """The download path the app uses: a trigger returns the bytes as a wslink attachment and the
+    trame client's ``utils.download`` saves them; the file arrives intact."""
+    why = web_harness.browser_missing()
+    if why:
+        pytest.skip(why)
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    downloads = tmp_path / "downloads"
+    driver = web_harness.chrome(width=800, height=600, download_dir=downloads)
+    try:
+        driver.get(tiny_server.url)
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "download"))
+        WebDriverWait(driver, 30).until(lambda d: "harness says hello" in d.find_element(By.ID, "probe").text)
+        driver.find_element(By.ID, "download").click()
+        path = web_harness.wait_for_download(downloads, "payload.bin", timeout=30)
+    finally:
+        driver.quit()
+    assert path.read_bytes() == bytes(range(256)) * 4096

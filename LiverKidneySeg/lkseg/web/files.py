@@ -23,6 +23,7 @@ import shutil
 import struct
 import zipfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -334,12 +335,16 @@ def _unique(dest_dir: Path, stem: str, suffix: str) -> Path:
     return path
 
 
-def _copy_limited(data: bytes | bytearray | memoryview | BinaryIO, target: Path, max_bytes: int, label: str) -> int:
+def _copy_limited(data, target: Path, max_bytes: int, label: str) -> int:
     if isinstance(data, (bytes, bytearray, memoryview)):
-        size = len(data)
+        data = [data]
+    if isinstance(data, (list, tuple)):  # trame's file input gives the content as a list of chunks
+        size = sum(len(chunk) for chunk in data)
         if size > max_bytes:
             raise InputError(f"{label} is {_gib(size)}; the upload limit is {_gib(max_bytes)}")
-        target.write_bytes(data)
+        with open(target, "wb") as out:
+            for chunk in data:
+                out.write(chunk)
         return size
     size = 0
     with open(target, "wb") as out:
@@ -353,7 +358,7 @@ def _copy_limited(data: bytes | bytearray | memoryview | BinaryIO, target: Path,
 
 def save_upload(
     name: str,
-    data: bytes | BinaryIO,
+    data: bytes | Sequence[bytes] | BinaryIO,
     dest_dir: str | Path,
     max_bytes: int | None = None,
     *,
@@ -364,7 +369,8 @@ def save_upload(
     Args:
         name: the file name the browser gave (only its base name is used, sanitised; the suffix
             is the canonical one of the detected format, e.g. ``ct.nii.gz``).
-        data: the bytes, or a binary stream read in 1 MiB chunks.
+        data: the bytes, a list of byte chunks (trame's file input state ``content``), or a
+            binary stream read in 1 MiB chunks.
         dest_dir: where to save (created when missing). Existing files are never overwritten
             (``-1``, ``-2``... are appended to the name).
         max_bytes: the upload limit (None: the module's :data:`MAX_UPLOAD_BYTES` at call time).
