@@ -5,6 +5,7 @@ websocket and received the app's state)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 import time
@@ -126,3 +127,26 @@ def test_chromium_downloads_bytes_from_the_server(tiny_server, tmp_path):
     finally:
         driver.quit()
     assert path.read_bytes() == bytes(range(256)) * 4096
+
+
+def test_start_web_server_runs_lkseg_web_on_port_0(monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        web_harness, "start_server_process", lambda cmd, env=None, timeout=60: calls.append((cmd, env, timeout))
+    )
+    web_harness.start_web_server(["ct.nii.gz", "--data", "/data"], env={"A": "1"}, timeout=12)
+    cmd, env, timeout = calls[0]
+    assert cmd == [sys.executable, "-m", "lkseg", "web", "ct.nii.gz", "--data", "/data", "--port", "0"]
+    assert (env, timeout) == ({"A": "1"}, 12)
+    merged = web_harness.subprocess_env({"A": "1"})
+    assert merged["PYTHONPATH"].split(os.pathsep)[0] == str(web_harness.ROOT / "LiverKidneySeg")
+    assert merged["A"] == "1" and merged["TRAME_SERVER"] == "1"
+
+
+def test_no_ready_line_times_out_with_the_output(tmp_path):
+    script = tmp_path / "silent.py"
+    script.write_text("import time\nprint('booting', flush=True)\ntime.sleep(60)\n")
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"(?s)no LKSEG-WEB-READY line within 2 s.*booting"):
+        web_harness.start_server_process([sys.executable, str(script)], timeout=2)
+    assert time.monotonic() - t0 < 15  # and the process was stopped
