@@ -57,9 +57,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # environment runs on slicer-core 5.12.4.0 (the test and web extras), which it works with (proven by the
   # browser test), so it is installed without its dependencies (pip would otherwise downgrade slicer-core).
   "$venv/bin/python" -m pip install -q --no-deps "slicer-layer-dm==2.0.0" >&2
-  install_chromium
   echo "$want" > "$stamp"
 fi
+install_chromium
 export PATH="$venv/bin:$PATH"
 cd "$root"
 if [ "$#" -eq 0 ]; then
