@@ -232,7 +232,7 @@ class RefinePlanWidgetMixin:
         self._workerProgress = (fraction, message)  # called on the worker thread: no Qt here
 
     def _editFinished(self) -> None:
-        import concurrent.futures
+        from concurrent.futures import CancelledError as FutureCancelledError
 
         from lkseg.errors import CancelledError, PromptError
 
@@ -241,7 +241,7 @@ class RefinePlanWidgetMixin:
         with slicer.util.tryWithErrorDisplay(_("Refinement failed."), waitCursor=False):
             try:
                 result = pending.finish()
-            except (CancelledError, concurrent.futures.CancelledError):
+            except (CancelledError, FutureCancelledError):  # by the token / before it ran
                 what = _("3D edit") if kind == "refine3D" else _("Propagation")
                 self.ui.refineStatusLabel.text = _("{what} cancelled; the segment is unchanged.").format(what=what)
                 result = None
