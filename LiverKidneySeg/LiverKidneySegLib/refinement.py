@@ -293,9 +293,13 @@ class RefineEngine:
             self._sessions[request.key] = session
         try:
             if request.box is not None:
-                session.box(request.sliceIndex, request.box, progress=request.progress, cancel=request.cancel)
+                session.box(
+                    request.sliceIndex, request.box, progress=request.progress, cancel=request.cancel, return_mask=False
+                )
             else:
-                session.click(request.point, request.positive, progress=request.progress, cancel=request.cancel)
+                session.click(
+                    request.point, request.positive, progress=request.progress, cancel=request.cancel, return_mask=False
+                )
         except BaseException:
             self._sessions.pop(request.key, None)  # the main thread re-reads the segment next time
             raise
