@@ -238,11 +238,10 @@ def bench_logic_clicks(image, labels, repeats: int, cache_dir: Path) -> dict:
 
     first = click(True)  # loads the model, encodes the slice and the 2 followed on each side
     click(False)
-    total, work, write, changed, calls = [], [], [], [], []
-    for n in range(repeats):
-        t = click(n % 2 == 1)  # alternately out of and into the dent: a real edit every time
-        for values, value in zip((total, work, write, changed, calls), t):
-            values.append(value)
+    runs = {True: [], False: []}  # positive (into the dent) / negative (out of it) clicks
+    for n in range(2 * repeats):
+        positive = n % 2 == 0  # alternately into and out of the dent: a real edit every time
+        runs[positive].append(click(positive))
     # the same run's 2D baseline: one decoder call on the cached slice (what a slice click costs)
     box = _slice_box(labels, LIVER, k)
     decode2d = []
@@ -251,21 +250,21 @@ def bench_logic_clicks(image, labels, repeats: int, cache_dir: Path) -> dict:
         predictors[0].predict("axial", k, box=box, structure="liver")
         decode2d.append(time.perf_counter() - start)
     reread = []
-    for n in range(max(1, repeats // 2)):
-        logic.undo()  # the segment changes outside the session: the next click re-reads it
-        reread.append(click(n % 2 == 1)[0])
+    for _ in range(max(1, repeats // 2)):
+        logic.undo()  # the dent is filled again: the segment changed outside the session,
+        reread.append(click(False)[0])  # so this click (out of the dent again) re-reads it
     logic.cleanup()
-    return {
-        "CT": "x".join(map(str, image.grid.size_ijk)),
-        "first click (model load + encode 5 slices), s": first[0],
-        "cached-slice click3D, s": median(total),
-        "of which worker / write-back, s": f"{median(work):.3f} / {median(write):.3f}",
-        "decoder calls per click (median)": median(calls),
-        "2D box prediction on the cached slice (1 decoder call), s": median(decode2d),
-        "voxels changed per click (median)": int(median(changed)),
-        "click after an outside change (re-read), s": median(reread),
-        "undo steps": len(logic.history),
-    }
+    row = {"CT": "x".join(map(str, image.grid.size_ijk)), "first click (model load + encode 5 slices), s": first[0]}
+    for positive, name in ((True, "+ click"), (False, "- click")):
+        values = list(zip(*runs[positive]))
+        row[f"cached {name}: click3D s (worker / write-back)"] = (
+            f"{median(values[0]):.3f} ({median(values[1]):.3f} / {median(values[2]):.3f})"
+        )
+        row[f"{name}: decoder calls, voxels changed"] = f"{median(values[4]):.0f}, {median(values[3]):.0f}"
+    row["2D box prediction on the cached slice (1 decoder call), s"] = median(decode2d)
+    row["click after an outside change (re-read), s"] = median(reread)
+    row["undo steps"] = len(logic.history)
+    return row
 
 
 def _rss_child(ct_path: str, mid: int, box: list, cache_dir: str) -> dict:
@@ -377,7 +376,9 @@ def main(argv=None) -> int:
         print_table(rows, title=f"CPU interactions, {torch.get_num_threads()} threads (medians of {args.repeats})")
     if "logic-clicks" in sections:
         print(_load())
-        print_table([bench_logic_clicks(image, labels, args.repeats, cache_dir)], title="3D clicks through the Logic")
+        print(f"\n## 3D clicks through the Logic (medians of {args.repeats})")
+        for key, value in bench_logic_clicks(image, labels, args.repeats, cache_dir).items():
+            print(f"  {key}: {value:.3f}" if isinstance(value, float) else f"  {key}: {value}")
     if "rss" in sections:
         print(_load())
         bench_rss(image, labels, cache_dir)
