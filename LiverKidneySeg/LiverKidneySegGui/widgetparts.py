@@ -98,7 +98,8 @@ class RefinePlanWidgetMixin:
                 return
             self._lastPromptRas = points[-1]
         if self._parameterNode.refine3D:
-            positive = caller is self._parameterNode.positivePoints
+            positiveNode = self._parameterNode.positivePoints
+            positive = positiveNode is not None and caller.GetID() == positiveNode.GetID()
             kind = "box" if caller.IsA("vtkMRMLMarkupsROINode") else "click"
             prompt = self._box if kind == "box" else self._lastPromptRas
             self._box = None  # a 3D box is one action, not a prompt kept for the next clicks
