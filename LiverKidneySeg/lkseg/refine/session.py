@@ -69,10 +69,6 @@ class FollowConfig:
             slice's edit (plus ``min_edit_mm2``): the error does not continue like this.
         end_fraction: a negative click that removes at least this fraction of its slice's mask
             ends the structure there (see module docstring); None = never.
-        negative_depth_factor: a negative click at depth ``d`` (its distance to the mask's
-            border) removes on each slice only mask pixels at most ``factor * d`` + one pixel from
-            the border: a click on a thin wrong shell takes the shell, not the organ behind it.
-            None = no limit.
     """
 
     follow_slices: int | None = 2
@@ -80,7 +76,6 @@ class FollowConfig:
     min_overlap: float = 0.2
     max_edit_growth: float = 2.0
     end_fraction: float | None = 0.8
-    negative_depth_factor: float | None = None
 
 
 @dataclass
@@ -403,7 +398,7 @@ class InteractiveSegment:
             return
         band3d = None if positive else self._structure_band()
         editor = self._editor(c, band3d)
-        new = editor.positive(old, rc) if positive else self._limit_removal(c, old, editor.negative(old, rc), rc)
+        new = editor.positive(old, rc) if positive else editor.negative(old, rc)
         self.last_warnings.extend(editor.warnings)
         self._put(c, new)
         edit = (new & ~old) if positive else (old & ~new)
@@ -418,23 +413,6 @@ class InteractiveSegment:
                 self._remove_beyond(c, d, edit)
             elif self.follow.follow_slices is None or self.follow.follow_slices > 0:
                 self._follow(c, d, edit, positive, band3d)
-
-    def _limit_removal(self, c: int, old: np.ndarray, new: np.ndarray, rc: tuple[int, int]) -> np.ndarray:
-        """``new`` with the negative click's removal limited to the error's depth (see
-        ``FollowConfig.negative_depth_factor``); ``rc`` is the click on slice ``c``."""
-        factor = self.follow.negative_depth_factor
-        removed = old & ~new
-        if factor is None or not removed.any() or not old[rc]:
-            return new
-        from scipy import ndimage
-
-        r0, c0, r1, c1 = bbox(old)
-        window = (slice(max(r0 - 1, 0), r1 + 2), slice(max(c0 - 1, 0), c1 + 2))
-        row_mm, col_mm = self.slicer.pixel_mm(self.view)
-        depth = np.zeros(old.shape)
-        depth[window] = ndimage.distance_transform_edt(old[window], sampling=(row_mm, col_mm))
-        limit = factor * depth[rc] + max(row_mm, col_mm)
-        return new | (removed & (depth > limit))
 
     def _beyond(self, c: int) -> int:
         """The direction from slice ``c`` away from the bulk of the mask (+1 or -1)."""
@@ -493,11 +471,7 @@ class InteractiveSegment:
             if positive and not (band[0] <= ctx.hu[rc] <= band[1]):
                 return
             editor = SliceEditor(ctx, p.config.clicks, band3d)
-            new = (
-                editor.positive(current, rc)
-                if positive
-                else self._limit_removal(s, current, editor.negative(current, rc), rc)
-            )
+            new = editor.positive(current, rc) if positive else editor.negative(current, rc)
             this_edit = (new & ~current) if positive else (current & ~new)
             area_mm2 = float(this_edit.sum()) * pix_mm2
             if area_mm2 < cfg.min_edit_mm2:
