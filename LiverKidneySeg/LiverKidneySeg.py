@@ -72,8 +72,10 @@ device, then <i>Apply</i> (it becomes <i>Cancel</i> while running). Results go t
 chosen one: segments of other names are kept; a segment of the same name is replaced only after you confirm
 (or with <i>Replace segments of the same name</i>).</li>
 <li><b>Refine</b>: pick a segment, then place <i>+ points</i>, <i>- points</i> or a <i>box</i> (two clicks on
-opposite corners; as many boxes as you like) in any slice view; each placement updates that segment only, at once.
-<i>Propagate in 3D</i> grows it through the volume (click again to cancel). Edit modes: add / subtract / replace.
+opposite corners; as many boxes as you like) in any slice view; each placement updates that segment only. With
+<i>3D</i> (default) a click edits the whole structure: on a slice it does not reach, a + point grows it until it meets
+the segment and a - point ends it there. Without it, edits stay on their slice (add / subtract / replace) and
+<i>Propagate in 3D</i> grows the segment (click again to cancel).
 Undo/Redo every edit, the automatic result included. Shortcuts: Ctrl+Shift+P/N/B (place +/-/box), Ctrl+Shift+T
 (switch + and -), Ctrl+Shift+X (clear prompts), Ctrl+Shift+G (propagate), Ctrl+Shift+Z / Ctrl+Shift+Y (undo / redo).</li>
 <li><b>Planning</b>: volumes, tumour burden, future liver remnant (standardised by body surface area when
@@ -109,7 +111,8 @@ class LiverKidneySegParameterNode:
     replaceExisting - replace same-name segments without asking.
     refineModel - prompt model for refinement.
     refineSegment - name of the segment being refined.
-    combineMode - how a refinement changes the segment: add, subtract, replace.
+    combineMode - how a slice refinement changes the segment: add, subtract, replace.
+    refine3D - points and boxes edit the structure in 3D (Logic ``click3D``/``box3D``); off: one slice.
     positivePoints / negativePoints / promptBox - the refinement prompts.
     patientHeight / patientWeight - cm / kg, 0 = unknown (for the standardised FLR).
     resectionMode - "plane", "segment" or "couinaud"; resectionPlane / resectionSegment /
@@ -129,6 +132,7 @@ class LiverKidneySegParameterNode:
     refineModel: str = "litemedsam"
     refineSegment: str = ""
     combineMode: Annotated[str, Choice(COMBINE_MODES)] = "add"
+    refine3D: bool = True
     positivePoints: vtkMRMLMarkupsFiducialNode
     negativePoints: vtkMRMLMarkupsFiducialNode
     promptBox: vtkMRMLMarkupsROINode
@@ -162,6 +166,7 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Re
         self._parameterNodeGuiTag = None
         self._pendingEdit = None
         self._refineQueued = False
+        self._queued3D = []  # 3D clicks/boxes placed while an edit runs, applied in order
         self._lastPromptRas = None
         self._workerProgress = None
         self._shortcuts = []
@@ -169,7 +174,7 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Re
         self._prefilledFor = None
         self._models = {}
         self._box = None  # world-RAS corners of the last completed box (the current box prompt)
-        self._pendingKind = None  # "refine" or "propagate"
+        self._pendingKind = None  # "refine", "refine3D" or "propagate"
         self._task = None  # (PendingEdit, what, onDone): planning or report on the worker thread
         self._dependenciesChecked = False
         self._refreshing = False
@@ -362,7 +367,7 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Re
                 ):
                     self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPromptPlaced)
                     if role != "promptBox":  # a moved point re-predicts; a box is used once, when complete
-                        self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self.onPromptPlaced)
+                        self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self.onPromptMoved)
         finally:
             self._updatingGui = False
         self._updateButtons()
@@ -371,13 +376,15 @@ class LiverKidneySegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Re
         pn = self._parameterNode
         running = self.logic.job is not None and not self.logic.job.finished
         ready = bool(pn and pn.inputVolume and pn.outputSegmentation) and not running
-        propagating = self._pendingEdit is not None and self._pendingKind == "propagate"
+        propagating = self._pendingEdit is not None and self._pendingKind in ("propagate", "refine3D")
         self.ui.applyButton.enabled = bool(pn and pn.inputVolume) or running
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
         for button in self._placeButtons.values():
             button.enabled = ready
         self.ui.propagateButton.enabled = propagating or (ready and self._pendingEdit is None)
-        self.ui.propagateButton.text = _("Cancel propagation") if propagating else _("Propagate in 3D")
+        cancelText = _("Cancel 3D edit") if self._pendingKind == "refine3D" else _("Cancel propagation")
+        self.ui.propagateButton.text = cancelText if propagating else _("Propagate in 3D")
+        self.ui.combineModeComboBox.enabled = bool(pn) and not pn.refine3D  # 3D: + adds, - removes
         self.ui.undoButton.enabled = self.logic.canUndo and self._pendingEdit is None and not running
         self.ui.redoButton.enabled = self.logic.canRedo and self._pendingEdit is None and not running
         self.ui.proposeLandmarksButton.enabled = ready and self._task is None and self._vesselsPresent()

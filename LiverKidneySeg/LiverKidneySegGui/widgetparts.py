@@ -97,7 +97,56 @@ class RefinePlanWidgetMixin:
             if not len(points):
                 return
             self._lastPromptRas = points[-1]
+        if self._parameterNode.refine3D:
+            positiveNode = self._parameterNode.positivePoints
+            positive = positiveNode is not None and caller.GetID() == positiveNode.GetID()
+            kind = "box" if caller.IsA("vtkMRMLMarkupsROINode") else "click"
+            prompt = self._box if kind == "box" else self._lastPromptRas
+            self._box = None  # a 3D box is one action, not a prompt kept for the next clicks
+            self._request3D((kind, prompt, positive, self._slice()[0]))
+            return
         self._requestRefine()
+
+    def onPromptMoved(self, caller, event) -> None:
+        """A point dragged to a new place: re-predicts its slice; in 3D mode a click is an action
+        of its own (moving its marker does not redo it)."""
+        if self._parameterNode is not None and self._parameterNode.refine3D:
+            self.ui.refineStatusLabel.text = _("3D mode: a moved point is not re-applied; Undo and click again.")
+            return
+        self.onPromptPlaced(caller, event)
+
+    # -- 3D clicks and boxes (Logic click3D / box3D) --------------------------------------------
+    def _request3D(self, action) -> None:
+        """Apply a 3D click or box; those placed while an edit runs wait and are applied in order."""
+        if self._pendingEdit is not None:
+            self._queued3D.append(action)
+            self.ui.refineStatusLabel.text = _("{n} click(s) waiting...").format(n=len(self._queued3D))
+            return
+        if self.logic.job is not None and not self.logic.job.finished:
+            self.ui.refineStatusLabel.text = _("Wait for the automatic segmentation (or cancel it) before refining.")
+            return
+        from lkseg.errors import PromptError
+
+        pn = self._parameterNode
+        kind, ras, positive, axis = action
+        with slicer.util.tryWithErrorDisplay(_("Refinement failed."), waitCursor=False):
+            self._useSegmentEditorRules()
+            self.logic.setRefineModel(pn.refineModel or "litemedsam", pn.device)
+            common = dict(axis=axis, waitForCompletion=False, progressCallback=self._storeWorkerProgress)
+            args = (pn.inputVolume, pn.outputSegmentation, self._refineSegmentName(), ras)
+            try:
+                if kind == "box":
+                    self._pendingEdit = self.logic.box3D(*args, **common)
+                else:
+                    self._pendingEdit = self.logic.click3D(*args, positive=positive, **common)
+            except PromptError as exc:  # e.g. a click outside the volume: say so, nothing changes
+                self.ui.refineStatusLabel.text = str(exc)
+                slicer.util.showStatusMessage(str(exc), 5000)
+                return
+            self._pendingKind = "refine3D"
+            self.ui.refineStatusLabel.text = _("Editing in 3D...")
+            self._timer.start()
+        self._updateButtons()
 
     def _slice(self) -> tuple[int, int | None]:
         """``(axis, sliceIndex)`` of the slice view the last prompt was placed in (k axis when unknown)."""
@@ -156,8 +205,9 @@ class RefinePlanWidgetMixin:
         self.ui.refineStatusLabel.text = _("Prompts cleared.")
 
     def onPropagate(self) -> None:
-        if self._pendingEdit is not None and self._pendingKind == "propagate":
+        if self._pendingEdit is not None and self._pendingKind in ("propagate", "refine3D"):
             self._pendingEdit.cancel()  # the button reads "Cancel" while propagating
+            self._queued3D.clear()
             self.ui.refineStatusLabel.text = _("Cancelling...")
             return
         pn = self._parameterNode
@@ -183,23 +233,33 @@ class RefinePlanWidgetMixin:
         self._workerProgress = (fraction, message)  # called on the worker thread: no Qt here
 
     def _editFinished(self) -> None:
-        pending, self._pendingEdit, self._pendingKind = self._pendingEdit, None, None
+        from concurrent.futures import CancelledError as FutureCancelledError
+
+        from lkseg.errors import CancelledError, PromptError
+
+        pending, kind = self._pendingEdit, self._pendingKind
+        self._pendingEdit, self._pendingKind = None, None
         with slicer.util.tryWithErrorDisplay(_("Refinement failed."), waitCursor=False):
             try:
                 result = pending.finish()
-            except Exception as exc:
-                from lkseg.errors import CancelledError
-
-                if not isinstance(exc, CancelledError):
-                    raise
-                self.ui.refineStatusLabel.text = _("Propagation cancelled; the segment is unchanged.")
+            except (CancelledError, FutureCancelledError):  # by the token / before it ran
+                what = _("3D edit") if kind == "refine3D" else _("Propagation")
+                self.ui.refineStatusLabel.text = _("{what} cancelled; the segment is unchanged.").format(what=what)
+                result = None
+            except PromptError as exc:  # a prompt the model cannot use: a message, not a dialog
+                self.ui.refineStatusLabel.text = str(exc)
                 result = None
             if result is not None:
-                self.ui.refineStatusLabel.text = _("{what}: {n} voxel(s) changed.").format(
-                    what=result.description, n=result.changedVoxels
-                )
+                text = _("{what}: {n} voxel(s) changed.").format(what=result.description, n=result.changedVoxels)
+                warnings = getattr(result, "warnings", None)
+                if warnings:
+                    text += " " + " ".join(f"{w[0].upper()}{w[1:]}." for w in warnings)
+                    slicer.util.showStatusMessage("; ".join(warnings), 5000)
+                self.ui.refineStatusLabel.text = text
             self._refreshSegmentLists()
-        if self._refineQueued:
+        if self._queued3D:
+            self._request3D(self._queued3D.pop(0))
+        elif self._refineQueued:
             self._refineQueued = False
             self._requestRefine()
         self._updateButtons()

@@ -183,6 +183,36 @@ class EditHistory:
         self._push(edit)
         return edit
 
+    def recordRegion(
+        self,
+        segmentationNode,
+        segmentId: str,
+        region: tuple[slice, slice, slice],
+        before: np.ndarray,
+        after: np.ndarray,
+        grid: Grid,
+        description: str,
+    ) -> SegmentEdit | None:
+        """Record a change known to lie in the ZYX box ``region``: ``before``/``after`` are the bool
+        blocks of the segment there (no full-volume array needed). None when nothing changed."""
+        before, after = np.asarray(before, bool), np.asarray(after, bool)
+        changed = before != after
+        if not changed.any():
+            return None
+        nonzero = np.nonzero(changed)
+        local = tuple(slice(int(a.min()), int(a.max()) + 1) for a in nonzero)
+        edit = SegmentEdit(
+            segmentationNode.GetID(),
+            segmentId,
+            grid,
+            tuple(slice(r.start + s.start, r.start + s.stop) for r, s in zip(region, local)),  # type: ignore[arg-type]
+            np.packbits(before[local]),
+            np.packbits(after[local]),
+            description,
+        )
+        self._push(edit)
+        return edit
+
     def _push(self, edit) -> None:
         self._undo.append(edit)
         del self._undo[: -self.maxEdits]

@@ -8,8 +8,11 @@ Example (Slicer Python console)::
 
     logic = slicer.util.getModuleLogic("LiverKidneySeg")
     seg = logic.segment(getNode("CT"))                  # automatic, waits until done
-    logic.refine(getNode("CT"), seg, "Liver tumor", positive=getNode("P"), mode="add")
-    logic.undo()
+    logic.refine(getNode("CT"), seg, "Liver tumor", positive=getNode("P"), mode="add")  # one slice
+    r = logic.click3D(getNode("CT"), seg, "Liver", [10.0, -40.0, 120.0])  # a 3D click (world RAS mm)
+    print(r.changedVoxels, r.warnings)
+    logic.box3D(getNode("CT"), seg, "Spleen", [[60, -10, 80], [120, 40, 80]])  # a box, propagated
+    logic.undo()                                        # takes back the whole box
     summary = logic.runBatch("/data/cohort", "/data/out")  # a whole cohort, resumable
 """
 
@@ -33,6 +36,7 @@ from LiverKidneySegLib.markups import (
     slicePrompts,
 )
 from LiverKidneySegLib.planning import PlanningLogicMixin
+from LiverKidneySegLib.refine3d import Refine3DLogicMixin
 from LiverKidneySegLib.refinement import (
     PropagateRequest,
     RefineEngine,
@@ -85,8 +89,10 @@ class PendingEdit:
         return self.result
 
 
-class LiverKidneySegLogicBase(PlanningLogicMixin, CouinaudLogicMixin):
-    """Automatic segmentation, refinement, undo/redo, surfaces, models and tables; planning
+class LiverKidneySegLogicBase(PlanningLogicMixin, CouinaudLogicMixin, Refine3DLogicMixin):
+    """Automatic segmentation, refinement (slice edits ``refine``/``propagate`` and 3D clicks and
+    boxes ``click3D``/``box3D``: :class:`~LiverKidneySegLib.refine3d.Refine3DLogicMixin`),
+    undo/redo, surfaces, models and tables; planning
     (``plan``, ``saveReport``: :class:`~LiverKidneySegLib.planning.PlanningLogicMixin`) and
     Couinaud landmarks (:class:`~LiverKidneySegLib.couinaud.CouinaudLogicMixin`).
 
@@ -105,6 +111,7 @@ class LiverKidneySegLogicBase(PlanningLogicMixin, CouinaudLogicMixin):
         self.job: SegmentationJob | None = None
         self.batchJob: BatchJob | None = None
         self._lastSlice: tuple | None = None
+        self._pending3D: dict = {}  # 3D session key -> its last PendingEdit
         #: where refinements may change voxels (:class:`~LiverKidneySegLib.editrules.EditRules`);
         #: None: everywhere. Only the edited segment is ever written.
         self.editRules = None

@@ -8,6 +8,12 @@ to segments on the MRML thread, every edit undoable.
 * :class:`Refiner` turns prompts into segment edits: a 2D mask on one slice (points / box) or a 3D
   mask (propagation) is combined with the segment (add / subtract / replace) and recorded in the
   :class:`~LiverKidneySegLib.history.EditHistory`.
+* 3D clicks and boxes (:meth:`RefineEngine.edit3D`): the worker thread keeps one core
+  :class:`lkseg.refine.InteractiveSegment` per (volume, segment, view axis), so a click reuses the
+  predictor's cached embeddings and the segment's 3D state; it is (re)read from the segment
+  whenever the segment was changed by anything else (the logic compares a fingerprint, see
+  :mod:`LiverKidneySegLib.refine3d`). ``sessionStates`` (main thread) and the worker's sessions
+  are kept in step: both are cleared when the engine's volume changes.
 
 Axes: prompts are in voxel indices ``(i, j, k)``; a slice is the plane ``axis = sliceIndex``
 (axis 0 = i, 1 = j, 2 = k); masks are numpy ZYX.
@@ -17,9 +23,10 @@ from __future__ import annotations
 
 import atexit
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -32,6 +39,8 @@ from lkseg.volume import Volume
 
 __all__ = [
     "COMBINE_MODES",
+    "Edit3DOutcome",
+    "Edit3DRequest",
     "PropagateRequest",
     "RefineEngine",
     "RefineResult",
@@ -103,6 +112,47 @@ class PropagateRequest:
     cancel: object = None
 
 
+@dataclass
+class Edit3DRequest:
+    """A 3D click or box for the worker's :class:`~lkseg.refine.InteractiveSegment`.
+
+    Attributes:
+        key: the session, ``(segmentationNodeId, segmentId, structure, axis)``.
+        axis: index axis normal to the slice (0 = i, 1 = j, 2 = k).
+        point: ``(3,)`` continuous ``(i, j, k)`` of a click, or None.
+        positive: click polarity.
+        box: ``(2, 3)`` ``(i, j, k)`` minimum and maximum corners on slice ``sliceIndex``, or None.
+        sliceIndex: the box's slice along ``axis``.
+        structure: structure name (HU window and band).
+        initial: the segment's bool ZYX mask when the session must be (re)read from it, else None.
+        drop: session keys the main thread forgot (least recently used): dropped here too.
+    """
+
+    key: tuple
+    axis: int
+    point: np.ndarray | None = None
+    positive: bool = True
+    box: np.ndarray | None = None
+    sliceIndex: int | None = None
+    structure: str | None = None
+    initial: np.ndarray | None = None
+    drop: tuple = ()
+    progress: Callable[[float, str], None] | None = None
+    cancel: object = None
+
+
+@dataclass
+class Edit3DOutcome:
+    """What one 3D click or box changed: ``region`` (ZYX slices of the changed bounding box, None
+    when nothing changed) with the bool ``before``/``after`` blocks there, the core's warnings."""
+
+    region: tuple[slice, slice, slice] | None
+    before: np.ndarray | None
+    after: np.ndarray | None
+    warnings: list[str] = field(default_factory=list)
+    reread: bool = False
+
+
 #: Engines with a running worker, kept alive until shut down: a predictor dropped by the garbage
 #: collector with its native threads still running aborts the process at exit.
 _LIVE_ENGINES: set = set()
@@ -143,12 +193,29 @@ class RefineEngine:
         self._executor: ThreadPoolExecutor | None = None
         self._predictor = None
         self._volumeKey: object = None
+        self._sessions: dict = {}  # worker thread: 3D session key -> InteractiveSegment
+        #: main thread: 3D session key -> the segment's fingerprint after the logic's last write
+        #: (the worker's session equals the segment while it is unchanged), least recent first
+        self.sessionStates: OrderedDict = OrderedDict()
+        self.maxSessions = 3
+        self._submittedVolumeKey: object = None
+
+    def noteVolume(self, key: object) -> None:
+        """Main thread: the next job uses the volume ``key``; when it differs from the previous
+        job's, the worker will set the new volume and drop its 3D sessions, so their states go too."""
+        if key != self._submittedVolumeKey:
+            self._submittedVolumeKey = key
+            self.sessionStates.clear()
 
     def _submit(self, fn, *args) -> Future:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lkseg-refine")
             _LIVE_ENGINES.add(self)
         return self._executor.submit(fn, *args)
+
+    def _submitFor(self, fn, volume: Volume, key: object, *args) -> Future:
+        self.noteVolume(key)
+        return self._submit(fn, volume, key, *args)
 
     # -- runs on the worker thread ----------------------------------------------------------
     def _ready(self, volume: Volume, key: object):
@@ -158,6 +225,7 @@ class RefineEngine:
         if key != self._volumeKey:
             self._predictor.set_volume(volume)
             self._volumeKey = key
+            self._sessions.clear()  # they hold the previous volume's slicer
         return self._predictor
 
     @staticmethod
@@ -204,6 +272,43 @@ class RefineEngine:
             dtype=bool,
         )
 
+    def _edit3D(self, volume: Volume, key: object, request: Edit3DRequest) -> Edit3DOutcome:
+        from lkseg.refine.session import InteractiveSegment
+
+        predictor = self._ready(volume, key)
+        for old in request.drop:
+            self._sessions.pop(old, None)
+        session = self._sessions.get(request.key)
+        if request.initial is not None or session is None:
+            if request.initial is None:  # pragma: no cover - the main thread's bookkeeping prevents it
+                raise RuntimeError("the 3D editing state was lost; click again")
+            # max_history=1: the logic's EditHistory is the undo stack; only the last change is read
+            session = InteractiveSegment(
+                predictor,
+                request.structure,
+                self._viewFor(predictor, request.axis),
+                initial=request.initial,
+                max_history=1,
+            )
+            self._sessions[request.key] = session
+        try:
+            if request.box is not None:
+                session.box(
+                    request.sliceIndex, request.box, progress=request.progress, cancel=request.cancel, return_mask=False
+                )
+            else:
+                session.click(
+                    request.point, request.positive, progress=request.progress, cancel=request.cancel, return_mask=False
+                )
+        except BaseException:
+            self._sessions.pop(request.key, None)  # the main thread re-reads the segment next time
+            raise
+        change = session.last_change()
+        warnings = list(session.last_warnings)
+        if change is None:
+            return Edit3DOutcome(None, None, None, warnings, request.initial is not None)
+        return Edit3DOutcome(*change, warnings, request.initial is not None)
+
     # -- API (any thread) -------------------------------------------------------------------
     def predictSlice(self, volume: Volume, key: object, request: SliceRequest) -> Future:
         """Future of the bool 2D mask (the slice's ZYX plane with the axis removed).
@@ -212,15 +317,20 @@ class RefineEngine:
             volume: the CT; ``key`` identifies it (the predictor re-reads the volume when it changes).
             request: prompts, prior and structure.
         """
-        return self._submit(self._predictSlice, volume, key, request)
+        return self._submitFor(self._predictSlice, volume, key, request)
 
     def propagate(self, volume: Volume, key: object, request: PropagateRequest) -> Future:
         """Future of a bool ZYX 3D mask grown from one slice's mask."""
-        return self._submit(self._propagate, volume, key, request)
+        return self._submitFor(self._propagate, volume, key, request)
+
+    def edit3D(self, volume: Volume, key: object, request: Edit3DRequest) -> Future:
+        """Future of the :class:`Edit3DOutcome` of a 3D click or box (main thread: the caller
+        keeps :attr:`sessionStates` in step, see :mod:`LiverKidneySegLib.refine3d`)."""
+        return self._submitFor(self._edit3D, volume, key, request)
 
     def warmUp(self, volume: Volume, key: object) -> Future:
         """Load the model and set the volume in the background (before the first click)."""
-        return self._submit(self._ready, volume, key)
+        return self._submitFor(self._ready, volume, key)
 
     def shutdown(self) -> None:
         """Stop the worker thread (waits for the running job) and drop the predictor."""
@@ -229,16 +339,23 @@ class RefineEngine:
         if self._predictor is not None and hasattr(self._predictor, "close"):
             self._predictor.close()  # stops the predictor's own prefetch thread (the worker is gone)
         self._executor, self._predictor, self._volumeKey = None, None, None
+        self._sessions.clear()
+        self.sessionStates.clear()
+        self._submittedVolumeKey = None
         _LIVE_ENGINES.discard(self)
 
 
 @dataclass
 class RefineResult:
-    """What one refinement did: the segment, the number of voxels changed, the history entry."""
+    """What one refinement did: the segment, the number of voxels changed, the history entry;
+    for 3D clicks and boxes also the core's ``warnings`` (e.g. a click on air was ignored) and the
+    changed ``region`` (ZYX slices of its bounding box, None when nothing changed)."""
 
     segmentId: str
     changedVoxels: int
     description: str
+    warnings: list[str] = field(default_factory=list)
+    region: tuple[slice, slice, slice] | None = None
 
 
 class Refiner:

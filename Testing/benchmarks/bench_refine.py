@@ -7,6 +7,11 @@ Prints, as medians of repeated runs:
 * first prediction on a new slice (encode + decode + pre/post) and each further interaction on a
   cached slice (box, positive click, negative click) of a 512x512x200 CT;
 * propagating a liver through 60 slices of that CT;
+* ``--only logic-clicks``: 3D clicks through the Slicer module's Logic (``click3D``, slicer-core,
+  headless) on that CT's liver segment with a missed dent: a click on an already encoded slice,
+  end to end (fingerprint, worker's InteractiveSegment, write-back of the changed box, undo step),
+  split into the worker's part and the main thread's write-back; and a click after the segment
+  was changed elsewhere (the session is re-read from the segment);
 * peak RSS of a fresh process holding the predictor with the 512x512x200 volume (after the
   propagation, i.e. with a full embedding cache);
 * with CUDA: the same interaction and propagation timings on the GPU (eager PyTorch);
@@ -175,6 +180,93 @@ def bench_interactions(
     }
 
 
+def bench_logic_clicks(image, labels, repeats: int, cache_dir: Path) -> dict:
+    """Cached-slice 3D clicks through ``LiverKidneySegLogicBase.click3D`` (int8 ONNX on the CPU)."""
+    sys.path.insert(0, str(ROOT / "LiverKidneySeg"))
+    from LiverKidneySegLib.headless import setupHeadlessSlicer
+    from LiverKidneySegLib.logic import LiverKidneySegLogicBase
+    from LiverKidneySegLib.refinement import RefineEngine
+    from LiverKidneySegLib.segmentations import setSegmentMask
+    from LiverKidneySegLib.volumes import ijkToWorld, volumeToNode
+    from lkseg.refine import PredictorConfig, PromptPredictor
+
+    scene = setupHeadlessSlicer().scene
+    node = volumeToNode(image, scene=scene, name="CT")
+    predictors = []
+
+    decodes = [0]
+
+    def factory(model, device):
+        predictors.append(PromptPredictor(model, device, PredictorConfig(cache_dir=cache_dir)))
+        decode = predictors[-1].engine.decode
+
+        def counted(*args, **kwargs):
+            decodes[0] += 1
+            return decode(*args, **kwargs)
+
+        predictors[-1].engine.decode = counted
+        return predictors[-1]
+
+    logic = LiverKidneySegLogicBase(scene, RefineEngine("litemedsam", "cpu", predictorFactory=factory))
+    seg = logic.newSegmentationNode(node)
+    liver = labels.array == LIVER
+    slices = np.flatnonzero(liver.any(axis=(1, 2)))
+    k = int(slices[len(slices) // 2])
+    jj, ii = np.nonzero(liver[k])
+    centre = np.array([ii.mean(), jj.mean()])
+    # a missed dent: a 12 mm ball at the liver's edge on slice k (the user clicks into it, then out)
+    edge = int(np.argmax((ii - centre[0]) ** 2 + (jj - centre[1]) ** 2))
+    dent_ijk = np.array([ii[edge] + 0.4 * (centre[0] - ii[edge]), jj[edge] + 0.4 * (centre[1] - jj[edge]), k])
+    kk, jjj, iii = np.ogrid[: liver.shape[0], : liver.shape[1], : liver.shape[2]]
+    sp = image.spacing
+    ball = ((iii - dent_ijk[0]) * sp[0]) ** 2 + ((jjj - dent_ijk[1]) * sp[1]) ** 2 + ((kk - k) * sp[2]) ** 2 <= 144
+    segmentId = logic._segmentId(seg, "liver")
+    setSegmentMask(seg, segmentId, liver & ~ball, image.grid)
+    ras = ijkToWorld(node, dent_ijk)
+
+    def click(positive: bool) -> tuple[float, float, float, int, int]:
+        if predictors:
+            predictors[0].wait_prefetch(60)  # the user's pause between clicks: neighbours encoded
+        decodes[0] = 0
+        start = time.perf_counter()
+        pending = logic.click3D(node, seg, "liver", ras, positive=positive, waitForCompletion=False)
+        pending.future.result()
+        worker = time.perf_counter()
+        result = pending.finish()
+        end = time.perf_counter()
+        return end - start, worker - start, end - worker, result.changedVoxels, decodes[0]
+
+    first = click(True)  # loads the model, encodes the slice and the 2 followed on each side
+    click(False)
+    runs = {True: [], False: []}  # positive (into the dent) / negative (out of it) clicks
+    for n in range(2 * repeats):
+        positive = n % 2 == 0  # alternately into and out of the dent: a real edit every time
+        runs[positive].append(click(positive))
+    # the same run's 2D baseline: one decoder call on the cached slice (what a slice click costs)
+    box = _slice_box(labels, LIVER, k)
+    decode2d = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predictors[0].predict("axial", k, box=box, structure="liver")
+        decode2d.append(time.perf_counter() - start)
+    reread = []
+    for _ in range(max(1, repeats // 2)):
+        logic.undo()  # the dent is filled again: the segment changed outside the session,
+        reread.append(click(False)[0])  # so this click (out of the dent again) re-reads it
+    logic.cleanup()
+    row = {"CT": "x".join(map(str, image.grid.size_ijk)), "first click (model load + encode 5 slices), s": first[0]}
+    for positive, name in ((True, "+ click"), (False, "- click")):
+        values = list(zip(*runs[positive]))
+        row[f"cached {name}: click3D s (worker / write-back)"] = (
+            f"{median(values[0]):.3f} ({median(values[1]):.3f} / {median(values[2]):.3f})"
+        )
+        row[f"{name}: decoder calls, voxels changed"] = f"{median(values[4]):.0f}, {median(values[3]):.0f}"
+    row["2D box prediction on the cached slice (1 decoder call), s"] = median(decode2d)
+    row["click after an outside change (re-read), s"] = median(reread)
+    row["undo steps"] = len(logic.history)
+    return row
+
+
 def _rss_child(ct_path: str, mid: int, box: list, cache_dir: str) -> dict:
     """In a fresh process: read the CT, build the predictor, predict, propagate 80 slices."""
     from lkseg.io import read_image
@@ -256,7 +348,9 @@ def main(argv=None) -> int:
     parser.add_argument("--clicks", type=int, default=5)
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--gpu-only", action="store_true", help="only the CUDA timings (GPU machine)")
-    parser.add_argument("--only", choices=["encoders", "interactions", "rss", "accuracy"], help="run one section")
+    parser.add_argument(
+        "--only", choices=["encoders", "interactions", "logic-clicks", "rss", "accuracy"], help="run one section"
+    )
     parser.add_argument("--cache-dir", help="ONNX export cache root (default: a fresh temporary folder)")
     args = parser.parse_args(argv)
     import torch
@@ -270,7 +364,7 @@ def main(argv=None) -> int:
         print_table(rows, title=f"GPU ({torch.cuda.get_device_name(0)}), eager PyTorch fp32")
     if args.gpu_only:
         return 0
-    sections = [args.only] if args.only else ["encoders", "interactions", "rss", "accuracy"]
+    sections = [args.only] if args.only else ["encoders", "interactions", "logic-clicks", "rss", "accuracy"]
     if args.skip_accuracy and "accuracy" in sections:
         sections.remove("accuracy")
     if "encoders" in sections:
@@ -280,6 +374,11 @@ def main(argv=None) -> int:
         print(_load())
         rows = [bench_interactions(image, labels, args.repeats, cache_dir, "cpu", b) for b in ("onnx", "onnx-int8")]
         print_table(rows, title=f"CPU interactions, {torch.get_num_threads()} threads (medians of {args.repeats})")
+    if "logic-clicks" in sections:
+        print(_load())
+        print(f"\n## 3D clicks through the Logic (medians of {args.repeats})")
+        for key, value in bench_logic_clicks(image, labels, args.repeats, cache_dir).items():
+            print(f"  {key}: {value:.3f}" if isinstance(value, float) else f"  {key}: {value}")
     if "rss" in sections:
         print(_load())
         bench_rss(image, labels, cache_dir)
