@@ -50,6 +50,43 @@ def _message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def blockTriton() -> None:
+    """Tell torch that triton is absent (call before the first view renders).
+
+    The views render with Mesa's llvmpipe (software OpenGL), which loads its LLVM; triton (torch's
+    GPU kernel compiler, imported by torch when the refinement model loads) brings another LLVM,
+    and loading it after a view has rendered crashes the process (SIGSEGV in libtriton's
+    initialisers; reproduced with slicer-core 5.12.4 / vtk 9.6 / torch + triton of this
+    environment). The server never compiles kernels: eager torch needs no triton.
+    """
+    import sys
+
+    if "triton" not in sys.modules:
+        sys.modules["triton"] = None  # "import triton" then raises ImportError, which torch handles
+        log.info("triton disabled in the web server (its LLVM clashes with Mesa's)")
+
+
+def _marker(viewId: str) -> None:
+    """An invisible element inside each view's box: tests find the view on the page by its id."""
+    from trame.widgets import html
+
+    html.Div(id=f"lks-view-{viewId}", style="display: none;")
+
+
+def _sliceViewUi(server, viewId, view) -> None:
+    from trame_slicer.app.ui import create_vertical_slice_view_gutter_ui
+
+    _marker(viewId)
+    create_vertical_slice_view_gutter_ui(server, viewId, view)
+
+
+def _threeDViewUi(server, viewId, view) -> None:
+    from trame_slicer.app.ui import create_vertical_view_gutter_ui
+
+    _marker(viewId)
+    create_vertical_view_gutter_ui(server, viewId, view)
+
+
 class LKSegWebApp:
     """Builds the page on ``server`` and binds it to a new scene.
 
@@ -60,6 +97,7 @@ class LKSegWebApp:
     """
 
     def __init__(self, server, dataRoot: str | Path, workDir: str | Path):
+        blockTriton()
         import slicer
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
@@ -73,7 +111,9 @@ class LKSegWebApp:
         self.slicerApp = SlicerApp()
         if getattr(slicer, "mrmlScene", None) is None:
             slicer.mrmlScene = self.slicerApp.scene  # slicer.util helpers use it; one scene per process
-        register_rca_factories(self.slicerApp.view_manager, server)
+        register_rca_factories(
+            self.slicerApp.view_manager, server, slice_view_ui_f=_sliceViewUi, three_d_view_ui_f=_threeDViewUi
+        )
         self.layoutManager = LayoutManager(self.slicerApp.scene, self.slicerApp.view_manager, server)
         self.layoutManager.register_layout_dict(LayoutManager.default_grid_configuration())
         self.dataRoot = DataRoot(Path(dataRoot))
@@ -151,6 +191,9 @@ class LKSegWebApp:
             self.state.lks_progress_msg = message
 
     def _refreshSegments(self) -> None:
+        node = self.session.segmentationNode
+        if node is not None and node.GetSegmentation().GetNumberOfSegments():
+            node.CreateClosedSurfaceRepresentation()  # 3D view (kept up to date by the segmentation)
         with self.state:
             self.state.lks_segments = self.session.segments()
             self.state.lks_can_undo = self.session.logic.canUndo
@@ -188,6 +231,7 @@ class LKSegWebApp:
         ):
             c[f"lks_{name}"] = (lambda n: lambda *a, **k: self._guard(getattr(self, f"_{n}"), *a, **k))(name)
         self.server.trigger("lks_view_geometry")(self.viewGeometry)
+        self.server.trigger("lks_jump")(lambda ras: self._guard(self.jumpTo, ras))
         self.state.change("lks_tool")(lambda lks_tool, **_: self._guard(self._setTool, lks_tool))
         self.state.change("lks_plane_offset", "lks_plane_axis")(lambda **_: self._guard(self._planeMoved))
         self.state.change("lks_height", "lks_weight")(lambda **_: self._guard(self._patientChanged))
@@ -276,7 +320,6 @@ class LKSegWebApp:
         def done(ids):
             self._refreshSegments()
             self._afterEdit(f"automatic segmentation: {len(ids)} segment(s)")
-            self.session.segmentationNode.CreateClosedSurfaceRepresentation()
             self.notify(f"automatic segmentation done ({time.perf_counter() - self.tasks.started_at:.1f} s)", "success")
 
         self.tasks.start("Automatic segmentation", job, done, self._taskFailed, poll=job.poll, result=result)
@@ -438,10 +481,9 @@ class LKSegWebApp:
             "volume_ml": round(score.volume_ml, 2),
             "max_diameter_mm": round(score.max_diameter_mm, 1),
         }
-        for key in ("R", "E", "N", "A", "L", "total", "complexity", "suffix"):
-            value = getattr(score, key, None)
-            if value is not None:
-                row[key] = value
+        for key in ("R", "E", "N", "L", "total", "complexity", "notation"):
+            row[key] = getattr(score, key, None)
+        row["A"] = getattr(score, "anterior_posterior", None)
         return row
 
     # -- exports ----------------------------------------------------------------------------------
@@ -461,7 +503,14 @@ class LKSegWebApp:
 
         self.tasks.start(f"Export ({kind})", pending, done, self._taskFailed)
 
-    # -- test hook ---------------------------------------------------------------------------------
+    # -- navigation / test hooks --------------------------------------------------------------------
+    def jumpTo(self, ras) -> dict:
+        """Move every slice view through the world RAS point ``ras`` (Slicer's "jump slices")."""
+        r, a, s = (float(v) for v in ras)
+        for view in self.slicerApp.view_manager.get_slice_views():
+            view.get_view_node().JumpSliceByOffsetting(r, a, s)
+        return self.viewGeometry()
+
     def viewGeometry(self) -> dict:
         """Per slice view: ``xy_to_ras`` (row-major 4x4) and ``size`` (render window pixels)."""
         out = {}

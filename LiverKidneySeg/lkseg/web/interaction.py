@@ -110,6 +110,7 @@ class SliceTool:
 
     def _press(self, *_):
         self._start = self._current = self._position()
+        log.debug("%s: press at %s (%s tool)", self.view.get_singleton_tag(), self._start, self.tool)
 
     def _move(self, *_):
         if self._start is None or self.tool != "box":
@@ -121,6 +122,7 @@ class SliceTool:
         if self._start is None:
             return
         start, end = self._start, self._position()
+        log.debug("%s: release at %s (%s tool)", self.view.get_singleton_tag(), end, self.tool)
         self._start = self._current = None
         self._showRectangle(False)
         node = self.sliceNode

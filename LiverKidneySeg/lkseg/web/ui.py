@@ -318,11 +318,11 @@ def _planCard(app, v, html) -> None:
                     html.Td(f"{{{{ b.{key} }}}}")
         with v.VTable(v_show="lks_renal.length", density="compact", classes="mt-2", id="lks-renal"):
             with html.Thead(), html.Tr():
-                for title in ("R.E.N.A.L.", "R", "E", "N", "A", "L", "score"):
+                for title in ("R.E.N.A.L.", "R", "E", "N", "A", "L", "score", "notation"):
                     html.Th(title)
             with html.Tbody(), html.Tr(v_for="r in lks_renal"):
-                for key in ("tumour", "R", "E", "N", "A", "L", "total"):
-                    html.Td(f"{{{{ r.{key} }}}}{{{{ '{key}' === 'total' && r.suffix ? r.suffix : '' }}}}")
+                for key in ("tumour", "R", "E", "N", "A", "L", "total", "notation"):
+                    html.Td(f"{{{{ r.{key} ?? '-' }}}}")
 
 
 def _downloadCard(app, v, html) -> None:
