@@ -94,9 +94,10 @@ class LKSegWebApp:
         server: a trame server (not started).
         dataRoot: folder whose files the page may open (``lkseg.web.files.DataRoot``).
         workDir: private folder for uploads, exports and reports.
+        prefetch: prompt-model slices prefetched on each side (see :class:`WebSession`).
     """
 
-    def __init__(self, server, dataRoot: str | Path, workDir: str | Path):
+    def __init__(self, server, dataRoot: str | Path, workDir: str | Path, prefetch: int = 0):
         blockTriton()
         import slicer
         from trame_slicer import module as trame_slicer_module
@@ -117,12 +118,13 @@ class LKSegWebApp:
         self.layoutManager = LayoutManager(self.slicerApp.scene, self.slicerApp.view_manager, server)
         self.layoutManager.register_layout_dict(LayoutManager.default_grid_configuration())
         self.dataRoot = DataRoot(Path(dataRoot))
-        self.session = WebSession(self.slicerApp, workDir)
+        self.session = WebSession(self.slicerApp, workDir, prefetch=prefetch)
         server.serve[DOWNLOADS_ROUTE] = str(self.session.exportDir())
         self.tasks = LoopTasks(self._pushTask)
         self.tools: dict[str, SliceTool] = {}
         self._clients = 0
         self._planDirty = False
+        self._planTimer = None
         self._planBase: np.ndarray | None = None
         self._initState()
         self._bind()
@@ -159,6 +161,7 @@ class LKSegWebApp:
                 "lks_can_undo": False,
                 "lks_can_redo": False,
                 "lks_edits": 0,
+                "lks_last_edit_s": None,
                 "lks_last_edit": "",
                 "lks_window": "abdomen",
                 "lks_windows": list(WINDOW_PRESETS),
@@ -332,6 +335,8 @@ class LKSegWebApp:
         with self.state:
             self.notify(_message(exc), "info" if "cancel" in _message(exc).lower() else "error")
             self._refreshSegments()
+        if self._planDirty:
+            self._schedulePlan(0.05)
 
     # -- corrections ----------------------------------------------------------------------------
     def _setTool(self, tool: str) -> None:
@@ -357,7 +362,8 @@ class LKSegWebApp:
             changed = getattr(result, "changedVoxels", None)
             self._afterEdit(
                 f"{what} on {target} ({self.state.lks_mode})"
-                + (f": {changed} voxel(s) changed" if changed is not None else "")
+                + (f": {changed} voxel(s) changed" if changed is not None else ""),
+                self.tasks.last_duration,
             )
 
         self.tasks.start(f"Correction ({what})", pending, done, self._taskFailed)
@@ -372,11 +378,12 @@ class LKSegWebApp:
             "Propagation in 3D", pending, lambda r: self._afterEdit(f"propagated {target} in 3D"), self._taskFailed
         )
 
-    def _afterEdit(self, text: str) -> None:
+    def _afterEdit(self, text: str, seconds: float | None = None) -> None:
         with self.state:
             self._refreshSegments()
             self.state.lks_edits += 1
             self.state.lks_last_edit = text
+            self.state.lks_last_edit_s = None if seconds is None else round(seconds, 3)
         self._schedulePlan()
 
     def _undo(self) -> None:
@@ -416,10 +423,17 @@ class LKSegWebApp:
                 return
         self._schedulePlan()
 
-    def _schedulePlan(self) -> None:
-        """Re-plan when the masks, the plane or the patient change (once the plane exists)."""
+    def _schedulePlan(self, delay: float = 0.3) -> None:
+        """Re-plan when the masks, the plane or the patient change (once the plane exists); changes
+        closer than ``delay`` seconds (slider drags, typing) give one planning run."""
         if self.session.planeNode is None:
             return
+        if self._planTimer is not None:
+            self._planTimer.cancel()
+        self._planTimer = asyncio.get_event_loop().call_later(delay, self._planWhenIdle)
+
+    def _planWhenIdle(self) -> None:
+        self._planTimer = None
         if self.tasks.busy:
             self._planDirty = True
             return
@@ -471,7 +485,7 @@ class LKSegWebApp:
             self.state.lks_renal = [self._renalRow(r) for r in result.renal]
             self.state.lks_plan_seq += 1
         if self._planDirty:
-            asyncio.get_event_loop().call_later(0.05, self._schedulePlan)
+            self._schedulePlan(0.05)
 
     @staticmethod
     def _renalRow(score) -> dict:
@@ -500,6 +514,8 @@ class LKSegWebApp:
             rows = [d for d in self.state.lks_downloads if d["name"] != path.name]
             self.state.lks_downloads = [*rows, {"name": path.name, "url": url, "kind": kind}]
             self.notify(f"{path.name} is ready to download", "success")
+            if self._planDirty:
+                self._schedulePlan(0.05)
 
         self.tasks.start(f"Export ({kind})", pending, done, self._taskFailed)
 

@@ -73,14 +73,24 @@ class WebSession:
     Args:
         slicerApp: a ``trame_slicer.core.SlicerApp`` (its scene is the session's scene).
         workDir: private folder for uploads' conversions, exports and reports.
+        prefetch: neighbouring slices whose image embeddings the prompt model precomputes after
+            each prediction (the core's default is 2 per side). The web default is 0: on a 2-core
+            server, prefetching right after a box made the next click on the same slice take
+            5-10 s instead of 0.3 s (measured under load; see the README's web section).
     """
 
-    def __init__(self, slicerApp, workDir: str | Path):
+    def __init__(self, slicerApp, workDir: str | Path, prefetch: int = 0):
         from LiverKidneySegLib.logic import LiverKidneySegLogicBase
+        from LiverKidneySegLib.refinement import RefineEngine
+
+        def predictor(model: str, device: str):
+            from lkseg.refine.predictor import PredictorConfig, PromptPredictor
+
+            return PromptPredictor(model=model, device=device, config=PredictorConfig(prefetch=prefetch))
 
         self.app = slicerApp
         self.scene = slicerApp.scene
-        self.logic = LiverKidneySegLogicBase(scene=self.scene)
+        self.logic = LiverKidneySegLogicBase(scene=self.scene, refineEngine=RefineEngine(predictorFactory=predictor))
         self.workDir = Path(workDir)
         self.workDir.mkdir(parents=True, exist_ok=True)
         self.volumeNode = None

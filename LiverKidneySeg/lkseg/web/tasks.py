@@ -81,14 +81,16 @@ class LoopTasks:
     page can be updated.
     """
 
-    def __init__(self, on_change: Callable[[], None], interval: float = 0.05):
+    def __init__(self, on_change: Callable[[], None], interval: float = 0.02):
         self._on_change = on_change
         self._interval = interval
         self.name: str | None = None
         self.progress = Progress()
         self._pending = None
         self._cancelled = False
-        self.started_at = 0.0
+        self.started_at = self._t0 = 0.0
+        #: seconds from start to result of the last task that succeeded (set before ``on_done``)
+        self.last_duration: float | None = None
 
     @property
     def busy(self) -> bool:
@@ -113,7 +115,7 @@ class LoopTasks:
         ``result()`` for objects of another shape (``SegmentationJob``)."""
         self.check_idle(name)
         self.name, self._pending, self._cancelled = name, pending, False
-        self.started_at = time.perf_counter()
+        self.started_at = self._t0 = time.perf_counter()
         self.progress(0.0, f"{name}...")
         self._on_change()
         asyncio.get_event_loop().create_task(self._run(pending, on_done, on_error, poll, result))
@@ -135,15 +137,25 @@ class LoopTasks:
                     break
                 self._on_change()
                 await asyncio.sleep(self._interval)
+            t0 = time.perf_counter()
             value = result() if result is not None else pending.finish()
+            applied = time.perf_counter() - t0
         except BaseException as exc:  # reported on the page; the server keeps running
             self._reset()
             log.info("task %r ended with %s: %s", name, type(exc).__name__, exc)
             on_error(exc)
         else:
             self._reset()
-            log.info("task %r done", name)
+            t1 = time.perf_counter()
+            self.last_duration = t1 - self._t0
             on_done(value)
+            log.info(
+                "task %r done in %.3f s (result applied in %.3f s, page updated in %.3f s)",
+                name,
+                time.perf_counter() - self._t0,
+                applied,
+                time.perf_counter() - t1,
+            )
         self._on_change()
 
     def _reset(self) -> None:

@@ -230,7 +230,7 @@ def _correctionCard(app, v, html) -> None:
                 id="lks-propagate",
             )
         html.Div(
-            "{{ lks_last_edit }}",
+            "{{ lks_last_edit }}{{ lks_last_edit_s != null ? ' (' + lks_last_edit_s.toFixed(2) + ' s)' : '' }}",
             id="lks-last-edit",
             classes="text-caption mt-1",
             __properties=[("data_edits", "data-edits")],
@@ -257,17 +257,17 @@ def _planCard(app, v, html) -> None:
                 hide_details=True,
                 style="max-width: 130px;",
             )
-            v.VSlider(
-                v_model=("lks_plane_offset",),
-                min=-120,
-                max=120,
-                step=1,
-                hide_details=True,
-                thumb_label=True,
-                classes="ml-2",
-                id="lks-plane-offset",
-                disabled=("!lks_plane",),
-            )
+            with html.Div(id="lks-plane-offset", style="flex: 1;"):
+                v.VSlider(
+                    v_model=("lks_plane_offset",),
+                    min=-120,
+                    max=120,
+                    step=1,
+                    hide_details=True,
+                    thumb_label=True,
+                    classes="ml-2",
+                    disabled=("!lks_plane",),
+                )
         with html.Div(classes="d-flex"):
             v.VTextField(
                 v_model_number=("lks_height",),
