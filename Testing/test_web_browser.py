@@ -33,7 +33,23 @@ pytestmark = [pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 # seed 2, five liver tumours, arterial phase: the U-Net misses a 175-voxel lesion entirely (recall 0)
-PHANTOM_ARGS = "--size 96 96 40 --spacing 3.5 3.5 5 --seed 2 --liver-tumors 5 --phase arterial --no-seg-nrrd".split()
+PHANTOM_ARGS = [
+    "--size",
+    "96",
+    "96",
+    "40",
+    "--spacing",
+    "3.5",
+    "3.5",
+    "5",
+    "--seed",
+    "2",
+    "--liver-tumors",
+    "5",
+    "--phase",
+    "arterial",
+    "--no-seg-nrrd",
+]
 HEIGHT_CM, WEIGHT_KG = 172.0, 68.0
 
 
@@ -291,7 +307,7 @@ def test_browser_flow(phantom, tmp_path):
         page.shot("4-click")
         _, clicked = page.download_segmentation("click.seg.nrrd")
         afterClick = _mask(clicked, "liver_tumor")[k][lesion[k]].mean()
-        ci, cj = (int(round(v)) for v in (ii.mean(), jj.mean()))
+        ci, cj = (round(v) for v in (ii.mean(), jj.mean()))
         print(f"positive click: lesion recall on its slice {after:.2f} -> {afterClick:.2f}")
         # the click re-predicts the object with the box and the point (the logic's behaviour); what the
         # page must guarantee is that the edit reached the segment at the clicked place
