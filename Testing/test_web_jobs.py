@@ -184,3 +184,25 @@ def test_closed_loop_does_not_break_the_worker():
     job = runner.submit("after shutdown", lambda p, c: 1, on_done=lambda r: None, loop=loop)
     assert job.wait(5) and job.result == 1
     assert not runner.busy
+
+
+def test_awaitable_run_returns_the_result_raises_errors_and_refuses_a_second_job():
+    async def scenario():
+        runner = JobRunner()
+        pushed = []
+        result = await runner.run("quick", _slow(5, 0.01), on_progress=lambda f, m: pushed.append(f))
+        with pytest.raises(InputError, match="no CT"):
+            await runner.run("bad", lambda p, c: (_ for _ in ()).throw(InputError("no CT loaded")))
+        long_job = asyncio.ensure_future(runner.run("long", _slow(1000, 0.05)))
+        await asyncio.sleep(0.1)
+        with pytest.raises(BusyError, match="'long' is still running"):
+            await runner.run("second", lambda p, c: 1)
+        t0 = time.monotonic()
+        assert runner.cancel()
+        with pytest.raises(CancelledError):
+            await long_job
+        return result, pushed, time.monotonic() - t0
+
+    result, pushed, cancel_s = asyncio.run(scenario())
+    assert result == "finished" and pushed and pushed[-1] == 1.0
+    assert cancel_s < 2.0

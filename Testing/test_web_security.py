@@ -152,7 +152,7 @@ GUARDED_APP = textwrap.dedent(
     from trame.app import get_server
     from trame.ui.html import DivLayout
     from trame.widgets import html
-    from lkseg.web.security import install_token_guard
+    from lkseg.web.security import install_origin_guard, install_token_guard
 
     token = sys.argv[1]
     server = get_server("guarded_probe", client_type="vue3")
@@ -160,6 +160,7 @@ GUARDED_APP = textwrap.dedent(
     with DivLayout(server) as layout:
         html.Div("{{ greeting }}", id="probe")
     install_token_guard(server, token)
+    install_origin_guard(server, "127.0.0.1")
 
     @server.controller.add("on_server_ready")
     def _ready(**_):
@@ -239,6 +240,50 @@ def test_websocket_needs_the_token(guarded):
     assert asyncio.run(attempt(cookies={COOKIE_NAME: generate_token()})) == 403
     assert asyncio.run(attempt(headers={HEADER_NAME: guarded.token})) == 101
     assert asyncio.run(attempt(cookies={COOKIE_NAME: guarded.token})) == 101
+
+
+def test_other_sites_and_rebound_host_names_are_refused(guarded):
+    """Even with the token: a Host that is not a loopback name (DNS rebinding) and a request from
+    another site's page (Origin header of another origin, e.g. a websocket opened by evil.example)
+    are refused; the server's own origin passes."""
+    import aiohttp
+
+    own = f"127.0.0.1:{guarded.port}"
+    auth = {HEADER_NAME: guarded.token}
+    assert _get(guarded.base_url + "index.html", {**auth, "Host": f"evil.example:{guarded.port}"})[0] == 403
+    assert _get(guarded.base_url + "index.html", {**auth, "Host": f"localhost:{guarded.port}"})[0] == 200
+    status, body, _ = _get(guarded.base_url + "index.html", {**auth, "Origin": "http://evil.example"})
+    assert status == 403 and "evil.example" in body
+    assert _get(guarded.base_url + "index.html", {**auth, "Origin": f"http://{own}"})[0] == 200
+    assert _get(guarded.base_url + "index.html", {**auth, "Origin": "null"})[0] == 403
+
+    async def ws(origin):
+        headers = {**auth, **({"Origin": origin} if origin else {})}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            try:
+                async with session.ws_connect(f"ws://{own}/ws") as sock:
+                    await sock.close()
+                    return 101
+            except aiohttp.WSServerHandshakeError as err:
+                return err.status
+
+    assert asyncio.run(ws("http://evil.example")) == 403
+    assert asyncio.run(ws(f"http://127.0.0.1:{guarded.port + 1}")) == 403  # another local server's page
+    assert asyncio.run(ws(f"http://{own}")) == 101
+    assert asyncio.run(ws(None)) == 101  # not a browser page
+
+
+@pytest.mark.parametrize(
+    ("netloc", "host"),
+    [
+        ("127.0.0.1:8080", "127.0.0.1"),
+        ("LOCALHOST", "localhost"),
+        ("[::1]:80", "::1"),
+        ("evil.example:1", "evil.example"),
+    ],
+)
+def test_host_of(netloc, host):
+    assert security._host_of(netloc) == host
 
 
 def test_chromium_sees_403_without_and_the_app_with_the_token(guarded):

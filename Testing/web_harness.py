@@ -215,11 +215,12 @@ def browser_missing() -> str | None:
     return None
 
 
-def chrome(width: int = 1400, height: int = 900):
+def chrome(width: int = 1400, height: int = 900, download_dir: str | Path | None = None):
     """A headless Chromium driven by Selenium (Debian's /usr/bin/chromium + /usr/bin/chromedriver).
 
     ``--no-sandbox`` because CI runs as root; ``--disable-gpu`` and software WebGL (SwiftShader) so
-    VTK's WebGL views render without a GPU. The caller quits it (``driver.quit()``).
+    VTK's WebGL views render without a GPU. With ``download_dir``, downloads go there without a
+    prompt (see :func:`wait_for_download`). The caller quits it (``driver.quit()``).
 
     Raises:
         RuntimeError: chromium or chromedriver is missing (see :func:`browser_missing`).
@@ -246,8 +247,36 @@ def chrome(width: int = 1400, height: int = 900):
     ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    if download_dir is not None:
+        download_dir = str(Path(download_dir).resolve())
+        Path(download_dir).mkdir(parents=True, exist_ok=True)
+        options.add_experimental_option(
+            "prefs", {"download.default_directory": download_dir, "download.prompt_for_download": False}
+        )
     service = Service(executable_path=CHROMEDRIVER, log_output=subprocess.DEVNULL)
-    return webdriver.Chrome(service=service, options=options)
+    driver = webdriver.Chrome(service=service, options=options)
+    if download_dir is not None:
+        driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": download_dir})
+    return driver
+
+
+def wait_for_download(folder: str | Path, name: str, timeout: float = 30) -> Path:
+    """Wait until the browser finished downloading ``name`` into ``folder`` (no ``.crdownload``
+    left) and return its path.
+
+    Raises:
+        TimeoutError: not there within ``timeout`` seconds (the message lists the folder).
+    """
+    folder = Path(folder)
+    target = folder / name
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        partial = list(folder.glob("*.crdownload"))
+        if target.is_file() and not partial:
+            return target
+        time.sleep(0.1)
+    present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    raise TimeoutError(f"{name} was not downloaded into {folder} within {timeout:.0f} s (there: {present})")
 
 
 def save_screenshot(driver, name: str) -> Path:

@@ -175,6 +175,34 @@ class JobRunner:
             raise
         return job
 
+    async def run(
+        self,
+        name: str,
+        fn: Callable[[ProgressCallback, CancelToken], T],
+        on_progress: Callable[[float, str], Any] | None = None,
+    ) -> T:
+        """Await ``fn(progress, cancel)`` run on a worker thread (for ``async`` trame controllers).
+
+        The job is :attr:`current` while it runs (cancel it with :meth:`cancel`); its exception,
+        including :class:`~lkseg.errors.CancelledError`, is raised here.
+
+        Raises:
+            BusyError: a job is already running (raised at once).
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+
+        def done(result) -> None:
+            if not future.done():
+                future.set_result(result)
+
+        def failed(exc: BaseException) -> None:
+            if not future.done():
+                future.set_exception(exc)
+
+        self.submit(name, fn, on_done=done, on_error=failed, loop=loop, on_progress=on_progress)
+        return await future
+
     # -- worker side ---------------------------------------------------------------------------
 
     def _run(self, job: Job, fn, on_done, on_error, loop, on_progress) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "QUERY_NAME",
     "BindConfig",
     "generate_token",
+    "install_origin_guard",
     "install_token_guard",
     "is_loopback",
     "resolve_bind",
@@ -161,6 +162,27 @@ def _token_middleware(token: str):
     return lkseg_token_guard
 
 
+def _add_middleware_on_bind(server, middleware, what: str) -> None:
+    """Add an aiohttp ``middleware`` to the trame server's web application when wslink creates it."""
+    if getattr(server, "running", False) or getattr(server, "_running_stage", 0):
+        raise RuntimeError(f"the {what} must be installed before the server starts")
+
+    def on_bind(ws_server, *args, **kwargs) -> None:
+        from aiohttp import web
+
+        app = getattr(ws_server, "app", None)
+        if not isinstance(app, web.Application):
+            raise RuntimeError(
+                f"cannot install the {what}: backend {type(ws_server).__name__} is not "
+                "wslink's aiohttp backend (set TRAME_BACKEND=aiohttp)"
+            )
+        if middleware not in app.middlewares:
+            app.middlewares.append(middleware)
+        log.info("%s installed", what)
+
+    server.controller.on_server_bind.add(on_bind)
+
+
 def install_token_guard(server, token: str | None) -> None:
     """Make the trame ``server`` refuse HTTP requests and the websocket without ``token``.
 
@@ -176,21 +198,53 @@ def install_token_guard(server, token: str | None) -> None:
     if token is None:
         return
     _check_token(token)
-    if getattr(server, "running", False) or getattr(server, "_running_stage", 0):
-        raise RuntimeError("install_token_guard must be called before the server starts")
-    middleware = _token_middleware(token)
+    _add_middleware_on_bind(server, _token_middleware(token), "access-token guard")
 
-    def guard_on_bind(ws_server, *args, **kwargs) -> None:
-        from aiohttp import web
 
-        app = getattr(ws_server, "app", None)
-        if not isinstance(app, web.Application):
-            raise RuntimeError(
-                f"cannot guard the web server with a token: backend {type(ws_server).__name__} is not "
-                "wslink's aiohttp backend (set TRAME_BACKEND=aiohttp)"
-            )
-        if middleware not in app.middlewares:
-            app.middlewares.append(middleware)
-        log.info("access token required for every request")
+def _host_of(netloc: str) -> str:
+    """The host name of ``host[:port]`` / ``[v6]:port`` (lower case, no brackets)."""
+    netloc = netloc.strip().lower()
+    if netloc.startswith("["):
+        return netloc[1 : netloc.find("]")] if "]" in netloc else netloc[1:]
+    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
 
-    server.controller.on_server_bind.add(guard_on_bind)
+
+def _origin_middleware(loopback_only: bool):
+    from urllib.parse import urlsplit
+
+    from aiohttp import web
+
+    def refuse(request, why: str):
+        log.warning("refused %s %s from %s: %s", request.method, request.path, request.remote, why)
+        return web.Response(status=403, text=f"403 Forbidden: {why}\n", content_type="text/plain")
+
+    @web.middleware
+    async def lkseg_origin_guard(request: web.Request, handler):
+        host = request.headers.get("Host", "")
+        if loopback_only and not is_loopback(_host_of(host)):
+            return refuse(request, f"this server answers only as 127.0.0.1/localhost, not as {host!r}")
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            parts = urlsplit(origin)
+            if origin == "null" or parts.netloc.lower() != host.strip().lower():
+                return refuse(request, f"a page from {origin!r} may not use this server")
+        return await handler(request)
+
+    return lkseg_origin_guard
+
+
+def install_origin_guard(server, bind_host: str) -> None:
+    """Protect the trame ``server`` against other web sites the user visits, token or not.
+
+    - Cross-site requests (Cross-Site WebSocket Hijacking): a request carrying an ``Origin`` header
+      (browsers send it on every websocket and script request) is refused unless the origin is the
+      server itself (``Origin`` host:port equal to ``Host``). Non-browser clients send no Origin.
+    - DNS rebinding: when ``bind_host`` is a loopback address, requests whose ``Host`` is not a
+      loopback name (``localhost``, 127.x, ``::1``) are refused.
+
+    Call it before ``server.start()`` (with or without :func:`install_token_guard`).
+
+    Raises:
+        RuntimeError: the server is already running, or its web backend is not aiohttp.
+    """
+    _add_middleware_on_bind(server, _origin_middleware(is_loopback(bind_host)), "origin guard")
