@@ -393,3 +393,83 @@ def test_browser_flow(phantom, tmp_path):
         server.stop()
         if os.environ.get("LKSEG_WEB_TEST_LOG"):
             print(server.output[-8000:])
+
+
+def test_browser_bad_input(phantom, tmp_path):
+    """Bad input gives a clear message on the page; the server keeps running and the open case stays."""
+    import shutil
+
+    folder, _ = phantom
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(folder / "ct.nii.gz", data / "ct.nii.gz")
+    (data / "notes.txt").write_text("not an image\n")
+    (data / "corrupt.nii.gz").write_bytes((folder / "ct.nii.gz").read_bytes()[:5000])
+    for seed in ("3", "4"):  # two DICOM series in one folder
+        out = tmp_path / f"dicom{seed}"
+        _lkseg("phantom", "--size", "48", "48", "12", "--spacing", "7", "7", "15", "--seed", seed, "--dicom", str(out))
+        shutil.copytree(out / "dicom", data / "twoseries" / seed)
+    server = wh.start_web_server(
+        [str(data / "ct.nii.gz"), "--data-root", str(data), "--work-dir", str(tmp_path / "work")],
+        env={"LKSEG_AUTO_MODE": "unet", "OMP_NUM_THREADS": "2"},
+    )
+    driver = wh.chrome(1500, 950)
+    page = Page(driver, server, tmp_path)
+
+    def expect(action, words: str, kind: str = "error") -> str:
+        seq = page.message()[0]
+        action()
+        end = time.monotonic() + 120
+        while time.monotonic() < end:
+            new, text, cls = page.message()
+            if new > seq:
+                assert f"bg-{kind}" in cls, (text, cls)
+                assert words.lower() in text.lower(), text
+                print(f"{kind}: {text}")
+                return text
+            time.sleep(0.1)
+        raise AssertionError(f"no message for {words!r}")
+
+    def open_path(relative: str):
+        box = page.el("lks-path")
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(relative)
+        page.el("lks-open").click()
+
+    try:
+        driver.get(server.url)
+        WebDriverWait(driver, 60, 0.05).until(lambda d: d.find_element(By.ID, "lks-segment").is_enabled())
+        expect(lambda: open_path("notes.txt"), "notes.txt")
+        expect(lambda: open_path("corrupt.nii.gz"), "corrupt")
+        expect(lambda: open_path("../"), "outside")
+        assert page.el("lks-case").text == "ct" and server.alive()
+        upload = driver.find_element(By.CSS_SELECTOR, "#lks-upload input[type=file], input[type=file]")
+        expect(lambda: upload.send_keys(str(data / "notes.txt")), "notes")
+        page.shot("bad-1-messages")
+        # several series: a picker, then the chosen one opens
+        expect(lambda: open_path("twoseries"), "2 series", kind="info")
+        ActionChains(driver).move_to_element(page.el("lks-series")).click().perform()
+        WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".v-overlay .v-list-item"))
+        expect(lambda: driver.find_elements(By.CSS_SELECTOR, ".v-overlay .v-list-item")[1].click(), "opened", "success")
+        # a click outside the image
+        page.el("lks-tool-positive").click()
+        rect = page.js(
+            "const r = document.getElementById('lks-view-Red').parentElement.getBoundingClientRect();"
+            "return [r.left, r.top, r.width, r.height];"
+        )
+        expect(lambda: page.click_at((rect[0] + 40, rect[1] + 30)), "outside")
+        # a second job while one runs, then cancel
+        page.el("lks-segment").click()
+        WebDriverWait(driver, 20).until(lambda d: page.el("lks-cancel").is_displayed())
+        expect(lambda: page.click_at((rect[0] + rect[2] / 2, rect[1] + rect[3] / 2)), "still running")
+        page.shot("bad-2-busy")
+        t0 = time.monotonic()
+        expect(lambda: page.el("lks-cancel").click(), "cancel", kind="info")
+        print(f"automatic segmentation cancelled in {time.monotonic() - t0:.1f} s")
+        assert time.monotonic() - t0 < 10
+        assert server.alive()
+    finally:
+        driver.quit()
+        server.stop()
+        if os.environ.get("LKSEG_WEB_TEST_LOG"):
+            print(server.output[-8000:])

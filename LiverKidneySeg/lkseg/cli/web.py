@@ -62,7 +62,7 @@ def _demoPhantom(workDir: Path) -> Path:
 
 
 def run(args) -> int:
-    from lkseg.web.security import install_token_guard, resolve_bind
+    from lkseg.web.security import install_origin_guard, install_token_guard, resolve_bind
 
     bind = resolve_bind(args.host, args.port, args.token)
     try:
@@ -91,6 +91,7 @@ def run(args) -> int:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
     server = get_server("lkseg-web", client_type="vue3")
     install_token_guard(server, bind.token)
+    install_origin_guard(server, bind.host)
 
     from lkseg.web.app import LKSegWebApp
 

@@ -503,10 +503,7 @@ class LKSegWebApp:
     # -- exports ----------------------------------------------------------------------------------
     def _export(self, kind: str) -> None:
         self.tasks.check_idle(f"the {kind} export")
-        if kind == "report":
-            pending = self.session.startReport(self.tasks.progress)
-        else:
-            pending = threadTask(self.session.exportJob(kind))
+        pending = threadTask(self.session.exportJob(kind))
 
         def done(path):
             path = Path(path)

@@ -14,8 +14,6 @@ are ZYX; volumes in mL.
 from __future__ import annotations
 
 import logging
-import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -334,58 +332,44 @@ class WebSession:
         return segmentationToLabelMap(self.segmentationNode, gridFromNode(self.volumeNode))
 
     def exportJob(self, kind: str):
-        """Read the nodes now (scene thread); returns ``fn()`` that writes the file (any thread)
-        and returns its path in :meth:`exportDir`."""
+        """Read the nodes now (scene thread); returns ``fn()`` that builds the download with
+        :mod:`lkseg.web.downloads` (the core's writers; any thread) and saves it in
+        :meth:`exportDir`, returning its path.
+
+        Kinds: ``segnrrd``, ``dicomseg`` (CT opened from DICOM only), ``surfaces`` (STL + GLB in a
+        zip), ``report`` (HTML of the last plan; its 3D picture is left out: offscreen rendering
+        on a worker thread next to the page's views is not safe).
+        """
+        from lkseg.io import atomic_write_bytes
+        from lkseg.web import downloads
+
         self.requireVolume()
         stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in self.volumeNode.GetName()) or "case"
-        out = self.exportDir()
-        if kind == "report":
-            raise InputError("use startReport for the HTML report")
         labels, table = self._labels()
-        source, seriesUid = self.source, self.sourceSeriesUid
-        if kind == "dicomseg" and (source is None or not source.is_dir()):
-            raise InputError("DICOM SEG needs a CT opened from a DICOM folder (this CT is a file)")
+        source = self.source if self.source is not None and self.source.is_dir() else None
+        seriesUid, plan, out = self.sourceSeriesUid, self.lastPlan, self.exportDir()
+        if kind == "dicomseg" and source is None:
+            raise InputError("DICOM SEG needs a CT opened from a DICOM folder (this CT was opened from a file)")
+        if kind == "report" and plan is None:
+            raise InputError("place the resection plane first: the report shows the plan")
+        image = self.logic.volume(self.volumeNode) if kind == "report" else None
 
         def write() -> Path:
-            from lkseg.io import write_dicom_seg, write_seg_nrrd
-            from lkseg.segmentation import Segmentation
-
-            seg = Segmentation.from_label_volume(labels, table, drop_empty=True)
             if kind == "segnrrd":
-                return write_seg_nrrd(seg, out / f"{stem}.seg.nrrd")
-            if kind == "dicomseg":
-                if seriesUid:
-                    seg.labels.meta["series_uid"] = seriesUid
-                return write_dicom_seg(seg, source, out / f"{stem}_seg.dcm")
-            if kind in ("stl", "glb"):
-                from lkseg.surfaces import build_surfaces, export_surfaces
-
-                meshes = build_surfaces(labels, table)
-                folder = out / f"{stem}_{kind}_{int(time.time())}"
-                written = export_surfaces(meshes, folder, formats=(kind,), prefix=f"{stem}_")[kind]
-                if kind == "glb":
-                    final = out / f"{stem}.glb"
-                    shutil.move(str(written[0]), final)
-                else:
-                    final = Path(shutil.make_archive(str(out / f"{stem}_stl"), "zip", folder))
-                shutil.rmtree(folder, ignore_errors=True)
-                return final
-            raise InputError(f"unknown export {kind!r}")
+                download = downloads.seg_nrrd_download(labels, table, stem=stem)
+            elif kind == "dicomseg":
+                download = downloads.dicom_seg_download(labels, table, source, series_uid=seriesUid, stem=stem)
+            elif kind == "surfaces":
+                download = downloads.surfaces_download(labels, table, stem=f"{stem}_surfaces")
+            elif kind == "report":
+                download = downloads.report_download(
+                    plan, labels, table, image=image, stem=f"{stem}_report", render_3d=False
+                )
+            else:
+                raise InputError(f"unknown export {kind!r}")
+            return atomic_write_bytes(out / download.filename, download.data)
 
         return write
-
-    def startReport(self, progress):
-        volumeNode = self.requireVolume()
-        return self.logic.saveReport(
-            volumeNode,
-            self.segmentationNode,
-            self.exportDir(),
-            heightCm=self.heightCm,
-            weightKg=self.weightKg,
-            resectionPlaneNode=self.ensurePlane(),
-            waitForCompletion=False,
-            progressCallback=progress,
-        )
 
     def cleanup(self) -> None:
         self.logic.cleanup()

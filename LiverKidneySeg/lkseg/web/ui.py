@@ -331,8 +331,7 @@ def _downloadCard(app, v, html) -> None:
             for kind, title in (
                 ("segnrrd", ".seg.nrrd"),
                 ("dicomseg", "DICOM SEG"),
-                ("stl", "STL"),
-                ("glb", "GLB"),
+                ("surfaces", "STL + GLB"),
                 ("report", "HTML report"),
             ):
                 v.VBtn(
