@@ -351,6 +351,7 @@ class LKSegWebApp:
         self._guard(self._correct, view, **{key: np.asarray(ras, float).reshape(1, 3)})
 
     def _correct(self, view, **prompt) -> None:
+        t0 = time.perf_counter()
         self.tasks.check_idle("a correction")
         self.session.requireVolume()
         axis = self.session.sliceAxis(view.get_view_node())
@@ -366,7 +367,8 @@ class LKSegWebApp:
                 self.tasks.last_duration,
             )
 
-        self.tasks.start(f"Correction ({what})", pending, done, self._taskFailed)
+        log.debug("%s prepared in %.3f s", what, time.perf_counter() - t0)
+        self.tasks.start(f"Correction ({what})", pending, done, self._taskFailed, startedAt=t0)
 
     def _propagate(self) -> None:
         self.tasks.check_idle("propagation")
@@ -442,7 +444,9 @@ class LKSegWebApp:
     def _plan(self) -> None:
         self.tasks.check_idle("planning")
         if self.session.planeNode is None:
-            self.session.ensurePlane()
+            plane = self.session.ensurePlane()
+            # a plane moved with its handles in the views re-plans too
+            plane.AddObserver(plane.PointModifiedEvent, lambda *_: self._schedulePlan())
             self._planBase = np.asarray(self.session.planeState()["origin"], float)
             normal = PLANE_NORMALS[self.state.lks_plane_axis]
             self.session.movePlane(

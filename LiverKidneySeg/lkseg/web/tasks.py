@@ -110,12 +110,14 @@ class LoopTasks:
         *,
         poll: Callable[[], bool] | None = None,
         result: Callable[[], object] | None = None,
+        startedAt: float | None = None,
     ) -> None:
         """Track ``pending`` (``done()``/``finish()``/``cancel()``), or ``poll()`` -> finished and
-        ``result()`` for objects of another shape (``SegmentationJob``)."""
+        ``result()`` for objects of another shape (``SegmentationJob``). ``startedAt``: the
+        ``time.perf_counter()`` when the work began (its preparation counts in the task's time)."""
         self.check_idle(name)
         self.name, self._pending, self._cancelled = name, pending, False
-        self.started_at = self._t0 = time.perf_counter()
+        self.started_at = self._t0 = startedAt if startedAt is not None else time.perf_counter()
         self.progress(0.0, f"{name}...")
         self._on_change()
         asyncio.get_event_loop().create_task(self._run(pending, on_done, on_error, poll, result))

@@ -307,7 +307,9 @@ def _planCard(app, v, html) -> None:
                 "{{ lks_flr.verdict }}",
                 size="small",
                 id="lks-verdict",
-                color=("lks_flr.verdict.startsWith('adequate') ? 'green' : 'orange'",),
+                color=(
+                    "lks_flr.verdict === 'sufficient' ? 'green' : (lks_flr.verdict === 'insufficient' ? 'red' : 'grey')",
+                ),
             )
         with v.VTable(v_show="lks_burden.length", density="compact", classes="mt-2", id="lks-burden"):
             with html.Thead(), html.Tr():
