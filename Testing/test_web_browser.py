@@ -2,7 +2,7 @@
 
 One flow, as a person would use the page, on a small generated phantom (exact labels = the
 independent truth): open -> automatic segmentation (U-Net mode) -> a box drawn on the liver lesion
-the automatic result covers worst -> a positive click on the same (cached) slice -> undo ->
+the automatic result covers worst -> two positive clicks on the same (cached) slice -> undo ->
 resection plane placed and moved, height/weight typed -> the FLR / FLR% / sFLR shown on the page
 are compared with ``lkseg plan`` (the CLI) run on the segmentation downloaded from the page.
 
@@ -283,29 +283,34 @@ def test_browser_flow(phantom, tmp_path):
         # the lesion is nearly isodense in the arterial phase: the prompt model finds part of it
         assert after >= 0.4 and dice >= 0.4, (before, after, dice)
 
-        # -- positive click on the same (cached) slice: browser-measured round trip -----------------
+        # -- positive clicks on the same (cached) slice: browser-measured round trips --------------------
         page.el("lks-tool-positive").click()
-        page.js(
-            "window.__lks = {}; document.addEventListener('pointerup', () => { window.__lks.up = performance.now(); },"
-            " {capture: true, once: true});"
-            "new MutationObserver((m, o) => { window.__lks.edit = performance.now(); o.disconnect(); })"
-            ".observe(document.getElementById('lks-last-edit'), {attributes: true, childList: true, subtree: true,"
-            " characterData: true});"
-        )
-        edits = page.edits()
-        page.click_at(page.ras_to_page("Red", center, geometry))
-        page.wait_edits(edits + 1, timeout=60)
-        times = page.js("return window.__lks;")
-        click_ms = times["edit"] - times["up"]
-        server_ms = 1000 * page.js("return window.trame.state.get('lks_last_edit_s')")
-        print(
-            f"cached-slice click round trip in the browser: {click_ms:.0f} ms (target < 300 ms), of which "
-            f"{server_ms:.0f} ms prediction + edit on the server, {click_ms - server_ms:.0f} ms page/network; "
-            f"load average {_loadavg()}"
-        )
+
+        def timed_click(ras_point) -> tuple[float, float]:
+            page.js(
+                "window.__lks = {}; document.addEventListener('pointerup', () => { window.__lks.up = performance.now(); },"
+                " {capture: true, once: true});"
+                "new MutationObserver((m, o) => { window.__lks.edit = performance.now(); o.disconnect(); })"
+                ".observe(document.getElementById('lks-last-edit'), {attributes: true, childList: true, subtree: true,"
+                " characterData: true});"
+            )
+            edits = page.edits()
+            page.click_at(page.ras_to_page("Red", ras_point, geometry))
+            page.wait_edits(edits + 1, timeout=60)
+            times = page.js("return window.__lks;")
+            return times["edit"] - times["up"], 1000 * page.js("return window.trame.state.get('lks_last_edit_s')")
+
+        for n, point in enumerate((center, ras(ii.mean() + 1.0, jj.mean()))):
+            click_ms, server_ms = timed_click(point)
+            print(
+                f"cached-slice click {n + 1} round trip in the browser: {click_ms:.0f} ms (target < 300 ms), of which "
+                f"{server_ms:.0f} ms prediction + edit on the server, {click_ms - server_ms:.0f} ms page/network; "
+                f"load average {_loadavg()}"
+            )
+            if n == 0:
+                page.shot("4-click")
+                _, clicked = page.download_segmentation("click.seg.nrrd")
         assert click_ms < 4000, "a click on a cached slice took seconds (prompt-model prefetch competing for the CPU?)"
-        page.shot("4-click")
-        _, clicked = page.download_segmentation("click.seg.nrrd")
         afterClick = _mask(clicked, "liver_tumor")[k][lesion[k]].mean()
         ci, cj = (round(v) for v in (ii.mean(), jj.mean()))
         print(f"positive click: lesion recall on its slice {after:.2f} -> {afterClick:.2f}")
@@ -316,13 +321,13 @@ def test_browser_flow(phantom, tmp_path):
         )
         assert _mask(clicked, "liver_tumor")[k, cj, ci], "the clicked voxel is not in the segment"
 
-        # -- undo: the segment is back to its state after the box ------------------------------------
+        # -- undo: the segment is back to its state after the first click ---------------------------------
         edits = page.edits()
         page.el("lks-undo").click()
         page.wait_edits(edits + 1)
         _, undone = page.download_segmentation("undo.seg.nrrd")
-        assert np.array_equal(_mask(undone, "liver_tumor"), _mask(boxed, "liver_tumor"))
-        assert np.array_equal(_mask(undone, "liver"), _mask(boxed, "liver"))
+        assert np.array_equal(_mask(undone, "liver_tumor"), _mask(clicked, "liver_tumor"))
+        assert np.array_equal(_mask(undone, "liver"), _mask(clicked, "liver"))
         page.el("lks-tool-navigate").click()
         page.shot("5-undo")
 
@@ -450,7 +455,9 @@ def test_browser_bad_input(phantom, tmp_path):
         expect(lambda: open_path("twoseries"), "2 series", kind="info")
         ActionChains(driver).move_to_element(page.el("lks-series")).click().perform()
         WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".v-overlay .v-list-item"))
-        expect(lambda: driver.find_elements(By.CSS_SELECTOR, ".v-overlay .v-list-item")[1].click(), "opened", "success")
+        time.sleep(0.5)  # the menu's opening transition
+        item = driver.find_elements(By.CSS_SELECTOR, ".v-overlay .v-list-item")[1]
+        expect(lambda: ActionChains(driver).move_to_element(item).click().perform(), "opened", "success")
         # a click outside the image
         page.el("lks-tool-positive").click()
         rect = page.js(

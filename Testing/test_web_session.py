@@ -25,7 +25,7 @@ def app():
     from trame_slicer.core import SlicerApp
     from trame_slicer.views import DirectViewFactory, ViewLayoutDefinition
 
-    from lkseg.web.app import blockTriton
+    from lkseg.web.views import blockTriton
 
     blockTriton()
     slicerApp = SlicerApp()

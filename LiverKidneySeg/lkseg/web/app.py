@@ -24,6 +24,7 @@ from lkseg.errors import LKSegError
 from lkseg.web.interaction import SliceTool
 from lkseg.web.session import WINDOW_PRESETS, WebSession
 from lkseg.web.tasks import LoopTasks, threadTask
+from lkseg.web.views import blockTriton, sliceViewUi, threeDViewUi
 
 __all__ = ["LKSegWebApp"]
 
@@ -48,43 +49,6 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, (asyncio.CancelledError,)) or type(exc).__name__ == "CancelledError":
         return "cancelled"
     return f"{type(exc).__name__}: {exc}"
-
-
-def blockTriton() -> None:
-    """Tell torch that triton is absent (call before the first view renders).
-
-    The views render with Mesa's llvmpipe (software OpenGL), which loads its LLVM; triton (torch's
-    GPU kernel compiler, imported by torch when the refinement model loads) brings another LLVM,
-    and loading it after a view has rendered crashes the process (SIGSEGV in libtriton's
-    initialisers; reproduced with slicer-core 5.12.4 / vtk 9.6 / torch + triton of this
-    environment). The server never compiles kernels: eager torch needs no triton.
-    """
-    import sys
-
-    if "triton" not in sys.modules:
-        sys.modules["triton"] = None  # "import triton" then raises ImportError, which torch handles
-        log.info("triton disabled in the web server (its LLVM clashes with Mesa's)")
-
-
-def _marker(viewId: str) -> None:
-    """An invisible element inside each view's box: tests find the view on the page by its id."""
-    from trame.widgets import html
-
-    html.Div(id=f"lks-view-{viewId}", style="display: none;")
-
-
-def _sliceViewUi(server, viewId, view) -> None:
-    from trame_slicer.app.ui import create_vertical_slice_view_gutter_ui
-
-    _marker(viewId)
-    create_vertical_slice_view_gutter_ui(server, viewId, view)
-
-
-def _threeDViewUi(server, viewId, view) -> None:
-    from trame_slicer.app.ui import create_vertical_view_gutter_ui
-
-    _marker(viewId)
-    create_vertical_view_gutter_ui(server, viewId, view)
 
 
 class LKSegWebApp:
@@ -113,7 +77,7 @@ class LKSegWebApp:
         if getattr(slicer, "mrmlScene", None) is None:
             slicer.mrmlScene = self.slicerApp.scene  # slicer.util helpers use it; one scene per process
         register_rca_factories(
-            self.slicerApp.view_manager, server, slice_view_ui_f=_sliceViewUi, three_d_view_ui_f=_threeDViewUi
+            self.slicerApp.view_manager, server, slice_view_ui_f=sliceViewUi, three_d_view_ui_f=threeDViewUi
         )
         self.layoutManager = LayoutManager(self.slicerApp.scene, self.slicerApp.view_manager, server)
         self.layoutManager.register_layout_dict(LayoutManager.default_grid_configuration())
