@@ -444,6 +444,16 @@ def test_browser_bad_input(phantom, tmp_path):
     try:
         driver.get(server.url)
         WebDriverWait(driver, 60, 0.05).until(lambda d: d.find_element(By.ID, "lks-segment").is_enabled())
+        assert not page.el("lks-other-tab").is_displayed()
+        # single-user rule: a second tab on the same server is warned (and so is the first)
+        first = driver.current_window_handle
+        driver.switch_to.new_window("tab")
+        driver.get(server.url)
+        WebDriverWait(driver, 60, 0.1).until(lambda d: page.el("lks-other-tab").is_displayed())
+        assert page.el("lks-case").text == "ct"  # the same session
+        driver.close()
+        driver.switch_to.window(first)
+        WebDriverWait(driver, 30, 0.1).until(lambda d: not page.el("lks-other-tab").is_displayed())
         expect(lambda: open_path("notes.txt"), "notes.txt")
         expect(lambda: open_path("corrupt.nii.gz"), "corrupt")
         expect(lambda: open_path("../"), "outside")

@@ -51,6 +51,28 @@ def _message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _linkProtocol():
+    from wslink.websocket import LinkProtocol
+
+    return LinkProtocol
+
+
+class _ClientCounter(_linkProtocol()):
+    """Counts the page's websocket connections (browser tabs) for the single-user warning."""
+
+    def __init__(self, app):
+        super().__init__()
+        self._app, self._ids = app, set()
+
+    def onConnect(self, request, client_id):
+        self._ids.add(client_id)
+        self._app._clientsChanged(len(self._ids))
+
+    def onClose(self, client_id):
+        self._ids.discard(client_id)
+        self._app._clientsChanged(len(self._ids))
+
+
 class LKSegWebApp:
     """Builds the page on ``server`` and binds it to a new scene.
 
@@ -203,16 +225,12 @@ class LKSegWebApp:
         self.state.change("lks_plane_offset", "lks_plane_axis")(lambda **_: self._guard(self._planeMoved))
         self.state.change("lks_height", "lks_weight")(lambda **_: self._guard(self._patientChanged))
         self.state.change("lks_upload")(lambda lks_upload, **_: self._guard(self._upload, lks_upload))
-        c.on_client_connected.add(self._clientConnected)
-        c.on_client_exited.add(self._clientExited)
+        self.server.add_protocol_to_configure(lambda protocol: protocol.registerLinkProtocol(_ClientCounter(self)))
 
-    def _clientConnected(self, *_, **__) -> None:
-        self._clients += 1
-        self.state.lks_other_tab = self._clients > 1
-
-    def _clientExited(self, *_, **__) -> None:
-        self._clients = max(0, self._clients - 1)
-        self.state.lks_other_tab = self._clients > 1
+    def _clientsChanged(self, count: int) -> None:
+        self._clients = count
+        with self.state:
+            self.state.lks_other_tab = count > 1
 
     # -- open ----------------------------------------------------------------------------------
     def _browse(self, relative: str = "") -> None:
