@@ -95,16 +95,19 @@ def run(args) -> int:
 
     from lkseg.web.app import LKSegWebApp
 
-    app = LKSegWebApp(server, dataRoot, workDir, prefetch=max(0, args.prefetch))
+    app = LKSegWebApp(server, dataRoot, workDir, prefetch=max(0, args.prefetch), deferViews=True)
 
     def ready(**_):
         shownHost = "127.0.0.1" if bind.loopback else bind.host
         if bind.token:
             print(f"LKSEG-WEB-TOKEN {bind.token}", flush=True)
         print(f"LKSEG-WEB-READY http://{shownHost}:{server.port}/", flush=True)
-        if inputPath is not None:  # opened once serving: the page is up while the CT is read
-            relative = "" if inputPath == dataRoot else str(inputPath.relative_to(dataRoot))
-            asyncio.get_event_loop().call_soon(lambda: app._guard(app._open_path, relative, args.series))
+        # the page is served while the views are made and the CT is read
+        relative = (
+            None if inputPath is None else ("" if inputPath == dataRoot else str(inputPath.relative_to(dataRoot)))
+        )
+        opener = None if relative is None else (lambda: app._guard(app._open_path, relative, args.series))
+        app.viewsTask = asyncio.ensure_future(app.startViews(opener))
 
     server.controller.on_server_ready.add(ready)
     server.start(

@@ -81,9 +81,11 @@ class LKSegWebApp:
         dataRoot: folder whose files the page may open (``lkseg.web.files.DataRoot``).
         workDir: private folder for uploads, exports and reports.
         prefetch: prompt-model slices prefetched on each side (see :class:`WebSession`).
+        deferViews: create the four Slicer views later, with :meth:`startViews` on the running
+            event loop (the page is served meanwhile; ``lkseg web`` does this).
     """
 
-    def __init__(self, server, dataRoot: str | Path, workDir: str | Path, prefetch: int = 0):
+    def __init__(self, server, dataRoot: str | Path, workDir: str | Path, prefetch: int = 0, deferViews: bool = False):
         blockTriton()
         import slicer
         from trame_slicer import module as trame_slicer_module
@@ -94,7 +96,10 @@ class LKSegWebApp:
 
         self.server = server
         self.state, self.ctrl = server.state, server.controller
+        from trame_rca import module as rca_module
+
         server.enable_module(trame_slicer_module)
+        server.enable_module(rca_module)  # before start: the views may be created once serving
         self.slicerApp = SlicerApp()
         if getattr(slicer, "mrmlScene", None) is None:
             slicer.mrmlScene = self.slicerApp.scene  # slicer.util helpers use it; one scene per process
@@ -102,7 +107,7 @@ class LKSegWebApp:
             self.slicerApp.view_manager, server, slice_view_ui_f=sliceViewUi, three_d_view_ui_f=threeDViewUi
         )
         self.layoutManager = LayoutManager(self.slicerApp.scene, self.slicerApp.view_manager, server)
-        self.layoutManager.register_layout_dict(LayoutManager.default_grid_configuration())
+        self.layoutManager.register_layout_dict(LayoutManager.default_grid_configuration(), lazy_initialization=True)
         self.dataRoot = DataRoot(Path(dataRoot))
         self.session = WebSession(self.slicerApp, workDir, prefetch=prefetch)
         server.serve[DOWNLOADS_ROUTE] = str(self.session.exportDir())
@@ -117,9 +122,29 @@ class LKSegWebApp:
         from lkseg.web.ui import buildUI
 
         buildUI(self)
-        self.layoutManager.set_layout("Quad View")
+        if not deferViews:
+            self._showViews()
+
+    LAYOUT = "Quad View"
+
+    def _showViews(self) -> None:
+        self.layoutManager.set_layout(self.LAYOUT)
         for view in self.slicerApp.view_manager.get_slice_views():
             self.tools[view.get_singleton_tag()] = SliceTool(view, self._onBox, self._onClick)
+        self._setTool(self.state.lks_tool)
+
+    async def startViews(self, then=None) -> None:
+        """Create the views one per event-loop turn (pages connect in between), show them, then
+        call ``then()`` (e.g. open the CT given on the command line)."""
+        manager = self.slicerApp.view_manager
+        for definition in self.layoutManager.get_layout(self.LAYOUT).get_views(is_recursive=True):
+            if not manager.is_view_created(definition.singleton_tag):
+                manager.create_view(definition)
+            await asyncio.sleep(0.01)
+        with self.state:
+            self._showViews()
+        if then is not None:
+            then()
 
     # -- state ---------------------------------------------------------------------------------
     def _initState(self) -> None:

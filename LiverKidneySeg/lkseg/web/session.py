@@ -78,17 +78,10 @@ class WebSession:
     """
 
     def __init__(self, slicerApp, workDir: str | Path, prefetch: int = 0):
-        from LiverKidneySegLib.logic import LiverKidneySegLogicBase
-        from LiverKidneySegLib.refinement import RefineEngine
-
-        def predictor(model: str, device: str):
-            from lkseg.refine.predictor import PredictorConfig, PromptPredictor
-
-            return PromptPredictor(model=model, device=device, config=PredictorConfig(prefetch=prefetch))
-
         self.app = slicerApp
         self.scene = slicerApp.scene
-        self.logic = LiverKidneySegLogicBase(scene=self.scene, refineEngine=RefineEngine(predictorFactory=predictor))
+        self._prefetch = prefetch
+        self._logic = None
         self.workDir = Path(workDir)
         self.workDir.mkdir(parents=True, exist_ok=True)
         self.volumeNode = None
@@ -99,6 +92,25 @@ class WebSession:
         self.lastPlan = None
         self.heightCm: float | None = None
         self.weightKg: float | None = None
+
+    @property
+    def logic(self):
+        """The Slicer module's ``LiverKidneySegLogicBase`` on this scene (imported on first use)."""
+        if self._logic is None:
+            from LiverKidneySegLib.logic import LiverKidneySegLogicBase
+            from LiverKidneySegLib.refinement import RefineEngine
+
+            prefetch = self._prefetch
+
+            def predictor(model: str, device: str):
+                from lkseg.refine.predictor import PredictorConfig, PromptPredictor
+
+                return PromptPredictor(model=model, device=device, config=PredictorConfig(prefetch=prefetch))
+
+            self._logic = LiverKidneySegLogicBase(
+                scene=self.scene, refineEngine=RefineEngine(predictorFactory=predictor)
+            )
+        return self._logic
 
     # -- input ------------------------------------------------------------------------------
     def openVolume(self, path: str | Path, seriesUid: str | None = None):
@@ -372,4 +384,5 @@ class WebSession:
         return write
 
     def cleanup(self) -> None:
-        self.logic.cleanup()
+        if self._logic is not None:
+            self._logic.cleanup()
