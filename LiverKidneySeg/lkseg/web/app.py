@@ -134,9 +134,16 @@ class LKSegWebApp:
         self._setTool(self.state.lks_tool)
 
     async def startViews(self, then=None) -> None:
-        """Create the views one per event-loop turn (pages connect in between), show them, then
-        call ``then()`` (e.g. open the CT given on the command line)."""
+        """Create the views one per event-loop turn, show them, then call ``then()`` (e.g. open the
+        CT given on the command line). Waits up to 3 s for a first page to connect, so that the
+        page is usable while the views are made."""
         manager = self.slicerApp.view_manager
+        # let a page that is loading connect first (each view blocks the loop for about a second)
+        for _ in range(30):
+            if self._clients:
+                await asyncio.sleep(0.5)
+                break
+            await asyncio.sleep(0.1)
         for definition in self.layoutManager.get_layout(self.LAYOUT).get_views(is_recursive=True):
             if not manager.is_view_created(definition.singleton_tag):
                 manager.create_view(definition)
