@@ -129,6 +129,9 @@ class LKSegWebApp:
 
     def _showViews(self) -> None:
         self.layoutManager.set_layout(self.LAYOUT)
+        if self.session.volumeNode is not None:  # a CT opened while the views were being made
+            self.slicerApp.display_manager.show_volume_in_slice_background(self.session.volumeNode)
+            self.slicerApp.display_manager.reset_views()
         for view in self.slicerApp.view_manager.get_slice_views():
             self.tools[view.get_singleton_tag()] = SliceTool(view, self._onBox, self._onClick)
         self._setTool(self.state.lks_tool)
