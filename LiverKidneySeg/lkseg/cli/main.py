@@ -32,6 +32,7 @@ COMMANDS = [
     "refine_eval",
     "plan",
     "batch",
+    "web",
 ]
 
 log = logging.getLogger("lkseg")

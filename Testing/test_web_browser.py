@@ -1,0 +1,492 @@
+"""The web front end in a real browser (headless Debian Chromium through Selenium).
+
+One flow, as a person would use the page, on a small generated phantom (exact labels = the
+independent truth): open -> automatic segmentation (U-Net mode) -> a box drawn on the liver lesion
+the automatic result covers worst -> two positive clicks on the same (cached) slice -> undo ->
+resection plane placed and moved, height/weight typed -> the FLR / FLR% / sFLR shown on the page
+are compared with ``lkseg plan`` (the CLI) run on the segmentation downloaded from the page.
+
+Every step is screenshotted into ``Testing/artifacts/web/``. Printed numbers: page-interactive
+time after ``lkseg web`` started (< 5 s target), the cached-slice click round trip measured in the
+browser (pointer release -> the page shows the edit; < 300 ms target), the load average.
+
+Skips with the reason when chromium/chromedriver, selenium or trame-slicer are missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import web_harness as wh
+
+pytestmark = [pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+# seed 2, five liver tumours, arterial phase: the U-Net misses a 175-voxel lesion entirely (recall 0)
+PHANTOM_ARGS = [
+    "--size",
+    "96",
+    "96",
+    "40",
+    "--spacing",
+    "3.5",
+    "3.5",
+    "5",
+    "--seed",
+    "2",
+    "--liver-tumors",
+    "5",
+    "--phase",
+    "arterial",
+    "--no-seg-nrrd",
+]
+HEIGHT_CM, WEIGHT_KG = 172.0, 68.0
+
+
+def _missing() -> str | None:
+    why = wh.browser_missing()
+    if why:
+        return why
+    try:
+        import trame_slicer  # noqa: F401
+    except ImportError as exc:
+        return f"trame-slicer is not installed (pip install 'liverkidneyseg[web]'): {exc}"
+    return None
+
+
+if _missing():
+    pytest.skip(_missing(), allow_module_level=True)
+
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.actions.action_builder import ActionBuilder  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+def _lkseg(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lkseg", *args],
+        env=wh.subprocess_env({"OMP_NUM_THREADS": "2"}),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+
+
+def _loadavg() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split(" ")[0]
+    except OSError:
+        return "n/a"
+
+
+class Page:
+    """The page in the browser, with the few reads/actions the flow needs."""
+
+    def __init__(self, driver, server, workDir: Path):
+        self.d, self.server, self.workDir = driver, server, workDir
+
+    def el(self, id_: str):
+        return self.d.find_element(By.ID, id_)
+
+    def js(self, script: str, *args):
+        return self.d.execute_script(script, *args)
+
+    def trigger(self, name: str, *args):
+        return self.d.execute_async_script(
+            "const cb = arguments[arguments.length - 1];"
+            "window.trame.trigger(arguments[0], arguments[1]).then(cb, (e) => cb({error: String(e)}));",
+            name,
+            list(args),
+        )
+
+    def message(self) -> tuple[int, str, str]:
+        return self.js(
+            "const e = document.getElementById('lks-message');"
+            "return e ? [Number(e.getAttribute('data-seq')), e.innerText, e.className] : [0, '', ''];"
+        )
+
+    def wait_message(self, after_seq: int, timeout: float = 240) -> str:
+        """Wait for a page message newer than ``after_seq``; fails on an error message."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            seq, text, cls = self.message()
+            if seq > after_seq:
+                assert "bg-error" not in cls and "error" not in cls.split(), f"page error: {text}"
+                return text
+            time.sleep(0.2)
+        raise AssertionError(f"no page message within {timeout} s (last: {self.message()})")
+
+    def edits(self) -> int:
+        return int(self.el("lks-last-edit").get_attribute("data-edits"))
+
+    def wait_edits(self, count: int, timeout: float = 120) -> None:
+        WebDriverWait(self.d, timeout, 0.05).until(lambda _: self.edits() >= count)
+
+    def idle(self, timeout: float = 240) -> None:
+        WebDriverWait(self.d, timeout, 0.1).until(lambda _: not self.el("lks-cancel").is_displayed())
+
+    def shot(self, name: str) -> Path:
+        time.sleep(0.6)  # the views' last image reaches the page
+        return wh.save_screenshot(self.d, f"web-{name}")
+
+    # -- views -------------------------------------------------------------------------------------
+    def ras_to_page(self, view: str, ras, geometry: dict) -> tuple[float, float]:
+        g = geometry[view]
+        xy = np.linalg.inv(np.asarray(g["xy_to_ras"]).reshape(4, 4)) @ np.r_[np.asarray(ras, float), 1.0]
+        rect = self.js(
+            "const r = document.getElementById('lks-view-' + arguments[0]).parentElement.getBoundingClientRect();"
+            "return [r.left, r.top, r.width, r.height];",
+            view,
+        )
+        w, h = g["size"]
+        return rect[0] + xy[0] * rect[2] / w, rect[1] + rect[3] - xy[1] * rect[3] / h
+
+    def drag(self, p0, p1, steps: int = 6) -> None:
+        ab = ActionBuilder(self.d)
+        ab.pointer_action.move_to_location(round(p0[0]), round(p0[1])).pointer_down()
+        for t in np.linspace(0, 1, steps + 1)[1:]:
+            ab.pointer_action.pause(0.05)
+            ab.pointer_action.move_to_location(round(p0[0] + t * (p1[0] - p0[0])), round(p0[1] + t * (p1[1] - p0[1])))
+        ab.pointer_action.pause(0.05).pointer_up()
+        ab.perform()
+
+    def click_at(self, p) -> None:
+        ab = ActionBuilder(self.d)
+        ab.pointer_action.move_to_location(round(p[0]), round(p[1])).pointer_down().pause(0.05).pointer_up()
+        ab.perform()
+
+    # -- downloads ----------------------------------------------------------------------------------
+    def download_segmentation(self, name: str):
+        """Export the .seg.nrrd on the page, fetch it over HTTP, read it with the core reader."""
+        from lkseg.io import read_seg_nrrd
+
+        seq = self.message()[0]
+        self.el("lks-export-segnrrd").click()
+        text = self.wait_message(seq)
+        assert ".seg.nrrd" in text, text
+        href = self.js(
+            "return [...document.querySelectorAll('#lks-downloads a')].map(a => a.href)"
+            ".find(h => h.endsWith('.seg.nrrd'));"
+        )
+        path = self.workDir / name
+        with urllib.request.urlopen(href, timeout=30) as resp:
+            path.write_bytes(resp.read())
+        return path, read_seg_nrrd(path)
+
+
+def _mask(seg, name: str) -> np.ndarray:
+    return seg.mask(name) if name in seg else np.zeros(seg.grid.shape, bool)
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    from lkseg.io import read_label_map
+
+    out = tmp_path_factory.mktemp("web-phantom")
+    _lkseg("phantom", *PHANTOM_ARGS, str(out))
+    labels = read_label_map(out / "labels.nii.gz")
+    return out, labels
+
+
+def test_browser_flow(phantom, tmp_path):
+    from scipy import ndimage
+
+    folder, truthLabels = phantom
+    truth = np.asarray(truthLabels.array)
+    grid = truthLabels.grid
+    t0 = time.monotonic()
+    server = wh.start_web_server(
+        [str(folder / "ct.nii.gz"), "--data-root", str(folder), "--work-dir", str(tmp_path / "work")],
+        env={"LKSEG_AUTO_MODE": "unet", "OMP_NUM_THREADS": "2"},
+    )
+    driver = wh.chrome(1500, 950)
+    page = Page(driver, server, tmp_path)
+    try:
+        # -- page interactive ---------------------------------------------------------------------
+        driver.get(server.url)
+        WebDriverWait(driver, 60, 0.05).until(
+            lambda d: d.execute_script(
+                "return !!(window.trame && window.trame.state && window.trame.state.get('lks_busy') === false"
+                " && document.getElementById('lks-open'));"
+            )
+        )
+        interactive_s = time.monotonic() - t0
+        WebDriverWait(driver, 60, 0.05).until(lambda d: d.find_element(By.ID, "lks-segment").is_enabled())
+        ct_shown_s = time.monotonic() - t0
+        print(
+            f"\npage interactive {interactive_s:.2f} s after 'lkseg web' started (target < 5 s; HTTP ready "
+            f"{server.started_to_ready_s:.2f} s), CT shown {ct_shown_s:.2f} s; load average {_loadavg()}"
+        )
+        assert interactive_s < 30, "the page took far too long to become interactive"
+        assert "ct" in page.el("lks-case").text
+        page.shot("1-open")
+
+        # -- automatic segmentation (U-Net) ------------------------------------------------------
+        seq = page.message()[0]
+        page.el("lks-segment").click()
+        WebDriverWait(driver, 20).until(lambda d: page.el("lks-progress").is_displayed())
+        text = page.wait_message(seq, timeout=280)
+        assert "automatic segmentation done" in text, text
+        page.shot("2-auto")
+        rows = page.js("return [...document.querySelectorAll('#lks-segments tbody tr')].map(r => r.dataset.name)")
+        assert any("liver" in r.lower() for r in rows), rows
+        _, auto = page.download_segmentation("auto.seg.nrrd")
+        autoTumour = _mask(auto, "liver_tumor")
+
+        # the liver lesion (exact phantom labels) the automatic result covers worst, on its largest slice
+        lesions, n = ndimage.label(truth == 2)
+        assert n >= 1
+        recalls = [(autoTumour[lesions == i].mean(), i) for i in range(1, n + 1) if (lesions == i).sum() >= 50]
+        recall, worst = min(recalls)
+        lesion = lesions == worst
+        k = int(np.argmax(lesion.sum(axis=(1, 2))))
+        jj, ii = np.nonzero(lesion[k])
+        print(f"lesion {worst}/{n}: {int(lesion.sum())} voxels, automatic recall {recall:.2f}; box on k={k}")
+
+        def ras(i, j):
+            return (grid.ijk_to_ras @ np.array([i, j, k, 1.0]))[:3]
+
+        center = ras(ii.mean(), jj.mean())
+        geometry = page.trigger("lks_jump", [float(v) for v in center])
+        # -- box on the lesion in the axial view --------------------------------------------------------
+        page.el("lks-tool-box").click()
+        corner0 = page.ras_to_page("Red", ras(ii.min() - 1.0, jj.min() - 1.0), geometry)
+        corner1 = page.ras_to_page("Red", ras(ii.max() + 1.0, jj.max() + 1.0), geometry)
+        edits = page.edits()
+        page.drag(corner0, corner1)
+        page.wait_edits(edits + 1, timeout=180)
+        page.idle()
+        page.shot("3-box")
+        _, boxed = page.download_segmentation("box.seg.nrrd")
+        before = autoTumour[k][lesion[k]].mean()
+        after = _mask(boxed, "liver_tumor")[k][lesion[k]].mean()
+        dice = (
+            2
+            * (_mask(boxed, "liver_tumor")[k] & lesion[k]).sum()
+            / (_mask(boxed, "liver_tumor")[k].sum() + lesion[k].sum())
+        )
+        print(f"box: lesion recall on its slice {before:.2f} -> {after:.2f} (Dice on the slice {dice:.2f})")
+        assert before < 0.3, f"no missed lesion to correct (worst automatic recall {before:.2f})"
+        # the lesion is nearly isodense in the arterial phase: the prompt model finds part of it
+        assert after >= 0.4 and dice >= 0.4, (before, after, dice)
+
+        # -- positive clicks on the same (cached) slice: browser-measured round trips --------------------
+        page.el("lks-tool-positive").click()
+
+        def timed_click(ras_point) -> tuple[float, float]:
+            page.js(
+                "window.__lks = {}; document.addEventListener('pointerup', () => { window.__lks.up = performance.now(); },"
+                " {capture: true, once: true});"
+                "new MutationObserver((m, o) => { window.__lks.edit = performance.now(); o.disconnect(); })"
+                ".observe(document.getElementById('lks-last-edit'), {attributes: true, childList: true, subtree: true,"
+                " characterData: true});"
+            )
+            edits = page.edits()
+            page.click_at(page.ras_to_page("Red", ras_point, geometry))
+            page.wait_edits(edits + 1, timeout=60)
+            times = page.js("return window.__lks;")
+            return times["edit"] - times["up"], 1000 * page.js("return window.trame.state.get('lks_last_edit_s')")
+
+        for n, point in enumerate((center, ras(ii.mean() + 1.0, jj.mean()))):
+            click_ms, server_ms = timed_click(point)
+            print(
+                f"cached-slice click {n + 1} round trip in the browser: {click_ms:.0f} ms (target < 300 ms), of which "
+                f"{server_ms:.0f} ms prediction + edit on the server, {click_ms - server_ms:.0f} ms page/network; "
+                f"load average {_loadavg()}"
+            )
+            if n == 0:
+                page.shot("4-click")
+                _, clicked = page.download_segmentation("click.seg.nrrd")
+        assert click_ms < 4000, "a click on a cached slice took seconds (prompt-model prefetch competing for the CPU?)"
+        afterClick = _mask(clicked, "liver_tumor")[k][lesion[k]].mean()
+        ci, cj = (round(v) for v in (ii.mean(), jj.mean()))
+        print(f"positive click: lesion recall on its slice {after:.2f} -> {afterClick:.2f}")
+        # the click re-predicts the object with the box and the point (the logic's behaviour); what the
+        # page must guarantee is that the edit reached the segment at the clicked place
+        assert not np.array_equal(_mask(clicked, "liver_tumor"), _mask(boxed, "liver_tumor")), (
+            "the click changed nothing"
+        )
+        assert _mask(clicked, "liver_tumor")[k, cj, ci], "the clicked voxel is not in the segment"
+
+        # -- undo: the segment is back to its state after the first click ---------------------------------
+        edits = page.edits()
+        page.el("lks-undo").click()
+        page.wait_edits(edits + 1)
+        _, undone = page.download_segmentation("undo.seg.nrrd")
+        assert np.array_equal(_mask(undone, "liver_tumor"), _mask(clicked, "liver_tumor"))
+        assert np.array_equal(_mask(undone, "liver"), _mask(clicked, "liver"))
+        page.el("lks-tool-navigate").click()
+        page.shot("5-undo")
+
+        # -- resection plane: placed, moved, height/weight ------------------------------------------
+        seq_plan = lambda: int(page.js("return window.trame.state.get('lks_plan_seq')"))  # noqa: E731
+        planned = seq_plan()
+        page.el("lks-plan").click()
+        WebDriverWait(driver, 120, 0.1).until(lambda _: seq_plan() > planned)
+        first = json.loads(page.el("lks-flr").get_attribute("data-flr"))
+        for id_, value in (("lks-height", HEIGHT_CM), ("lks-weight", WEIGHT_KG)):
+            box = page.el(id_)
+            box.send_keys(Keys.CONTROL, "a")
+            box.send_keys(str(value))
+        thumb = driver.find_element(By.CSS_SELECTOR, "#lks-plane-offset .v-slider-thumb")
+        ActionChains(driver).move_to_element(thumb).click().perform()
+        for _ in range(15):
+            thumb.send_keys(Keys.ARROW_RIGHT)
+        WebDriverWait(driver, 30, 0.1).until(
+            lambda _: page.js("return window.trame.state.get('lks_plane_offset')") == 15
+        )
+        WebDriverWait(driver, 120, 0.1).until(
+            lambda _: page.js(
+                "const s = window.trame.state; const f = s.get('lks_flr');"
+                "return !s.get('lks_busy') && f && f.sflr_percent != null"
+                " && JSON.stringify(f.plane) === JSON.stringify(s.get('lks_plane'));"
+            )
+        )
+        flr = json.loads(page.el("lks-flr").get_attribute("data-flr"))
+        assert flr["plane"]["origin"] != first["plane"]["origin"], "the plane did not move"
+        assert flr["sflr_percent"] is not None, flr
+        page.shot("6-plan")
+        segPath, _ = page.download_segmentation("plan.seg.nrrd")
+
+        # -- independent truth: lkseg plan on the same masks and the plane shown -------------------------
+        origin, normal = flr["plane"]["origin"], flr["plane"]["normal"]
+        out = tmp_path / "plan"
+        cli = _lkseg(
+            "plan",
+            str(segPath),
+            "-o",
+            str(out),
+            "--plane",
+            f"{','.join(map(str, origin))}:{','.join(map(str, normal))}",
+            "--height-cm",
+            str(HEIGHT_CM),
+            "--weight-kg",
+            str(WEIGHT_KG),
+            "--no-surfaces",
+            "--no-render",
+            "--json",
+        )
+        summary = json.loads(cli.stdout)
+        cliFlr = summary["summary"]["flr"]
+        print(
+            f"FLR page {flr['flr_ml']:.1f} mL / {flr['flr_percent']:.1f} % / sFLR {flr['sflr_percent']:.1f} %; "
+            f"lkseg plan {cliFlr['flr_ml']:.1f} mL / {cliFlr['flr_percent']:.1f} % / sFLR {cliFlr['sflr_percent']:.1f} %"
+        )
+        assert flr["flr_ml"] == pytest.approx(cliFlr["flr_ml"], abs=0.06)
+        assert flr["flr_percent"] == pytest.approx(cliFlr["flr_percent"], abs=0.06)
+        assert flr["sflr_percent"] == pytest.approx(cliFlr["sflr_percent"], abs=0.06)
+        assert flr["verdict"] == cliFlr["verdict"]
+        assert server.alive()
+        print(
+            f"browser flow {time.monotonic() - t0:.0f} s; load average {_loadavg()}; chromium {wh.chromium_version()}"
+        )
+    finally:
+        driver.quit()
+        server.stop()
+        if os.environ.get("LKSEG_WEB_TEST_LOG"):
+            print(server.output[-8000:])
+
+
+def test_browser_bad_input(phantom, tmp_path):
+    """Bad input gives a clear message on the page; the server keeps running and the open case stays."""
+    import shutil
+
+    folder, _ = phantom
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(folder / "ct.nii.gz", data / "ct.nii.gz")
+    (data / "notes.txt").write_text("not an image\n")
+    (data / "corrupt.nii.gz").write_bytes((folder / "ct.nii.gz").read_bytes()[:5000])
+    for seed in ("3", "4"):  # two DICOM series in one folder
+        out = tmp_path / f"dicom{seed}"
+        _lkseg("phantom", "--size", "48", "48", "12", "--spacing", "7", "7", "15", "--seed", seed, "--dicom", str(out))
+        shutil.copytree(out / "dicom", data / "twoseries" / seed)
+    server = wh.start_web_server(
+        [str(data / "ct.nii.gz"), "--data-root", str(data), "--work-dir", str(tmp_path / "work")],
+        env={"LKSEG_AUTO_MODE": "unet", "OMP_NUM_THREADS": "2"},
+    )
+    driver = wh.chrome(1500, 950)
+    page = Page(driver, server, tmp_path)
+
+    def expect(action, words: str, kind: str = "error") -> str:
+        seq = page.message()[0]
+        action()
+        end = time.monotonic() + 120
+        while time.monotonic() < end:
+            new, text, cls = page.message()
+            if new > seq:
+                assert f"bg-{kind}" in cls, (text, cls)
+                assert words.lower() in text.lower(), text
+                print(f"{kind}: {text}")
+                return text
+            time.sleep(0.1)
+        raise AssertionError(f"no message for {words!r}")
+
+    def open_path(relative: str):
+        box = page.el("lks-path")
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(relative)
+        page.el("lks-open").click()
+
+    try:
+        driver.get(server.url)
+        WebDriverWait(driver, 60, 0.05).until(lambda d: d.find_element(By.ID, "lks-segment").is_enabled())
+        assert not page.el("lks-other-tab").is_displayed()
+        # single-user rule: a second tab on the same server is warned (and so is the first)
+        first = driver.current_window_handle
+        driver.switch_to.new_window("tab")
+        driver.get(server.url)
+        WebDriverWait(driver, 60, 0.1).until(lambda d: page.el("lks-other-tab").is_displayed())
+        assert page.el("lks-case").text == "ct"  # the same session
+        driver.close()
+        driver.switch_to.window(first)
+        WebDriverWait(driver, 30, 0.1).until(lambda d: not page.el("lks-other-tab").is_displayed())
+        expect(lambda: open_path("notes.txt"), "notes.txt")
+        expect(lambda: open_path("corrupt.nii.gz"), "corrupt")
+        expect(lambda: open_path("../"), "outside")
+        assert page.el("lks-case").text == "ct" and server.alive()
+        upload = driver.find_element(By.CSS_SELECTOR, "#lks-upload input[type=file], input[type=file]")
+        expect(lambda: upload.send_keys(str(data / "notes.txt")), "notes")
+        page.shot("bad-1-messages")
+        # several series: a picker, then the chosen one opens
+        expect(lambda: open_path("twoseries"), "2 series", kind="info")
+        ActionChains(driver).move_to_element(page.el("lks-series")).click().perform()
+        WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".v-overlay .v-list-item"))
+        time.sleep(0.5)  # the menu's opening transition
+        item = driver.find_elements(By.CSS_SELECTOR, ".v-overlay .v-list-item")[1]
+        expect(lambda: ActionChains(driver).move_to_element(item).click().perform(), "opened", "success")
+        # a click outside the image
+        page.el("lks-tool-positive").click()
+        rect = page.js(
+            "const r = document.getElementById('lks-view-Red').parentElement.getBoundingClientRect();"
+            "return [r.left, r.top, r.width, r.height];"
+        )
+        expect(lambda: page.click_at((rect[0] + 40, rect[1] + 30)), "outside")
+        # a second job while one runs, then cancel
+        page.el("lks-segment").click()
+        WebDriverWait(driver, 20).until(lambda d: page.el("lks-cancel").is_displayed())
+        expect(lambda: page.click_at((rect[0] + rect[2] / 2, rect[1] + rect[3] / 2)), "still running")
+        page.shot("bad-2-busy")
+        t0 = time.monotonic()
+        expect(lambda: page.el("lks-cancel").click(), "cancel", kind="info")
+        print(f"automatic segmentation cancelled in {time.monotonic() - t0:.1f} s")
+        assert time.monotonic() - t0 < 10
+        assert server.alive()
+    finally:
+        driver.quit()
+        server.stop()
+        if os.environ.get("LKSEG_WEB_TEST_LOG"):
+            print(server.output[-8000:])
