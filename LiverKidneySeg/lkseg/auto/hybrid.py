@@ -324,7 +324,7 @@ def hybrid_refine(
         if prev_key is not None and kb - prev_key > 1 and _changes(pieces, prev_key, kb, fused, config):
             fused[kb] = saved
             drawn.remove(kb)
-            total += kb - prev_key - 1
+            total += kb - prev_key  # the slices between and the key again
             for k in range(prev_key + 1, kb + 1):
                 keep(draw(k))
         else:
