@@ -132,8 +132,9 @@ def _ellipsoid(shape, centre, radii):
     return sum(((a - c) / r) ** 2 for a, c, r in zip((zz, yy, xx), centre, radii)) <= 1.0
 
 
+@pytest.mark.parametrize("sample_mm", [0.0, 6.0], ids=["every-slice", "key-slices"])
 @pytest.mark.parametrize("flip", [False, True], ids=["lps", "ras-stored"])
-def test_hybrid_recovers_the_true_organ_from_a_shrunken_unet_on_any_storage_order(flip):
+def test_hybrid_recovers_the_true_organ_from_a_shrunken_unet_on_any_storage_order(flip, sample_mm):
     shape = (24, 64, 64)
     direction = np.diag([-1.0, -1.0, 1.0]) if flip else np.eye(3)
     grid = Grid(shape, (1.5, 1.5, 3.0), (0.0, 0.0, 0.0), direction)
@@ -152,7 +153,7 @@ def test_hybrid_recovers_the_true_organ_from_a_shrunken_unet_on_any_storage_orde
     unet[(unet == 1) & _ellipsoid(shape, (12, 30, 22), (2, 3, 3))] = 2
     oracle = OraclePredictor(truth)
     # the U-Net's end slices here are a third of the organ: allow the extension to double the area
-    out = hybrid_refine(oracle, volume, unet, TABLE, HybridConfig(extend_max_ratio=2.0))
+    out = hybrid_refine(oracle, volume, unet, TABLE, HybridConfig(extend_max_ratio=2.0, sample_mm=sample_mm))
     labels = out.labels
     for value in (1, 4):
         organ = (labels == value) | ((labels == 2) & (value == 1))
@@ -161,13 +162,15 @@ def test_hybrid_recovers_the_true_organ_from_a_shrunken_unet_on_any_storage_orde
         after = 2 * (organ & (truth == value)).sum() / (organ.sum() + (truth == value).sum())
         assert after > before + 0.05 and after > 0.97, (value, before, after)
     assert (labels == 2).sum() > 0 and np.all(truth[labels == 2] == 1)  # tumour kept inside its organ
-    # the main pass encodes each slice holding an organ once, for both organs; the extension
-    # then revisits only the end slices (the real predictor's cache serves those)
+    assert out.extended_slices.get("liver", 0) >= 2
+    if sample_mm > 0:
+        return  # key slices: see test_key_slice_sampling_maps_back_to_the_right_slices_...
+    # every slice: the main pass encodes each slice holding an organ once, for both organs; the
+    # extension then revisits only the end slices (the real predictor's cache serves those)
     n_main = int(np.count_nonzero(np.isin(unet, [1, 2, 4]).any(axis=(1, 2))))
     main = oracle.encodes[:n_main]
     assert len(main) == len(set(main)) == n_main
     assert len(oracle.encodes) - n_main <= 4 * 8
-    assert out.extended_slices.get("liver", 0) >= 2
 
 
 def test_hybrid_cancels_within_two_seconds():
@@ -319,3 +322,70 @@ def test_a_slice_the_unet_saw_only_partly_is_redrawn_from_the_slice_below():
     organ = square((50, 50), 20, 20, 30, 30)
     _follow_neighbour(Ctx(), fused, 1, 7, HybridConfig(), (2, 2), (1.0, 1.0))
     assert np.array_equal(fused[1] == 7, organ)
+
+
+# -- key slices on thin-slice CT: geometry and the stand-in prompt model -------------------------------
+def test_key_slices_share_one_grid_and_keep_every_piece_end():
+    from lkseg.auto.keyslices import key_slices, slice_step
+
+    assert slice_step(6.0, 1.6) == 4 and slice_step(6.0, 3.0) == 2 and slice_step(0.0, 1.6) == 1
+    keys = key_slices([(3, 20), (10, 12)], 4)
+    assert keys == [3, 7, 10, 11, 12, 15, 19, 20]
+    assert key_slices([(0, 5)], 1) == list(range(6))
+
+
+def test_interpolation_between_identical_or_vanishing_masks():
+    from lkseg.auto.keyslices import interpolate_slices
+
+    a = square((30, 30), 5, 5, 20, 25)
+    for m, _ in interpolate_slices(a, a.copy(), [0.25, 0.5, 0.75]):
+        assert np.array_equal(m, a)
+    # towards an empty end the shape shrinks inside itself and is gone at the end
+    shapes = [m for m, _ in interpolate_slices(a, np.zeros_like(a), [0.2, 0.6, 0.99])]
+    areas = [int(m.sum()) for m in shapes]
+    assert areas[0] > areas[1] > areas[2] >= 0 and all(np.all(a[m]) for m in shapes)
+
+
+def _stepped_organs(direction, spacing, shape):
+    """Truth in physical LPS mm (independent of the slicer): a 'liver' prism whose cross-section
+    grows abruptly at z = 30 mm and a 'spleen' prism of constant section, on any storage order."""
+    origin = (0.0, 0.0, 59.0)  # the first stored voxel is the most superior one
+    grid = Grid(shape, spacing, origin, direction)
+    k, j, i = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    ijk = np.stack([i, j, k], axis=-1).astype(float) * np.asarray(spacing)
+    lps = ijk @ np.asarray(direction).T + np.asarray(origin)
+    x, y, z = lps[..., 0], lps[..., 1], lps[..., 2]
+    liver = (z >= 12) & (z <= 44) & (y >= 10) & (y <= 34) & (x >= 10) & (x <= np.where(z < 30, 30, 40))
+    spleen = (z >= 20) & (z <= 40) & (y >= 12) & (y <= 30) & (x >= 52) & (x <= 66)
+    truth = np.zeros(shape, np.uint8)
+    truth[liver], truth[spleen] = 1, 7
+    return grid, truth, z
+
+
+@pytest.mark.parametrize("sample_mm", [6.0, 0.0], ids=["key-slices", "every-slice"])
+def test_key_slice_sampling_maps_back_to_the_right_slices_on_a_non_axial_flipped_volume(sample_mm):
+    """Storage: i runs inferior at 1 mm (flipped S-I), j runs left at 1.5 mm, k posterior at
+    1.2 mm (a sagittal-like stack). The stand-in prompt model answers with the analytic truth, the
+    'U-Net' is the truth shrunk in-plane and stopping 4 mm short at the liver's top; drawing only
+    key slices (plus bisection where the outline changes, plus the extension) must give the truth
+    exactly — an off-by-one anywhere would show at the liver's step or at its ends."""
+    direction = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0]])  # columns i, j, k in LPS
+    spacing, shape = (1.0, 1.5, 1.2), (32, 50, 60)  # ZYX: nk, nj, ni
+    grid, truth, z = _stepped_organs(direction, spacing, shape)
+    assert z.min() == 0 and z.max() == 59 and (truth == 1).sum() > 0 and (truth == 7).sum() > 0
+    hu = np.full(shape, 30, dtype=np.int16)
+    hu[truth == 1], hu[truth == 7] = 60, 50
+    # shrink in the axial plane only: the axial plane is spanned by storage axes j (x) and k (y)
+    inplane = np.zeros((3, 3, 3), bool)
+    inplane[:, :, 1] = ndimage.generate_binary_structure(2, 1)  # axes 0 (k) and 1 (j), not i (S-I)
+    unet = np.zeros(shape, np.uint8)
+    for v in (1, 7):
+        unet[ndimage.binary_erosion(truth == v, inplane, iterations=2)] = v
+    unet[(unet == 1) & (z > 40)] = 0  # the U-Net stops 4 mm below the liver's top
+    oracle = OraclePredictor(truth)
+    out = hybrid_refine(oracle, Volume(hu, grid), unet, TABLE, HybridConfig(sample_mm=sample_mm))
+    assert np.array_equal(out.labels, truth), [(v, int(((out.labels == v) != (truth == v)).sum())) for v in (1, 7)]
+    organ_slices = np.unique(np.round(z[truth > 0]).astype(int)).size  # axial slices holding an organ
+    if sample_mm > 0:
+        assert len(set(oracle.encodes)) <= 0.65 * organ_slices, (len(set(oracle.encodes)), organ_slices)
+    assert out.extended_slices.get("liver", 0) == 4

@@ -9,15 +9,22 @@ plus every folder given on the command line with the same layout:
 * ``dcmqi-liver/ct-3slice/`` (DICOM) with ``liver_seg.nrrd`` (label 1 = liver).
 
 For each case and mode: Dice and HD95 (mm) per organ, wall time per stage (median of
-``--repeats`` runs, the segmenters loaded once), and the load average beside every timing.
+``--repeats`` runs, the segmenters loaded once), the slices the prompt model encoded, and the
+load average beside every timing. Modes: ``unet`` (the U-Net alone), ``hybrid`` (the default
+hybrid: key slices every ``HybridConfig.sample_mm``, the rest interpolated) and ``hybrid-dense``
+(the previous default: every slice holding an organ drawn and extended slice by slice,
+``sample_mm=0, extend_step_mm=0``).
 ``--speed`` adds the real-size timing: ``example_ct`` resampled (SimpleITK, linear) to
-0.78 x 0.78 x 1.6 mm (about 470 x 390 x 210 voxels; a timing input only, no reference), hybrid
-mode in a fresh process: wall time and peak RSS.
+0.78 x 0.78 x 1.6 mm (469 x 388 x 210 voxels; its TotalSegmentator mask resampled by nearest
+neighbour, so Dice at that slice thickness is printed too — same patient, not new data), each
+run a fresh process (imports, model loads, read, segment): wall time and peak RSS, median of
+``--speed-runs`` runs per ``--speed-modes`` mode, with the load average before and after.
 
 Usage::
 
     OMP_NUM_THREADS=2 python Testing/benchmarks/bench_auto_real.py [EXTRA_FOLDER ...]
-        [--modes unet hybrid] [--repeats 1] [--cases example_ct_sm] [--speed] [--json out.json]
+        [--modes unet hybrid hybrid-dense] [--repeats 1] [--cases example_ct_sm] [--speed]
+        [--speed-runs 2] [--speed-modes hybrid hybrid-dense] [--json out.json]
 """
 
 from __future__ import annotations
@@ -25,17 +32,38 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import environment, measure_in_subprocess, median, print_table
+from benchutil import environment, measure_in_subprocess, median, peak_rss_mb, print_table
 
 ROOT = Path(__file__).resolve().parents[2]
 REAL_CT = ROOT.parent / "shared" / "data" / "real-ct"
 TOTALSEG = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver"}
 ORGANS = ("liver", "kidney_right", "kidney_left", "spleen")
+MODES = ("unet", "hybrid", "hybrid-dense")
+
+
+def options_for(mode: str):
+    """``AutoOptions`` of a benchmark mode (``hybrid-dense``: the previous default, every slice drawn)."""
+    from lkseg.auto import AutoOptions
+    from lkseg.auto.hybrid import HybridConfig
+
+    if mode == "hybrid-dense":
+        return AutoOptions(mode="hybrid", hybrid=HybridConfig(sample_mm=0.0, extend_step_mm=0.0))
+    return AutoOptions(mode=mode)
+
+
+def encoded(result) -> int | None:
+    """Slices the prompt model encoded (from the hybrid's note), None in U-Net mode."""
+    for note in result.notes:
+        m = re.match(r"hybrid: (\d+) slice\(s\) encoded", note)
+        if m:
+            return int(m.group(1))
+    return None
 
 
 def loadavg() -> str:
@@ -74,7 +102,6 @@ def find_cases(folders: list[Path]) -> list[dict]:
 
 
 def evaluate(seg, case: dict, mode: str, repeats: int) -> dict:
-    from lkseg.auto import AutoOptions
     from lkseg.errors import InputError
     from lkseg.io import read_image
     from lkseg.metrics import mask_metrics
@@ -86,7 +113,7 @@ def evaluate(seg, case: dict, mode: str, repeats: int) -> dict:
     for _ in range(repeats):
         start = time.perf_counter()
         try:
-            result = seg.predict(volume, options=AutoOptions(mode=mode))
+            result = seg.predict(volume, options=options_for(mode))
         except InputError as exc:
             row["refused"] = str(exc)
             return row
@@ -96,7 +123,8 @@ def evaluate(seg, case: dict, mode: str, repeats: int) -> dict:
     result = runs[-1][1]
     for key in sorted({k for _, r in runs for k in r.timings}):
         row[f"t_{key}"] = median(r.timings.get(key, 0.0) for _, r in runs)
-    row["mode_used"] = result.mode
+    row["mode_used"] = result.mode if mode != "hybrid-dense" else "hybrid-dense"
+    row["encoded"] = encoded(result)
     table = {n: v for v, n in result.label_table.items()}
     for value, name in case["labels"].items():
         truth = ref == value
@@ -111,42 +139,61 @@ def evaluate(seg, case: dict, mode: str, repeats: int) -> dict:
     return row
 
 
-def speed_case(out_dir: str) -> dict:
-    """Hybrid on example_ct resampled to 0.78 x 0.78 x 1.6 mm, in this (fresh) process."""
+def make_real_size(out_dir: Path) -> tuple[Path, Path]:
+    """``example_ct`` resampled to 0.78 x 0.78 x 1.6 mm (linear) and its mask (nearest neighbour)."""
     import SimpleITK as sitk
 
-    from lkseg.auto import AutoOptions, AutoSegmenter
-    from lkseg.io import read_image
-
-    src = sitk.ReadImage(str(REAL_CT / "totalsegmentator" / "example_ct.nii.gz"), sitk.sitkFloat32)
+    ts = REAL_CT / "totalsegmentator"
+    src = sitk.ReadImage(str(ts / "example_ct.nii.gz"), sitk.sitkFloat32)
+    ref = sitk.ReadImage(str(ts / "example_seg_fast_force_split.nii.gz"))
     spacing = (0.78, 0.78, 1.6)
     size = [round(n * s / t) for n, s, t in zip(src.GetSize(), src.GetSpacing(), spacing)]
-    big = sitk.Resample(
-        src, size, sitk.Transform(), sitk.sitkLinear, src.GetOrigin(), spacing, src.GetDirection(), -1024.0
-    )
-    path = Path(out_dir) / "example_ct_0.78x1.6.nii.gz"
-    sitk.WriteImage(sitk.Cast(big, sitk.sitkInt16), str(path))
+    args = (sitk.Transform(), None, src.GetOrigin(), spacing, src.GetDirection())
+    big = sitk.Resample(src, size, args[0], sitk.sitkLinear, *args[2:], -1024.0)
+    big_ref = sitk.Resample(ref, size, args[0], sitk.sitkNearestNeighbor, *args[2:], 0)
+    paths = (out_dir / "example_ct_0.78x1.6.nii.gz", out_dir / "example_seg_0.78x1.6.nii.gz")
+    sitk.WriteImage(sitk.Cast(big, sitk.sitkInt16), str(paths[0]))
+    sitk.WriteImage(big_ref, str(paths[1]))
+    return paths
+
+
+def speed_case(image: str, reference: str, mode: str) -> dict:
+    """One fresh-process run on the real-size input: imports, model loads, read, segment; then
+    (not timed) Dice against the resampled reference."""
     start = time.perf_counter()
+    from lkseg.auto import AutoSegmenter
+    from lkseg.io import read_image
+
     seg = AutoSegmenter(None, device="cpu")
-    volume = read_image(path)
-    result = seg.predict(volume, options=AutoOptions(mode="hybrid"))
+    volume = read_image(image)
+    result = seg.predict(volume, options=options_for(mode))
+    total = time.perf_counter() - start
+    peak = peak_rss_mb()  # before the (untimed) scoring
+    from lkseg.metrics import dice
+
+    ref = read_image(reference).array
+    table = {n: v for v, n in result.label_table.items()}
     return {
         "size": list(volume.grid.size_ijk),
-        "total_s": time.perf_counter() - start,
+        "total_s": total,
+        "peak_rss_mb_segment": peak,
         "timings": result.timings,
         "mode": result.mode,
-        "volumes_ml": {k: round(v, 1) for k, v in result.volumes_ml.items()},
+        "encoded": encoded(result),
+        "dice": {n: round(dice(result.labels.array == table[n], ref == v), 3) for v, n in TOTALSEG.items()},
     }
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="*", type=Path, help="extra folders with the real-ct layout")
-    p.add_argument("--modes", nargs="+", default=["unet", "hybrid"], choices=["unet", "hybrid"])
+    p.add_argument("--modes", nargs="+", default=["unet", "hybrid"], choices=MODES)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--cases", nargs="+", help="only these case names")
     p.add_argument("--model", default=None)
-    p.add_argument("--speed", action="store_true", help="also time the 512-class real-size hybrid run")
+    p.add_argument("--speed", action="store_true", help="also time the real-size run (fresh processes)")
+    p.add_argument("--speed-runs", type=int, default=2, help="fresh-process runs per speed mode (median)")
+    p.add_argument("--speed-modes", nargs="+", default=["hybrid"], choices=MODES)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -165,17 +212,35 @@ def main() -> int:
             row = evaluate(seg, case, mode, args.repeats)
             rows.append(row)
             print(json.dumps(row, default=str), flush=True)
-    columns = ["case", "mode_used", "wall_s", "load"]
+    columns = ["case", "mode_used", "wall_s", "encoded", "load"]
     columns += [f"{o}_{m}" for o in ORGANS for m in ("dice", "hd95")]
     print_table([{k: r.get(k, "refused" if "refused" in r else "") for k in columns} for r in rows], columns, "real CT")
-    speed = None
+    speed = []
     if args.speed:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            speed = measure_in_subprocess(speed_case, tmp)
-        speed["load"] = loadavg()
-        print("speed", json.dumps(speed, default=str))
+            image, reference = make_real_size(Path(tmp))
+            for mode in args.speed_modes:
+                runs = []
+                for _ in range(args.speed_runs):
+                    before = loadavg()
+                    run = measure_in_subprocess(speed_case, str(image), str(reference), mode)
+                    run.update(mode=mode, load_before=before, load_after=loadavg())
+                    print("speed run", json.dumps(run, default=str), flush=True)
+                    runs.append(run)
+                summary = {
+                    "mode": mode,
+                    "runs": len(runs),
+                    "total_s_median": median(r["result"]["total_s"] for r in runs),
+                    "wall_s_median": median(r["wall_s"] for r in runs),
+                    "peak_rss_mb_max": max(r["result"]["peak_rss_mb_segment"] for r in runs),
+                    "encoded": runs[-1]["result"]["encoded"],
+                    "dice": runs[-1]["result"]["dice"],
+                    "loads": [(r["load_before"], r["load_after"]) for r in runs],
+                }
+                speed.append(summary)
+                print("speed", json.dumps(summary, default=str), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "speed": speed}, indent=2, default=str))
     return 0

@@ -6,9 +6,12 @@ Given the U-Net's label map (:class:`~lkseg.auto.AutoResult`), :func:`hybrid_ref
    component includes the organ's tumours and cysts), in the canonical LPS frame of
    :class:`~lkseg.refine.slices.VolumeSlicer` (numpy axes ``(k, j, i)``; an axial display slice
    is ``canonical[k]``: rows anterior -> posterior, columns patient right -> left);
-2. on every axial slice where a component is present, boxes each 2D piece of it (plus
+2. on the key slices (:mod:`lkseg.auto.keyslices`: every slice on 3 mm CT, every
+   ``round(sample_mm / slice thickness)``-th on thinner slices, each piece's ends, and every
+   slice of an interval where an organ changes fast), boxes each 2D piece of it (plus
    ``box_margin_mm``) and decodes the box with the prompt model; each slice is encoded ONCE for
-   all organs (they share the soft-tissue window);
+   all organs (they share the soft-tissue window); the slices in between get the
+   signed-distance interpolation of the drawn ones;
 3. fuses: the prompt model's mask is kept inside the U-Net piece dilated by ``keep_within_mm``;
    where it is empty or its area is implausible next to the U-Net's (outside
    ``[min_area_ratio, max_area_ratio]``), the U-Net's piece is kept; a pixel claimed by two
@@ -24,6 +27,8 @@ segmentation" for which data chose what and which data reports what).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -31,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from lkseg.auto.keyslices import interpolate_slices, key_slices, mask_dice, slice_step
 from lkseg.auto.postprocess import PostprocessConfig, components, postprocess_labels
 from lkseg.labels import LabelTable
 from lkseg.progress import CancelToken, ProgressCallback, report
@@ -62,7 +68,16 @@ class HybridConfig:
         regrow: times a box is re-drawn around the mask when the mask runs into its side
             (the U-Net saw only part of the organ on that slice).
         neighbour_ratio: when an organ on a slice has less than this fraction of its area on
-            the slice below, the slice below's box is tried too (0 = off).
+            the drawn slice below, that slice's box is tried too (0 = off).
+        sample_mm: distance between the key slices that the prompt model draws (the encoder
+            is the cost: ~1.5 s a slice on a 2-core CPU); slices in between are interpolated
+            (signed distance) from the drawn ones. ``0`` draws every slice.
+        change_dice: where an organ's masks on two consecutive key slices agree less than
+            this (2D Dice), or their areas differ by more than ``neighbour_ratio``, the slices
+            between are drawn one by one (organ ends, fast-changing outlines, and the
+            slice-below rule's chain).
+        extend_step_mm: step of the extension beyond the U-Net's ends (slices skipped in
+            between are interpolated).
     """
 
     box_margin_mm: float = 6.0
@@ -77,6 +92,9 @@ class HybridConfig:
     extend_hu_sd: float = 2.0
     regrow: int = 2
     neighbour_ratio: float = 0.8
+    sample_mm: float = 4.0
+    change_dice: float = 0.85
+    extend_step_mm: float = 3.0
 
 
 @dataclass
@@ -240,16 +258,26 @@ def hybrid_refine(
     for p in pieces:
         for k in range(p.k_range[0], p.k_range[1] + 1):
             per_slice.setdefault(k, []).append(p)
+    step = slice_step(config.sample_mm, slice_mm)
     ext_n = int(config.extend_mm // slice_mm) if config.extend_mm > 0 else 0
-    total = len(per_slice) + 2 * ext_n * len(pieces)
-    done = 0
+    ext_step = slice_step(config.extend_step_mm, slice_mm)
+    keys = key_slices([p.k_range for p in pieces], step)
+    total = len(keys) + 2 * max(1, ext_n // ext_step) * len(pieces)
     stats = {o: [0, 0] for o in {p.organ for p in pieces}}  # organ -> [slices, fallbacks]
-    t_enc = 0.0
-    for k in sorted(per_slice):
+    drawn: list[int] = []  # sorted
+    seen: set[int] = set()  # slices encoded
+    state = {"t_enc": 0.0, "done": 0}
+
+    def draw(k: int) -> dict[str, list[int]]:
+        """Draw slice ``k`` (following the drawn slice below); returns organ -> [slices, fallbacks]."""
         if cancel is not None:
             cancel.raise_if_cancelled()
-        report(progress, done / max(total, 1), f"drawing organs, slice {done + 1} of {len(per_slice)}")
+        report(progress, state["done"] / max(total, 1), f"drawing organs, slice {state['done'] + 1}")
+        state["done"] += 1
+        below = drawn[bisect.bisect_left(drawn, k) - 1] if drawn and drawn[0] < k else None
+        bisect.insort(drawn, k)
         ctx = None
+        counts: dict[str, list[int]] = {}
         candidates: dict[int, list[tuple[np.ndarray, np.ndarray | None]]] = {}
         for p in per_slice[k]:
             m2 = p.mask[k]
@@ -265,29 +293,58 @@ def hybrid_refine(
                     if ctx is None:
                         s = time.perf_counter()
                         ctx = predictor.slice_context("axial", k, p.organ)
-                        t_enc += time.perf_counter() - s
-                        outcome.slices_encoded += 1
+                        state["t_enc"] += time.perf_counter() - s
+                        seen.add(k)
                     logits = _decode_regrow(ctx, piece, margin, config.regrow)
                 candidates.setdefault(p.value, []).append((piece, logits))
-            stats[p.organ][0] += 1
+            counts.setdefault(p.organ, [0, 0])[0] += 1
         if candidates:
             out2d, fb = fuse_slice(candidates, config, pixel_mm)
             free = fused[k] == 0
             fused[k][free & (out2d > 0)] = out2d[free & (out2d > 0)]
             for p in per_slice[k]:
-                stats[p.organ][1] += fb.get(p.value, 0)
-            if config.neighbour_ratio > 0 and k > 0 and ctx is not None:
+                counts.setdefault(p.organ, [0, 0])[1] += fb.get(p.value, 0)
+            if config.neighbour_ratio > 0 and below is not None and k - below <= step and ctx is not None:
                 for value in candidates:
-                    _follow_neighbour(ctx, fused, k, value, config, margin, pixel_mm)
-        done += 1
+                    _follow_neighbour(ctx, fused, k, value, config, margin, pixel_mm, below=below)
+        return counts
+
+    def keep(counts: dict[str, list[int]]) -> None:
+        for organ, (n_sl, n_fb) in counts.items():
+            stats[organ][0] += n_sl
+            stats[organ][1] += n_fb
+
+    # one ascending sweep over the key slices; where an organ changes too much between two
+    # consecutive keys (or the U-Net does not follow their interpolation), the slices in between
+    # are drawn one by one and the upper key is drawn again from the slice below it
+    prev_key = None
+    for kb in keys:
+        saved = fused[kb].copy()
+        counts = draw(kb)
+        if prev_key is not None and kb - prev_key > 1 and _changes(pieces, prev_key, kb, fused, config):
+            fused[kb] = saved
+            drawn.remove(kb)
+            total += kb - prev_key  # the slices between and the key again
+            for k in range(prev_key + 1, kb + 1):
+                keep(draw(k))
+        else:
+            keep(counts)
+        prev_key = kb
+    log.debug("hybrid: key step %d, drawn slices %s", step, drawn)
+    if step > 1:
+        _fill_between(fused, pieces, drawn, config, pixel_mm)
+    t_enc = state["t_enc"]
+    done = state["done"]
     hu_stats = _organ_hu(slicer.array, canon, organ_values)
     for p in pieces:
         for direction in (1, -1):
-            added = _extend(predictor, slicer, fused, p, direction, ext_n, config, margin, pixel_mm, hu_stats, cancel)
-            outcome.slices_encoded += added[1]
+            added = _extend(
+                predictor, slicer, fused, p, direction, (ext_n, ext_step), config, margin, pixel_mm, hu_stats, cancel
+            )
+            seen.update(added[1])
             if added[0]:
                 outcome.extended_slices[p.organ] = outcome.extended_slices.get(p.organ, 0) + added[0]
-            done += ext_n
+            done += max(1, ext_n // ext_step)
             report(progress, done / max(total, 1), f"extending {p.organ}")
     _restore_lesions(fused, lesion_canon, table)
     grid = slicer.canonical.grid
@@ -295,24 +352,32 @@ def hybrid_refine(
     outcome.labels = slicer.canonical_volume_to_user(fused)
     outcome.fallback_slices = {o: s[1] for o, s in stats.items()}
     outcome.timings = {"sam": time.perf_counter() - t0, "sam_first_encodes": t_enc}
+    outcome.slices_encoded = len(seen)
+    outcome.notes.append(
+        f"hybrid: {outcome.slices_encoded} slice(s) encoded for {len(per_slice)} slice(s) holding an organ "
+        f"(key slices every {step}, {len(drawn)} drawn, the rest interpolated)"
+    )
     for organ, (n_sl, n_fb) in stats.items():
         ext = outcome.extended_slices.get(organ, 0)
         outcome.notes.append(
-            f"hybrid {organ}: redrawn on {n_sl} slice(s), U-Net kept on {n_fb}, extended by {ext} slice(s)"
+            f"hybrid {organ}: drawn on {n_sl} slice(s), U-Net kept on {n_fb}, extended by {ext} slice(s)"
         )
     return outcome
 
 
-def _follow_neighbour(ctx, fused, k, value, config, margin, pixel_mm) -> None:
-    """Where the organ on slice ``k`` is much smaller than on slice ``k - 1`` (the U-Net saw only
-    part of it here), decode the previous slice's box on this slice (same embedding) and keep the
-    larger mask when it mostly overlaps the previous slice's."""
-    prev, cur = fused[k - 1] == value, fused[k] == value
+def _follow_neighbour(ctx, fused, k, value, config, margin, pixel_mm, below: int | None = None) -> None:
+    """Where the organ on slice ``k`` is much smaller than on the drawn slice ``below`` (default
+    ``k - 1``; the U-Net saw only part of it here), decode that slice's box on this slice (same
+    embedding; from a slice further below than the next, the box is redrawn while the mask runs
+    into its side, as the organ moves between them) and keep the larger mask when it mostly
+    overlaps that slice's."""
+    prev, cur = fused[k - 1 if below is None else below] == value, fused[k] == value
     floor = config.min_piece_mm2 / (pixel_mm[0] * pixel_mm[1])
     n_prev, n_cur = int(prev.sum()), int(cur.sum())
     if n_prev < floor or n_cur >= config.neighbour_ratio * n_prev:
         return
-    logits, _ = ctx.decode(box_rc=_box(prev | cur, margin))
+    below = k - 1 if below is None else below
+    logits = _decode_regrow(ctx, prev | cur, margin, config.regrow if k - below > 1 else 0)
     radius = (config.keep_within_mm / pixel_mm[0], config.keep_within_mm / pixel_mm[1])
     cand = (logits > 0) & _dilate(prev | cur, radius) & ((fused[k] == 0) | cur)
     area = int(cand.sum())
@@ -364,41 +429,101 @@ def _organ_hu(hu: np.ndarray, canon: np.ndarray, values: set[int]) -> dict[int, 
 
 
 def _extend(predictor, slicer, fused, piece: OrganPiece, direction, n_max, config, margin, pixel_mm, hu_stats, cancel):
-    """Grow ``piece`` slice by slice towards its end in ``direction`` and up to ``n_max`` slices
-    beyond it, starting from its last slice with a box-sized mask (the U-Net's end slices are
-    often slivers); only free voxels are added. Returns (slices grown beyond the U-Net, encodes)."""
+    """Grow ``piece`` towards its end in ``direction`` and up to ``n_max = (slices, step)`` slices
+    beyond it, ``step`` slices at a time (skipped slices get the interpolation of the two drawn
+    ones; where a step fails, the slices it skipped are tried one by one), starting from its last slice with a box-sized mask (the U-Net's end slices are often
+    slivers); only free voxels are added. Returns (slices grown beyond the U-Net, encodes)."""
+    n_max, step = n_max
     floor = config.min_piece_mm2 / (pixel_mm[0] * pixel_mm[1])
     end = piece.k_range[1] if direction > 0 else piece.k_range[0]
     k = end
     while (fused[k] == piece.value).sum() < floor and k != (piece.k_range[0] if direction > 0 else piece.k_range[1]):
         k -= direction
     prev = fused[k] == piece.value
-    added = encodes = 0
+    added, encoded = 0, set()
     radius = (config.keep_within_mm / pixel_mm[0], config.keep_within_mm / pixel_mm[1])
     mu, sd = hu_stats.get(piece.value, (None, None))
     while True:
-        k += direction
+        k_prev = k
+        k += direction * step
+        if (k - end) * direction > n_max and (k_prev - end) * direction < n_max:
+            k = end + direction * n_max  # the last step stops at the limit
         beyond = (k - end) * direction
         if beyond > n_max or not 0 <= k < fused.shape[0] or prev.sum() < floor:
             break
         if cancel is not None:
             cancel.raise_if_cancelled()
         ctx = predictor.slice_context("axial", k, piece.organ)
-        encodes += 1
+        encoded.add(k)
         logits, _ = ctx.decode(box_rc=_box(prev, margin))
         current = fused[k] == piece.value
         sam = ((logits > 0) & _dilate(prev, radius) & (fused[k] == 0)) | current
         area, before = int(sam.sum()), int(prev.sum())
-        if not config.extend_min_ratio * before <= area <= config.extend_max_ratio * before:
-            break
-        if float((sam & prev).sum()) < 0.5 * area:
-            break
-        if mu is not None and abs(float(np.mean(slicer.array[k][sam])) - mu) > config.extend_hu_sd * sd:
-            break
+        ok = config.extend_min_ratio * before <= area <= config.extend_max_ratio * before
+        ok = ok and float((sam & prev).sum()) >= 0.5 * area
+        ok = ok and (mu is None or abs(float(np.mean(slicer.array[k][sam])) - mu) <= config.extend_hu_sd * sd)
+        if not ok:
+            if step == 1:
+                break
+            k, step = k_prev, 1  # the organ ends within the step: walk the skipped slices
+            continue
         fused[k][sam] = piece.value
+        gap = abs(k - k_prev)
+        if gap > 1:
+            weights = [d / gap for d in range(1, gap)]
+            for d, (m, _) in zip(range(1, gap), interpolate_slices(prev, sam, weights, pixel_mm)):
+                kk = k_prev + direction * d
+                fused[kk][m & (fused[kk] == 0)] = piece.value
+                added += (kk - end) * direction > 0
         prev = sam
         added += beyond > 0
-    return added, encodes
+    return added, encoded
+
+
+def _changes(pieces, ka: int, kb: int, fused: np.ndarray, config: HybridConfig) -> bool:
+    """Whether some piece present on both drawn slices ``ka < kb`` changes too much in between:
+    its drawn masks agree less than ``change_dice`` (2D Dice) or their areas differ by more than
+    the ``neighbour_ratio`` of the slice-below rule."""
+    for p in pieces:
+        if not p.k_range[0] <= ka < kb <= p.k_range[1]:
+            continue
+        a, b = fused[ka] == p.value, fused[kb] == p.value
+        if mask_dice(a, b) < config.change_dice:
+            return True
+        n_a, n_b = int(a.sum()), int(b.sum())
+        if config.neighbour_ratio > 0 and min(n_a, n_b) < config.neighbour_ratio * max(n_a, n_b):
+            return True  # a shrinking outline: drawn slice by slice, the slice-below rule runs
+    return False
+
+
+def _fill_between(fused: np.ndarray, pieces, drawn: list[int], config: HybridConfig, pixel_mm) -> None:
+    """Every slice of a piece between two drawn slices gets the signed-distance interpolation of
+    the organ on those two slices (the U-Net piece there when both ends hold none of the
+    organ); free voxels only, a pixel two organs claim goes to the one it lies deeper in."""
+    claims: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+    drawn_set = set(drawn)
+    for p in pieces:
+        ks = [k for k in drawn if p.k_range[0] <= k <= p.k_range[1]]
+        for ka, kb in itertools.pairwise(ks):
+            if kb - ka < 2:
+                continue
+            a, b = fused[ka] == p.value, fused[kb] == p.value
+            todo = [k for k in range(ka + 1, kb) if k not in drawn_set]
+            shapes = interpolate_slices(a, b, [(k - ka) / (kb - ka) for k in todo], pixel_mm)
+            for k, (m, dist) in zip(todo, shapes):
+                unet = p.mask[k]
+                if not m.any():
+                    m, dist = unet, np.zeros(unet.shape, np.float32)
+                claims.setdefault(k, []).append((p.value, m, dist))
+    for k, items in claims.items():
+        free = fused[k] == 0
+        best = np.full(free.shape, np.inf, dtype=np.float32)
+        out = np.zeros(free.shape, dtype=np.uint8)
+        for value, m, dist in items:
+            take = m & (dist < best)
+            out[take] = value
+            best[take] = dist[take]
+        fused[k][free & (out > 0)] = out[free & (out > 0)]
 
 
 def _restore_lesions(fused: np.ndarray, unet: np.ndarray, table: LabelTable) -> None:
