@@ -396,3 +396,22 @@ def test_automatic_bifurcation_where_the_widest_branch_point_was_42_mm_off():
         ph.grid, lab == DETAILED["hepatic_vein"], lab == DETAILED["portal_vein"], lab == DETAILED["inferior_vena_cava"]
     )
     assert np.linalg.norm(np.subtract(auto.portal_bifurcation, exact_landmarks(ph).portal_bifurcation)) < 10.0
+
+
+def test_bifurcation_at_the_centrelines_meeting_point_not_the_skeleton_node():
+    """Analytic Y on an anisotropic grid (2.5 mm slices, 1.6 mm pixels): a 6.5 mm trunk from
+    below divides into 5.5 and 4.5 mm branches rising to either side, all three centrelines
+    meeting at one point (as the phantom's portal vein does). The skeleton's branch node lies
+    5 mm below it (the medial axis bends toward the crotch); the least-squares crossing of the
+    three arms' fitted lines is within 2.5 mm."""
+    from lkseg.planning.landmarks import _bifurcation
+
+    sp = (2.5, 1.6, 1.6)
+    j = np.array([60.0, 72.0, 80.0])  # z, y, x mm
+    mask = _tube((50, 90, 110), (-5.0, 72.0, 85.0), j, 6.5, sp)
+    mask |= _tube(mask.shape, j, j + np.array([25.0, 5.0, -60.0]), 5.5, sp)
+    mask |= _tube(mask.shape, j, j + np.array([30.0, -10.0, 70.0]), 4.5, sp)
+    grid = Volume.from_array(mask.astype(np.uint8), spacing=sp[::-1]).grid
+    truth = grid.index_to_ras(j[::-1] / np.array(sp[::-1]))
+    assert np.linalg.norm(_bifurcation(grid, mask, refine=False) - truth) > 4.0  # the skeleton node
+    assert np.linalg.norm(_bifurcation(grid, mask) - truth) < 2.5

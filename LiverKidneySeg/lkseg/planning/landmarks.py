@@ -236,7 +236,7 @@ def _skeleton_graph(grid: Grid, mask: np.ndarray):
     return kji, graph, width[tuple(nodes.T)], mass, grid.index_to_ras(kji[:, ::-1].astype(np.float64)), share
 
 
-def _bifurcation(grid: Grid, portal: np.ndarray, branch_share: float = 0.15) -> np.ndarray:
+def _bifurcation(grid: Grid, portal: np.ndarray, branch_share: float = 0.15, refine: bool = True) -> np.ndarray:
     """The portal vein's main division (RAS mm), on the skeleton graph of the portal segment.
 
     The walk starts at the thickest lumen (the main portal trunk, at or before its division)
@@ -247,7 +247,10 @@ def _bifurcation(grid: Grid, portal: np.ndarray, branch_share: float = 0.15) -> 
     (where the widest branch point often lies) is not a division by volume. Where the segment
     is cut into pieces and the trunk's piece does not divide, the branches are in other pieces:
     the walk's end (where the trunk's piece is cut) is proposed, with a warning. Chosen on phantom
-    seeds 1-9 and 20-29 (0.10-0.15 are right on all but one of them, 0.20 misses 2).
+    seeds 1-9 and 20-29 (0.10-0.15 are right on all but one of them, 0.20 misses 2). With
+    ``refine`` the point is moved from the skeleton node to where the arms' centrelines cross
+    (:func:`_meeting_point`): on seeds 1-9 and 20-29 the median error fell from 4.9 to 2.0 mm
+    (the node lay 3-8 mm too low on most of them).
 
     Raises:
         InputError: no such division (the portal segment is one unbranched tube, or cut into
@@ -271,7 +274,9 @@ def _bifurcation(grid: Grid, portal: np.ndarray, branch_share: float = 0.15) -> 
     while node in children:
         ch = sorted(children[node], key=lambda c: -sub[c])
         if len(ch) >= 2 and sub[ch[1]] >= branch_share * sub[node]:
-            return ras[node]
+            if not refine:
+                return ras[node]
+            return _meeting_point(node, ch[:2], children, sub, pred, dist, radius, ras)
         node = ch[0]
     if 1.0 - piece_share >= branch_share:
         log.warning(
@@ -284,6 +289,52 @@ def _bifurcation(grid: Grid, portal: np.ndarray, branch_share: float = 0.15) -> 
         "the portal vein segment shows no division into two large branches (is it cut into pieces, "
         "or only the trunk?): place the portal bifurcation landmark by hand"
     )
+
+
+def _meeting_point(node, arms, children, sub, pred, dist, radius, ras, length_mm: float = 15.0) -> np.ndarray:
+    """Where the centrelines of the vessels that meet at skeleton branch node ``node`` cross.
+
+    A skeleton's branch node sits off the centrelines' meeting point in a thick junction (the
+    medial axis of a Y of 5-7 mm tubes bends toward the crotch). Each arm -- the trunk upstream
+    (``pred``) and the two largest sub-trees ``arms`` (followed along their largest child) --
+    gives a line fitted (principal axis) to its skeleton nodes between one lumen radius and
+    ``length_mm`` beyond it from the node; the result is the least-squares point nearest to
+    those lines, kept within two lumen radii of the node (arms too short or parallel: the node).
+    """
+    r0 = float(radius[node])
+    lo, hi = r0, r0 + length_mm
+    paths = []
+    for c in arms:  # downstream: along each sub-tree's largest child
+        path, v = [], c
+        while dist[v] - dist[node] <= hi:
+            path.append(v)
+            if v not in children:
+                break
+            v = max(children[v], key=lambda x: sub[x])
+        paths.append([v for v in path if dist[v] - dist[node] >= lo])
+    path, v = [], node  # upstream: toward the walk's start
+    while pred[v] >= 0 and dist[node] - dist[pred[v]] <= hi:
+        v = int(pred[v])
+        path.append(v)
+    paths.append([v for v in path if dist[node] - dist[v] >= lo])
+    a, b = np.zeros((3, 3)), np.zeros(3)
+    lines = 0
+    for path in paths:
+        pts = ras[path]
+        if len(pts) < 3 or np.linalg.norm(pts.max(axis=0) - pts.min(axis=0)) < 0.5 * length_mm:
+            continue
+        c = pts.mean(axis=0)
+        d = np.linalg.svd(pts - c)[2][0]
+        p = np.eye(3) - np.outer(d, d)
+        a += p
+        b += p @ c
+        lines += 1
+    if lines < 2 or np.linalg.cond(a) > 1e3:
+        return ras[node]
+    x = np.linalg.solve(a, b)
+    if np.linalg.norm(x - ras[node]) > 2 * r0:
+        return ras[node]
+    return x
 
 
 def _axis_at(axis: np.ndarray, z: np.ndarray) -> np.ndarray:
