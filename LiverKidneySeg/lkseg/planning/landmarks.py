@@ -38,7 +38,15 @@ __all__ = ["LANDMARK_KEYS", "VEIN_KEYS", "CouinaudLandmarks", "propose_landmarks
 log = logging.getLogger(__name__)
 
 SCHEMA = "lkseg.couinaud.landmarks/1"
-_PEAK_SEP_DEG = 35.0  # min. angle between vein peaks; 25 took side branches for trunks on 2 of seeds 1-9, 20-29
+_PEAK_SEP_DEG = 35.0  # two traced trunks are different veins when their azimuths differ by at least this
+_FAR_MM = 10.0  # vein points nearer the IVC axis than this do not define its direction
+_STEP_MM = 4.0  # spacing of the proposed points along a traced vein trunk
+_SPLIT_SHARE = 0.25  # a vein trunk ends where a second branch holds this share of the volume downstream
+_FORK_R_MM = 30.0  # ... unless that division is this near the IVC axis (two veins sharing a stem)
+_TRUNK_SHARE = 0.2  # a vein trunk holds at least this share of the largest trunk's downstream volume
+_INWARD_MM = 5.0  # a traced trunk ends where it turns back this far toward the IVC axis
+_THICK_SHARE = 0.5  # vein trunks are traced on skeleton nodes at least this share of the widest lumen
+_CONFLUENCE_R_MM = 30.0  # the veins' confluence: on the IVC axis at the top of the veins within this of it
 VEIN_KEYS = ("right_hepatic_vein", "middle_hepatic_vein", "left_hepatic_vein")
 LANDMARK_KEYS = ("ivc", "portal_bifurcation", *VEIN_KEYS)
 _PREFIXES = (
@@ -193,8 +201,9 @@ def _ivc_axis(grid: Grid, ivc: np.ndarray, z_range: tuple[float, float], step: f
     return np.array([pts[bins == b].mean(axis=0) for b in np.unique(bins)])
 
 
-def _skeleton_graph(grid: Grid, mask: np.ndarray):
-    """The skeleton of the connected piece of ``mask`` that holds its thickest lumen, as a graph.
+def _skeleton_graph(grid: Grid, mask: np.ndarray, whole: bool = False):
+    """The skeleton of the connected piece of ``mask`` that holds its thickest lumen (``whole``:
+    of all of ``mask``), as a graph.
 
     Returns ``(nodes, graph, radius, mass, ras, share)``: skeleton voxels (ZYX indices on
     ``grid``), a sparse 26-neighbour graph weighted by mm, the lumen radius (mm, distance
@@ -208,7 +217,7 @@ def _skeleton_graph(grid: Grid, mask: np.ndarray):
     box = ndimage.find_objects(mask.astype(np.uint8))[0]
     pieces, _ = ndimage.label(mask[box], np.ones((3, 3, 3)))
     width = ndimage.distance_transform_edt(np.pad(mask[box], 1), sampling=sp)[1:-1, 1:-1, 1:-1]
-    piece = pieces == pieces.flat[int(np.argmax(width))]  # the trunk's piece (vessels may be cut)
+    piece = pieces > 0 if whole else pieces == pieces.flat[int(np.argmax(width))]  # the trunk's piece
     inner = ndimage.find_objects(piece.astype(np.uint8))[0]
     box = tuple(slice(b.start + i.start, b.start + i.stop) for b, i in zip(box, inner))
     crop = np.pad(piece[inner], 1)
@@ -337,6 +346,112 @@ def _meeting_point(node, arms, children, sub, pred, dist, radius, ras, length_mm
     return x
 
 
+def _vein_trunks(grid: Grid, hepatic_vein: np.ndarray, axis: np.ndarray) -> list[np.ndarray]:
+    """The right, middle and left hepatic vein trunks (RAS points from the IVC outward), traced
+    on the skeleton graph of the vein segment.
+
+    1. The graph keeps the skeleton nodes whose lumen is at least half the widest (thin
+       branches of different veins touch each other; the trunks do not).
+    2. The confluence is the point on the IVC axis at the height of the highest vein node within
+       30 mm of the axis (the veins drain into the IVC below the dome). Every connected piece
+       of the graph is a tree rooted at its node nearest to the confluence (pieces are where
+       the segment is cut, e.g. where a vein leaves the liver).
+    3. From each root a trunk follows the child with the largest downstream vessel volume and
+       ends where it divides into two comparable sub-trees (the second holds >= 25% of the
+       volume downstream; a tributary holds much less); a division within 30 mm of the IVC
+       axis is two veins that still share a stem, and both are followed.
+    4. Trunks holding >= 20% of the largest one's volume are taken nearest to the confluence
+       first; a trunk is cut where it turns back >= 5 mm toward the IVC axis (a trunk runs
+       away from it) and is a new vein when it is >= 35 degrees from each vein taken
+       (:func:`_apart`), until three are found; they are sorted right -> middle -> left
+       counter-clockwise seen from above (:func:`_mid_angle`).
+
+    The constants were chosen on phantom seeds 1-9 and 20-29 (Testing/benchmarks/bench_couinaud.py).
+
+    Raises:
+        InputError: fewer than three distinct trunks (the message says how many were found).
+    """
+    from scipy.sparse import csgraph
+
+    _nodes, graph, radius, mass, ras, _share = _skeleton_graph(grid, hepatic_vein, whole=True)
+    keep = np.flatnonzero(radius >= _THICK_SHARE * radius.max())
+    graph, mass, ras = graph[keep][:, keep], mass[keep], ras[keep]
+    rel = ras[:, :2] - _axis_at(axis, ras[:, 2])
+    r = np.hypot(rel[:, 0], rel[:, 1])
+    phi = np.arctan2(rel[:, 1], rel[:, 0])
+    near = r <= _CONFLUENCE_R_MM
+    top = float(ras[near, 2].max() if near.any() else ras[:, 2].max())
+    to_confluence = np.linalg.norm(ras - np.array([*_axis_at(axis, np.array([top]))[0], top]), axis=1)
+    _, comp = csgraph.connected_components(graph, directed=False)
+    roots = [int(np.flatnonzero(comp == c)[np.argmin(to_confluence[comp == c])]) for c in np.unique(comp)]
+    dist, pred, _src = csgraph.dijkstra(graph, indices=roots, return_predecessors=True, min_only=True)
+    sub = mass.copy()  # each node's downstream volume
+    for v in np.argsort(-dist):  # leaves first
+        if pred[v] >= 0:
+            sub[pred[v]] += sub[v]
+    children: dict[int, list[int]] = {}
+    for v in np.flatnonzero(pred >= 0):
+        children.setdefault(int(pred[v]), []).append(int(v))
+    trunks: list[tuple[float, list[int]]] = []
+    stack: list[tuple[int, list[int], float]] = [(root, [], float(sub[root])) for root in roots]
+    while stack:
+        node, path, volume = stack.pop()
+        path = [*path, node]
+        while True:
+            ch = sorted(children.get(node, []), key=lambda c: -sub[c])
+            big = [c for c in ch if sub[c] >= _SPLIT_SHARE * sub[node]]
+            if len(big) >= 2 and r[node] < _FORK_R_MM:  # veins sharing a stem
+                stack += [(c, path, float(sub[c])) for c in big]
+                break
+            if len(big) >= 2 or not ch:  # the trunk divides (or ends)
+                trunks.append((volume, path))
+                break
+            node = ch[0]
+            path.append(node)
+    chosen: list[list[int]] = []
+    biggest = max(t[0] for t in trunks)
+    for volume, path in sorted(trunks, key=lambda t: to_confluence[t[1][0]]):
+        if volume < _TRUNK_SHARE * biggest:
+            continue
+        turned = np.flatnonzero(r[path] < np.maximum.accumulate(r[path]) - _INWARD_MM)
+        far = [v for v in path[: turned[0] if len(turned) else len(path)] if r[v] >= _FAR_MM]
+        log.debug("vein trunk: volume %.0f, r %.0f -> %.0f mm", volume, r[path[0]], r[path[-1]])
+        if far and all(_apart(far, other, r, phi) for other in chosen):
+            chosen.append(far)
+        if len(chosen) == 3:
+            break
+    if len(chosen) < 3:
+        raise InputError(
+            f"the hepatic vein segment shows {len(chosen)} distinct vein trunk(s) draining into the IVC, not 3 "
+            "(right, middle, left): place the hepatic vein landmarks by hand"
+        )
+    peaks = np.array([float(np.angle(np.exp(1j * phi[path]).mean())) for path in chosen])
+    out = []
+    for k in np.argsort(np.angle(np.exp(1j * (peaks - _mid_angle(peaks))))):
+        pts = ras[chosen[k]]
+        along = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
+        every = np.searchsorted(along, np.arange(0.0, along[-1] + 1e-6, _STEP_MM))
+        out.append(pts[np.unique(np.concatenate([every, [len(pts) - 1]]))])
+    return out
+
+
+def _apart(a: list[int], b: list[int], r: np.ndarray, phi: np.ndarray) -> bool:
+    """Whether two traced trunks (skeleton node paths) are different veins: their azimuths around
+    the IVC differ by >= 35 degrees where both run at the same distance from the IVC (mean over
+    the shared range), or else between the inner one's outer end and the outer one's inner end
+    (a vein cut where it leaves the liver continues at nearly the same azimuth)."""
+    ra, rb = r[a], r[b]
+    lo, hi = max(ra.min(), rb.min()), min(ra.max(), rb.max())
+    if hi > lo:
+        za = np.exp(1j * phi[a][(ra >= lo) & (ra <= hi)]).mean()
+        zb = np.exp(1j * phi[b][(rb >= lo) & (rb <= hi)]).mean()
+    elif ra.max() <= rb.min():
+        za, zb = np.exp(1j * phi[a[int(np.argmax(ra))]]), np.exp(1j * phi[b[int(np.argmin(rb))]])
+    else:
+        za, zb = np.exp(1j * phi[a[int(np.argmin(ra))]]), np.exp(1j * phi[b[int(np.argmax(rb))]])
+    return abs(float(np.angle(za / zb))) >= math.radians(_PEAK_SEP_DEG)
+
+
 def _axis_at(axis: np.ndarray, z: np.ndarray) -> np.ndarray:
     """IVC axis (R, A) at heights ``z`` (RAS S), interpolated, constant beyond the ends."""
     order = np.argsort(axis[:, 2])
@@ -344,54 +459,22 @@ def _axis_at(axis: np.ndarray, z: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(z, a[:, 2], a[:, 0]), np.interp(z, a[:, 2], a[:, 1])], axis=-1)
 
 
-def _vein_clusters(phi: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Three azimuth peaks (radians, ascending = right, middle, left) of a weighted histogram."""
-    bins = 72
-    hist, edges = np.histogram(phi, bins=bins, range=(-math.pi, math.pi), weights=weight)
-    smooth = ndimage.gaussian_filter1d(hist.astype(float), 1.5, mode="wrap")
-    centres = 0.5 * (edges[:-1] + edges[1:])
-    peaks = []
-    for i in np.argsort(smooth)[::-1]:
-        if smooth[i] <= 0:
-            break
-        d = [abs((centres[i] - p + math.pi) % (2 * math.pi) - math.pi) for p in peaks]
-        if all(x > math.radians(_PEAK_SEP_DEG) for x in d):
-            peaks.append(centres[i])
-        if len(peaks) == 3:
-            break
-    if len(peaks) < 3:
-        raise InputError(
-            f"the hepatic vein segment shows {len(peaks)} vein direction(s) around the IVC, not 3: "
-            "place the hepatic vein landmarks by hand"
-        )
-    return np.array(peaks)
-
-
 def propose_landmarks(
-    grid: Grid,
-    hepatic_vein: np.ndarray,
-    portal_vein: np.ndarray,
-    ivc: np.ndarray | None = None,
-    *,
-    min_radius_mm: float = 12.0,
-    step_mm: float = 8.0,
-    trunk_fraction: float = 0.65,
+    grid: Grid, hepatic_vein: np.ndarray, portal_vein: np.ndarray, ivc: np.ndarray | None = None
 ) -> CouinaudLandmarks:
     """Propose landmarks from boolean ZYX vessel masks on ``grid``.
 
     * IVC: centroids of the IVC mask per 10 mm of height (the IVC mask is required).
     * Portal bifurcation: on the portal vein's skeleton graph, walking downstream from the
       thickest lumen (the trunk), the first node where a second sub-tree holds >= 15% of the
-      downstream vessel volume (see :func:`_bifurcation`).
-    * Hepatic veins: thick vein voxels (lumen radius >= 2.5 mm) at >= ``min_radius_mm`` from the
-      IVC axis are grouped by their azimuth around it into three peaks (right, middle, left in
-      counter-clockwise order seen from above in RAS); each vein's trunk is its voxels at least
-      ``trunk_fraction`` as wide as its widest, and its points are their lumen-weighted mean
-      positions every ``step_mm`` of distance from the IVC, outward until the trunk ends.
+      downstream vessel volume, moved to where the arms' centrelines cross (see
+      :func:`_bifurcation`).
+    * Hepatic veins: each vein's trunk traced on the vein segment's skeleton graph from the IVC
+      confluence outward (see :func:`_vein_trunks`); its points every 4 mm along the trunk.
 
     Raises:
         InputError: a vessel mask (IVC included) is empty or missing, the portal vein does not
-            divide, or the hepatic veins do not form three directions.
+            divide, or fewer than three hepatic vein trunks are found.
     """
     for name, m in (("hepatic_vein", hepatic_vein), ("portal_vein", portal_vein)):
         if m is None or not np.any(m):
@@ -404,47 +487,16 @@ def propose_landmarks(
             "the plane method and cannot be guessed reliably from the veins): add an IVC segment, or give "
             "the landmarks (--landmarks FILE)"
         )
-    hv = _ras_of(grid, hepatic_vein)
-    sp = np.array(grid.spacing[::-1])
-    box = ndimage.find_objects(hepatic_vein.astype(np.uint8))[0]
-    radius = ndimage.distance_transform_edt(np.pad(hepatic_vein[box], 1), sampling=sp)[1:-1, 1:-1, 1:-1]
-    thick = radius[hepatic_vein[box]]
-    axis = _ivc_axis(grid, ivc, (float(hv[:, 2].min()) - 40.0, float(hv[:, 2].max()) + 20.0))
-    source = "automatic: IVC, portal and hepatic vein segments"
-    xy = _axis_at(axis, hv[:, 2])
-    rel = hv[:, :2] - xy
-    r = np.hypot(rel[:, 0], rel[:, 1])
-    phi = np.arctan2(rel[:, 1], rel[:, 0])
-    use = (r >= min_radius_mm) & (thick >= 2.5)
-    if use.sum() < 10:
-        raise InputError("the hepatic vein segment has too few thick voxels away from the IVC to find its three veins")
-    peaks = _vein_clusters(phi[use], thick[use] ** 2)
-    peaks = peaks[np.argsort(np.angle(np.exp(1j * (peaks - _mid_angle(peaks)))))]
-    d = np.abs(np.angle(np.exp(1j * (phi[:, None] - peaks[None]))))
-    member = np.argmin(d, axis=1)
-    veins = {}
-    for n, key in enumerate(VEIN_KEYS):
-        sel = use & (member == n) & (d[np.arange(len(d)), member] < math.radians(40))
-        if not sel.any():
-            raise InputError(f"no voxel of the {key.replace('_', ' ')} found: place its landmarks by hand")
-        sel &= thick >= trunk_fraction * thick[sel].max()  # the trunk: the vein's widest part
-        bins = np.floor((r[sel] - min_radius_mm) / step_mm).astype(int)
-        pts, w = hv[sel], thick[sel] ** 2
-        veins[key] = []
-        for b in range(int(bins.max()) + 1):  # outward from the IVC until the trunk ends
-            inb = bins == b
-            if inb.sum() < 3:
-                if veins[key]:
-                    break
-                continue
-            veins[key].append((pts[inb] * w[inb, None]).sum(axis=0) / w[inb].sum())
+    hv_z = _ras_of(grid, hepatic_vein)[:, 2]
+    axis = _ivc_axis(grid, ivc, (float(hv_z.min()) - 40.0, float(hv_z.max()) + 20.0))
+    right, middle, left = _vein_trunks(grid, hepatic_vein, axis)
     return CouinaudLandmarks(
         ivc=axis,  # type: ignore[arg-type]
         portal_bifurcation=_bifurcation(grid, portal_vein),  # type: ignore[arg-type]
-        right_hepatic_vein=veins["right_hepatic_vein"],  # type: ignore[arg-type]
-        middle_hepatic_vein=veins["middle_hepatic_vein"],  # type: ignore[arg-type]
-        left_hepatic_vein=veins["left_hepatic_vein"],  # type: ignore[arg-type]
-        source=source,
+        right_hepatic_vein=right,  # type: ignore[arg-type]
+        middle_hepatic_vein=middle,  # type: ignore[arg-type]
+        left_hepatic_vein=left,  # type: ignore[arg-type]
+        source="automatic: IVC, portal and hepatic vein segments (traced vein trunks)",
     )
 
 
