@@ -361,9 +361,10 @@ def _vein_trunks(grid: Grid, hepatic_vein: np.ndarray, axis: np.ndarray) -> list
        volume downstream; a tributary holds much less); a division within 30 mm of the IVC
        axis is two veins that still share a stem, and both are followed.
     4. Trunks holding >= 20% of the largest one's volume are taken nearest to the confluence
-       first; a trunk is cut where it turns back >= 5 mm toward the IVC axis (a trunk runs
-       away from it) and is a new vein when it is >= 35 degrees from each vein taken
-       (:func:`_apart`), until three are found; they are sorted right -> middle -> left
+       first, then the smaller ones, largest first (a vein cut short by the liver's edge). A
+       trunk is cut where it turns back >= 5 mm toward the IVC axis (a trunk runs away from
+       it) and is a new vein when it is >= 35 degrees from each vein taken (:func:`_apart`),
+       until three are found; they are sorted right -> middle -> left
        counter-clockwise seen from above (:func:`_mid_angle`).
 
     The constants were chosen on phantom seeds 1-9 and 20-29 (Testing/benchmarks/bench_couinaud.py).
@@ -410,12 +411,13 @@ def _vein_trunks(grid: Grid, hepatic_vein: np.ndarray, axis: np.ndarray) -> list
             path.append(node)
     chosen: list[list[int]] = []
     biggest = max(t[0] for t in trunks)
-    for volume, path in sorted(trunks, key=lambda t: to_confluence[t[1][0]]):
-        if volume < _TRUNK_SHARE * biggest:
-            continue
+    large = sorted((t for t in trunks if t[0] >= _TRUNK_SHARE * biggest), key=lambda t: to_confluence[t[1][0]])
+    small = sorted((t for t in trunks if t[0] < _TRUNK_SHARE * biggest), key=lambda t: -t[0])
+    for volume, path in large + small:
         turned = np.flatnonzero(r[path] < np.maximum.accumulate(r[path]) - _INWARD_MM)
         far = [v for v in path[: turned[0] if len(turned) else len(path)] if r[v] >= _FAR_MM]
-        log.debug("vein trunk: volume %.0f, r %.0f -> %.0f mm", volume, r[path[0]], r[path[-1]])
+        log.debug("vein trunk: volume %.0f, r %.0f -> %.0f mm, azimuth %.0f", volume, r[path[0]], r[path[-1]],
+                  math.degrees(phi[path[0]]))  # fmt: skip
         if far and all(_apart(far, other, r, phi) for other in chosen):
             chosen.append(far)
         if len(chosen) == 3:
