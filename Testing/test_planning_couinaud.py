@@ -498,3 +498,28 @@ def test_automatic_veins_where_the_azimuth_peaks_took_a_branch():
     for key in ("right_hepatic_vein", "middle_hepatic_vein", "left_hepatic_vein"):
         off = np.degrees(np.abs((auto.azimuth(key, r) - exact.azimuth(key, r) + np.pi) % (2 * np.pi) - np.pi))
         assert np.all(off < 10.0), (key, np.round(off))
+
+
+def test_bifurcation_of_a_portal_tree_cut_into_pieces():
+    """Analytic portal vein (2.5 mm slices): a short trunk stub (cut by the liver's edge), a right
+    branch dividing 46 mm out into two thick branches (the widest lumen lies in that junction)
+    and a left branch cut 3-22 mm from the division (it leaves the liver and re-enters). On the
+    stub's piece alone the walk from the widest lumen finds the right branch's division, ~49 mm
+    off; with the pieces joined across the gap the bifurcation is within 4 mm."""
+    from lkseg.planning.landmarks import _bifurcation
+
+    sp = (2.5, 1.6, 1.6)
+    shape = (50, 90, 140)
+    j = np.array([50.0, 72.0, 110.0])  # the division (z, y, x mm)
+    mask = _tube(shape, (44.0, 72.0, 111.0), j, 6.0, sp)
+    rd = j + np.array([10.0, 5.0, -45.0])
+    mask |= _tube(shape, j, rd, 5.5, sp)
+    mask |= _tube(shape, rd, rd + np.array([25.0, 20.0, -40.0]), 5.5, sp)
+    mask |= _tube(shape, rd, rd + np.array([-20.0, -20.0, -40.0]), 5.5, sp)
+    u = np.array([10.0, -15.0, 45.0]) / np.linalg.norm([10.0, -15.0, 45.0])
+    along = ((np.indices(shape).reshape(3, -1).T * np.asarray(sp) - j) @ u).reshape(shape)
+    mask |= _tube(shape, j, j + 70 * u, 4.5, sp) & ((along < 3) | (along > 22))
+    grid = Volume.from_array(mask.astype(np.uint8), spacing=sp[::-1]).grid
+    truth = grid.index_to_ras(j[::-1] / np.array(sp[::-1]))
+    assert np.linalg.norm(_bifurcation(grid, mask, bridge_mm=0.0) - truth) > 30.0
+    assert np.linalg.norm(_bifurcation(grid, mask) - truth) < 4.0
