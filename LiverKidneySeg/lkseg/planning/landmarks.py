@@ -46,6 +46,7 @@ _SPLIT_SHARE = 0.25  # a vein trunk ends where a second branch holds this share 
 _FORK_R_MM = 30.0  # ... unless that division is this near the IVC axis (two veins sharing a stem)
 _TRUNK_SHARE = 0.2  # a vein trunk holds at least this share of the largest trunk's downstream volume
 _INWARD_MM = 5.0  # a traced trunk ends where it turns back this far toward the IVC axis
+_TRACE_VOXELS = 2.0  # veins are traced when the widest lumen radius spans this many voxels, else azimuth peaks
 _THICK_SHARE = 0.5  # vein trunks are traced on skeleton nodes at least this share of the widest lumen
 _CONFLUENCE_R_MM = 30.0  # the veins' confluence: on the IVC axis at the top of the veins within this of it
 VEIN_KEYS = ("right_hepatic_vein", "middle_hepatic_vein", "left_hepatic_vein")
@@ -266,12 +267,15 @@ def _bifurcation(
     seeds 1-9 and 20-29 (0.10-0.15 are right on all but one of them, 0.20 misses 2). With
     ``refine`` the point is moved from the skeleton node to where the arms' centrelines cross
     (:func:`_meeting_point`): on seeds 1-9 and 20-29 the median error fell from 4.9 to 2.0 mm
-    (the node lay 3-8 mm too low on most of them).
+    (the node lay 3-8 mm too low on most of them); not where the widest lumen is under 2 voxels
+    (line fits to a few coarse skeleton nodes: 2.4 -> 5.0 mm on seed 7 at 3.2 x 3.2 x 4.2 mm).
 
     Raises:
         InputError: no such division (the portal segment is one unbranched tube, or cut into
             pieces so that the trunk's piece holds no second large branch).
     """
+    # the arms' line fits need lumens a few voxels wide (3.2 x 3.2 x 4.2 mm voxels: noise)
+    refine = refine and _lumen_voxels(grid, portal) >= _TRACE_VOXELS
     if bridge_mm:
         _nodes, graph, radius, mass, ras, _ = _skeleton_graph(grid, portal, whole=True)
         root = int(np.argmax(radius))
@@ -284,6 +288,13 @@ def _bifurcation(
     _nodes, graph, radius, mass, ras, piece_share = _skeleton_graph(grid, portal)
     root = int(np.argmax(radius))
     return _walk_to_division(graph, radius, mass, ras, root, branch_share, refine, piece_share)
+
+
+def _lumen_voxels(grid: Grid, mask: np.ndarray) -> float:
+    """The widest lumen radius of ``mask`` in voxels (geometric mean of the spacing)."""
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    width = float(ndimage.distance_transform_edt(np.pad(mask[box], 1), sampling=grid.spacing[::-1]).max())
+    return width / float(np.prod(grid.spacing)) ** (1.0 / 3.0)
 
 
 def _walk_to_division(graph, radius, mass, ras, root, branch_share, refine, piece_share) -> np.ndarray:
@@ -457,7 +468,7 @@ def _vein_trunks(grid: Grid, hepatic_vein: np.ndarray, axis: np.ndarray) -> list
             ch = sorted(children.get(node, []), key=lambda c: -sub[c])
             big = [c for c in ch if sub[c] >= _SPLIT_SHARE * sub[node]]
             if len(big) >= 2 and r[node] < _FORK_R_MM:  # veins sharing a stem
-                stack += [(c, path, float(sub[c])) for c in big]
+                stack += [(c, [], float(sub[c])) for c in big]  # the shared stem is neither vein's own
                 break
             if len(big) >= 2 or not ch:  # the trunk divides (or ends)
                 trunks.append((volume, path))
@@ -490,6 +501,72 @@ def _vein_trunks(grid: Grid, hepatic_vein: np.ndarray, axis: np.ndarray) -> list
         every = np.searchsorted(along, np.arange(0.0, along[-1] + 1e-6, _STEP_MM))
         out.append(pts[np.unique(np.concatenate([every, [len(pts) - 1]]))])
     return out
+
+
+def _vein_peaks(grid: Grid, hepatic_vein: np.ndarray, axis: np.ndarray) -> list[np.ndarray]:
+    """The three hepatic veins (RAS points from the IVC outward) from azimuth peaks: thick vein
+    voxels (lumen radius >= 2.5 mm) at >= 12 mm from the IVC axis grouped by their azimuth
+    around it into three peaks (:func:`_vein_clusters`, sorted right -> middle -> left); each
+    vein's trunk is its voxels at least 65% as wide as its widest, and its points are their
+    lumen-weighted mean positions every 8 mm of distance from the IVC, outward until the trunk
+    ends. Used where the vessels are too few voxels wide for :func:`_vein_trunks`."""
+    min_r, step, trunk_fraction = 12.0, 8.0, 0.65
+    hv = _ras_of(grid, hepatic_vein)
+    sp = np.array(grid.spacing[::-1])
+    box = ndimage.find_objects(hepatic_vein.astype(np.uint8))[0]
+    radius = ndimage.distance_transform_edt(np.pad(hepatic_vein[box], 1), sampling=sp)[1:-1, 1:-1, 1:-1]
+    thick = radius[hepatic_vein[box]]
+    rel = hv[:, :2] - _axis_at(axis, hv[:, 2])
+    r = np.hypot(rel[:, 0], rel[:, 1])
+    phi = np.arctan2(rel[:, 1], rel[:, 0])
+    use = (r >= min_r) & (thick >= 2.5)
+    if use.sum() < 10:
+        raise InputError("the hepatic vein segment has too few thick voxels away from the IVC to find its three veins")
+    peaks = _vein_clusters(phi[use], thick[use] ** 2)
+    peaks = peaks[np.argsort(np.angle(np.exp(1j * (peaks - _mid_angle(peaks)))))]
+    d = np.abs(np.angle(np.exp(1j * (phi[:, None] - peaks[None]))))
+    member = np.argmin(d, axis=1)
+    veins = []
+    for n, key in enumerate(VEIN_KEYS):
+        sel = use & (member == n) & (d[np.arange(len(d)), member] < math.radians(40))
+        if not sel.any():
+            raise InputError(f"no voxel of the {key.replace('_', ' ')} found: place its landmarks by hand")
+        sel &= thick >= trunk_fraction * thick[sel].max()  # the trunk: the vein's widest part
+        bins = np.floor((r[sel] - min_r) / step).astype(int)
+        pts, w = hv[sel], thick[sel] ** 2
+        points: list[np.ndarray] = []
+        for b in range(int(bins.max()) + 1):  # outward from the IVC until the trunk ends
+            inb = bins == b
+            if inb.sum() < 3:
+                if points:
+                    break
+                continue
+            points.append((pts[inb] * w[inb, None]).sum(axis=0) / w[inb].sum())
+        veins.append(np.array(points))
+    return veins
+
+
+def _vein_clusters(phi: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Three azimuth peaks (radians, ascending = right, middle, left) of a weighted histogram."""
+    bins = 72
+    hist, edges = np.histogram(phi, bins=bins, range=(-math.pi, math.pi), weights=weight)
+    smooth = ndimage.gaussian_filter1d(hist.astype(float), 1.5, mode="wrap")
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    peaks = []
+    for i in np.argsort(smooth)[::-1]:
+        if smooth[i] <= 0:
+            break
+        d = [abs((centres[i] - p + math.pi) % (2 * math.pi) - math.pi) for p in peaks]
+        if all(x > math.radians(_PEAK_SEP_DEG) for x in d):
+            peaks.append(centres[i])
+        if len(peaks) == 3:
+            break
+    if len(peaks) < 3:
+        raise InputError(
+            f"the hepatic vein segment shows {len(peaks)} vein direction(s) around the IVC, not 3: "
+            "place the hepatic vein landmarks by hand"
+        )
+    return np.array(peaks)
 
 
 def _apart(a: list[int], b: list[int], r: np.ndarray, phi: np.ndarray) -> bool:
@@ -528,6 +605,10 @@ def propose_landmarks(
       :func:`_bifurcation`).
     * Hepatic veins: each vein's trunk traced on the vein segment's skeleton graph from the IVC
       confluence outward (see :func:`_vein_trunks`); its points every 4 mm along the trunk.
+      Where the widest vein lumen's radius is under 2 voxels (geometric mean of the spacing;
+      e.g. 3.2 x 3.2 x 4.2 mm voxels), skeletons are unreliable and the veins come from the
+      azimuth peaks of thick vein voxels around the IVC (:func:`_vein_peaks`): on phantom seeds
+      1-9 at that resolution tracing refused 3 and put a vein 90 degrees off on another.
 
     Raises:
         InputError: a vessel mask (IVC included) is empty or missing, the portal vein does not
@@ -546,14 +627,17 @@ def propose_landmarks(
         )
     hv_z = _ras_of(grid, hepatic_vein)[:, 2]
     axis = _ivc_axis(grid, ivc, (float(hv_z.min()) - 40.0, float(hv_z.max()) + 20.0))
-    right, middle, left = _vein_trunks(grid, hepatic_vein, axis)
+    traced = _lumen_voxels(grid, hepatic_vein) >= _TRACE_VOXELS  # thinner: skeletons join and break at random
+    right, middle, left = (_vein_trunks if traced else _vein_peaks)(grid, hepatic_vein, axis)
     return CouinaudLandmarks(
         ivc=axis,  # type: ignore[arg-type]
         portal_bifurcation=_bifurcation(grid, portal_vein),  # type: ignore[arg-type]
         right_hepatic_vein=right,  # type: ignore[arg-type]
         middle_hepatic_vein=middle,  # type: ignore[arg-type]
         left_hepatic_vein=left,  # type: ignore[arg-type]
-        source="automatic: IVC, portal and hepatic vein segments (traced vein trunks)",
+        source="automatic: IVC, portal and hepatic vein segments ("
+        + ("traced vein trunks" if traced else "vein azimuth peaks: vessels few voxels wide")
+        + ")",
     )
 
 
