@@ -4,6 +4,7 @@ axial and a flipped anisotropic grid; segment resections; landmark files; bad in
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -86,8 +87,8 @@ def test_same_landmarks_same_anatomy_on_both_grids(axial, flipped):
 
 def test_automatic_landmarks_from_the_vessel_segments(axial):
     """A phantom where the proposal works (regression guard). On the evaluation seeds 10-19 the
-    automatic proposal reaches mean Dice >= 0.85 on only half of them (hepatic veins taken from
-    side branches, the bifurcation 13-47 mm off on 4): Testing/benchmarks/bench_couinaud.py."""
+    automatic proposal reaches mean Dice 0.857, >= 0.85 on 7 of 10 (the bifurcation 20-45 mm
+    off on 3, where the portal segment is cut): Testing/benchmarks/bench_couinaud.py."""
     ph, truth, index = axial
     lab = ph.labels.array
     auto = propose_landmarks(
@@ -396,3 +397,129 @@ def test_automatic_bifurcation_where_the_widest_branch_point_was_42_mm_off():
         ph.grid, lab == DETAILED["hepatic_vein"], lab == DETAILED["portal_vein"], lab == DETAILED["inferior_vena_cava"]
     )
     assert np.linalg.norm(np.subtract(auto.portal_bifurcation, exact_landmarks(ph).portal_bifurcation)) < 10.0
+
+
+def test_bifurcation_at_the_centrelines_meeting_point_not_the_skeleton_node():
+    """Analytic Y on an anisotropic grid (2.5 mm slices, 1.6 mm pixels): a 6.5 mm trunk from
+    below divides into 5.5 and 4.5 mm branches rising to either side, all three centrelines
+    meeting at one point (as the phantom's portal vein does). The skeleton's branch node lies
+    5 mm below it (the medial axis bends toward the crotch); the least-squares crossing of the
+    three arms' fitted lines is within 2.5 mm."""
+    from lkseg.planning.landmarks import _bifurcation
+
+    sp = (2.5, 1.6, 1.6)
+    j = np.array([60.0, 72.0, 80.0])  # z, y, x mm
+    mask = _tube((50, 90, 110), (-5.0, 72.0, 85.0), j, 6.5, sp)
+    mask |= _tube(mask.shape, j, j + np.array([25.0, 5.0, -60.0]), 5.5, sp)
+    mask |= _tube(mask.shape, j, j + np.array([30.0, -10.0, 70.0]), 4.5, sp)
+    grid = Volume.from_array(mask.astype(np.uint8), spacing=sp[::-1]).grid
+    truth = grid.index_to_ras(j[::-1] / np.array(sp[::-1]))
+    assert np.linalg.norm(_bifurcation(grid, mask, refine=False) - truth) > 4.0  # the skeleton node
+    assert np.linalg.norm(_bifurcation(grid, mask) - truth) < 2.5
+
+
+def _radiating_veins(names=("a", "b", "c")):
+    """Analytic hepatic veins (1.5 mm voxels): an IVC (vertical cylinder, r 10 mm) and veins
+    (r 5.5 mm) from a confluence on its axis outward and down to a division at 60 mm from the
+    axis into two equal branches, each with a thin tributary halfway; vein ``c`` is cut (it
+    starts 28 mm out, as a vein leaving the liver is). Returns grid, vein mask, IVC mask, the
+    confluence and each vein's (azimuth in RAS degrees around the axis, distance of its division)."""
+    sp = (1.5, 1.5, 1.5)
+    shape = (64, 130, 130)
+    c = np.array([80.0, 97.0, 97.0])  # confluence (z, y, x mm)
+    ivc = _tube(shape, (0.0, 97.0, 97.0), (95.0, 97.0, 97.0), 10.0, sp)
+    hv = np.zeros(shape, bool)
+    ends = {}
+    for name, deg in (("a", -30.0), ("b", 60.0), ("c", 150.0)):
+        if name not in names:
+            continue
+        u = np.array([0.0, math.sin(math.radians(deg)), math.cos(math.radians(deg))])
+        end = c + 60.0 * u + np.array([-30.0, 0.0, 0.0])
+        ends[name] = end
+        start = c + 28.0 * u + np.array([-14.0, 0.0, 0.0]) if name == "c" else c
+        hv |= _tube(shape, start, end, 5.5, sp)
+        for turn in (-35.0, 35.0):
+            t = math.radians(deg + turn)
+            hv |= _tube(shape, end, end + np.array([-10.0, 30 * math.sin(t), 30 * math.cos(t)]), 4.0, sp)
+        mid = c + 0.5 * (end - c)
+        hv |= _tube(shape, mid, mid + np.array([-15.0, 15 * u[2], -15 * u[1]]), 2.5, sp)
+    hv &= ~ivc
+    grid = Volume.from_array(hv.astype(np.uint8), spacing=sp).grid
+    centre = grid.index_to_ras(c[::-1] / 1.5)
+    truth = {}
+    for name, end in ends.items():
+        rel = (grid.index_to_ras(end[::-1] / 1.5) - centre)[:2]
+        truth[name] = (math.degrees(math.atan2(rel[1], rel[0])), float(np.hypot(*rel)))
+    return grid, hv, ivc, centre, truth
+
+
+def test_vein_trunks_traced_from_the_ivc_to_their_division():
+    """Each traced trunk lies along its vein (azimuth within 4 degrees at every point), reaches
+    its division (60 mm from the axis) and stops there (not along a branch beyond it, nor at
+    the tributary); the cut vein is found from its own piece; two veins only: refused."""
+    from lkseg.planning.landmarks import _ivc_axis, _vein_trunks
+
+    grid, hv, ivc, centre, truth = _radiating_veins()
+    trunks = _vein_trunks(grid, hv, _ivc_axis(grid, ivc, (0.0, 95.0)))
+    assert len(trunks) == 3
+    found = set()
+    for pts in trunks:
+        rel = pts[:, :2] - centre[:2]
+        r, az = np.hypot(rel[:, 0], rel[:, 1]), np.degrees(np.arctan2(rel[:, 1], rel[:, 0]))
+        name = min(truth, key=lambda n: abs((az.mean() - truth[n][0] + 180) % 360 - 180))
+        found.add(name)
+        assert np.all(np.abs((az - truth[name][0] + 180) % 360 - 180) < 4.0), (name, np.round(az))
+        assert abs(r.max() - truth[name][1]) < 6.0, (name, r.max())
+        assert r.min() < (32.0 if name == "c" else 20.0)
+    assert found == set(truth)
+    grid, hv, ivc, _, _ = _radiating_veins(("a", "b"))
+    with pytest.raises(InputError, match="2 distinct vein trunk"):
+        _vein_trunks(grid, hv, _ivc_axis(grid, ivc, (0.0, 95.0)))
+
+
+def test_automatic_veins_where_the_azimuth_peaks_took_a_branch():
+    """Phantom seed 25 (selection set): the former proposal (azimuth peaks of thick vein voxels)
+    put the middle vein 56-86 degrees off and the left 22-32 off (mean Dice 0.64); the traced
+    trunks follow the exact veins within 10 degrees from 15 to 40 mm from the IVC."""
+    from lkseg.planning.couinaud import _Frame
+
+    ph = generate_phantom(PhantomConfig(seed=25, noise_sd=0.0))
+    lab = ph.labels.array
+    auto = _Frame(
+        propose_landmarks(
+            ph.grid,
+            lab == DETAILED["hepatic_vein"],
+            lab == DETAILED["portal_vein"],
+            lab == DETAILED["inferior_vena_cava"],
+        )
+    )
+    exact = _Frame(exact_landmarks(ph))
+    r = np.linspace(15.0, 40.0, 6)
+    for key in ("right_hepatic_vein", "middle_hepatic_vein", "left_hepatic_vein"):
+        off = np.degrees(np.abs((auto.azimuth(key, r) - exact.azimuth(key, r) + np.pi) % (2 * np.pi) - np.pi))
+        assert np.all(off < 10.0), (key, np.round(off))
+
+
+def test_bifurcation_of_a_portal_tree_cut_into_pieces():
+    """Analytic portal vein (2.5 mm slices): a short trunk stub (cut by the liver's edge), a right
+    branch dividing 46 mm out into two thick branches (the widest lumen lies in that junction)
+    and a left branch cut 3-22 mm from the division (it leaves the liver and re-enters). On the
+    stub's piece alone the walk from the widest lumen finds the right branch's division, ~49 mm
+    off; with the pieces joined across the gap the bifurcation is within 4 mm."""
+    from lkseg.planning.landmarks import _bifurcation
+
+    sp = (2.5, 1.6, 1.6)
+    shape = (50, 90, 140)
+    j = np.array([50.0, 72.0, 110.0])  # the division (z, y, x mm)
+    mask = _tube(shape, (44.0, 72.0, 111.0), j, 6.0, sp)
+    rd = j + np.array([10.0, 5.0, -45.0])
+    mask |= _tube(shape, j, rd, 5.5, sp)
+    mask |= _tube(shape, rd, rd + np.array([25.0, 20.0, -40.0]), 5.5, sp)
+    mask |= _tube(shape, rd, rd + np.array([-20.0, -20.0, -40.0]), 5.5, sp)
+    u = np.array([10.0, -15.0, 45.0]) / np.linalg.norm([10.0, -15.0, 45.0])
+    along = ((np.indices(shape).reshape(3, -1).T * np.asarray(sp) - j) @ u).reshape(shape)
+    mask |= _tube(shape, j, j + 70 * u, 4.5, sp) & ((along < 3) | (along > 22))
+    grid = Volume.from_array(mask.astype(np.uint8), spacing=sp[::-1]).grid
+    truth = grid.index_to_ras(j[::-1] / np.array(sp[::-1]))
+    assert np.linalg.norm(_bifurcation(grid, mask, bridge_mm=0.0) - truth) > 30.0
+    assert np.linalg.norm(_bifurcation(grid, mask) - truth) < 4.0
