@@ -5,8 +5,9 @@ files) labels 1 = kidney, 2 = tumour, 3 = cyst, without a collecting-system segm
 label for both kidneys. Each case's kidney label is split into its two largest 26-connected
 pieces, named right/left by RAS x (the right kidney has the larger RAS x); smaller pieces are
 dropped. No CT is used (only the segmentations are in the repository), so N and L come from the
-kidney's shape alone (:mod:`lkseg.planning.sinus`). Prints, per tumour, R, E, N, L, the sinus
-source or why N/L are not available.
+kidney's shape alone (:mod:`lkseg.planning.sinus`): its medial concavity when the label leaves
+the sinus out, else the sinus estimated from the kidney's shape. Prints, per tumour, R, E, N, L,
+the sinus source or why N/L are not available, and the distribution of N, L and the sources.
 
 Usage::
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,7 @@ def _case(path: Path) -> list[dict]:
                 "L": r.L,
                 "gap_mm": r.nearness_mm,
                 "notation": r.notation,
+                "source": (r.sinus_source or "not available").split(":")[0],
                 "note": (r.sinus_source or "")[:40]
                 if r.N is not None
                 else r.notes.get("nearness_mm", "").split(": ")[-1][:110],
@@ -84,6 +87,13 @@ def main() -> int:
     scored = [r for r in rows if r["kidney"] is not None]
     with_nl = [r for r in scored if r["N"] is not None and r["L"] is not None]
     print(f"tumours {len(rows)}, in a kidney {len(scored)}, N and L computed {len(with_nl)}/{len(scored)}")
+    for key in ("N", "L", "source"):
+        print(f"{key}: {dict(sorted(Counter(str(r[key]) for r in scored).items()))}")
+    for source in sorted({r["source"] for r in scored}):
+        sub = [r for r in scored if r["source"] == source]
+        print(
+            f"  {source}: N {dict(sorted(Counter(str(r['N']) for r in sub).items()))}, L {dict(sorted(Counter(str(r['L']) for r in sub).items()))}"
+        )
     print("load average after:", os.getloadavg())
     return 0
 
