@@ -13,9 +13,13 @@ polar-line errors against the truth (mm) and the sinus sources used. Without the
 kidney's sinus is *estimated from its shape* (:func:`lkseg.planning.sinus.filled_kidney_sinus`,
 whose scale and hilar point were chosen on seeds 1-8).
 
+``--sweep SCALES/HILUMS`` (e.g. ``0.4,0.45,0.5,0.55,0.6,0.65/0.6,0.7,0.8,0.9,1.0``) scores only
+the product kidney without CT for each scale and hilar point of the estimate (how the defaults
+were chosen, on seeds 1-8).
+
 Usage::
 
-    .venv/bin/python Testing/benchmarks/bench_renal_sinus.py [--seeds 10-29]
+    .venv/bin/python Testing/benchmarks/bench_renal_sinus.py [--seeds 10-29] [--sweep S/H]
 """
 
 from __future__ import annotations
@@ -44,14 +48,15 @@ MAPS["product_ct"] = MAPS["product"]
 KINDS = ("parenchyma", "product", "product_ct")
 
 
-def score(seed: int) -> dict:
+def score(seed: int, kinds=tuple(MAPS), phantom=None) -> dict:
     from lkseg.labels import LabelTable
     from lkseg.phantom import DETAILED, PhantomConfig, generate_phantom
     from lkseg.planning import PlanOptions, run_plan
 
-    ph = generate_phantom(PhantomConfig(seed=seed, kidney_cyst=False, n_liver_tumors=0))
+    ph = phantom or generate_phantom(PhantomConfig(seed=seed, kidney_cyst=False, n_liver_tumors=0))
     out = {"seed": seed}
-    for kind, parts in MAPS.items():
+    for kind in kinds:
+        parts = MAPS[kind]
         table = {1: "kidney_tumor"}
         lut = np.zeros(256, np.uint8)
         lut[DETAILED["kidney_tumor"]] = 1
@@ -71,10 +76,44 @@ def score(seed: int) -> dict:
     return out
 
 
+def sweep(seeds, spec: str) -> None:
+    """N and L of the product kidney (no CT) vs the truth for each (scale, hilum) of ``spec``."""
+    import lkseg.planning.sinus as sinus_module
+    from lkseg.phantom import PhantomConfig, generate_phantom
+
+    scales, hilums = ([float(v) for v in part.split(",")] for part in spec.split("/"))
+    phantoms = {s: generate_phantom(PhantomConfig(seed=s, kidney_cyst=False, n_liver_tumors=0)) for s in seeds}
+    truth = {s: score(s, ("truth",), ph).get("truth") for s, ph in phantoms.items()}
+    truth = {s: t for s, t in truth.items() if t is not None}
+    defaults = sinus_module.FILLED_SCALE, sinus_module.FILLED_HILUM
+    for scale in scales:
+        for hilum in hilums:
+            sinus_module.FILLED_SCALE, sinus_module.FILLED_HILUM = scale, hilum
+            est = {s: score(s, ("product",), phantoms[s])["product"] for s in truth}
+            n_ok = sum(est[s][0] == t[0] for s, t in truth.items())
+            l_ok = sum(est[s][1] == t[1] for s, t in truth.items())
+            both = sum(est[s][:2] == t[:2] for s, t in truth.items())
+            gap = np.mean([abs(est[s][2] - t[2]) for s, t in truth.items()])
+            polar = np.mean([np.abs(np.subtract(est[s][4], t[4])).mean() for s, t in truth.items()])
+            print(
+                f"scale {scale:.3f} hilum {hilum:.2f}: N equal {n_ok}/{len(truth)}, L equal {l_ok}/{len(truth)}, "
+                f"both {both}/{len(truth)}; mean |gap - truth| {gap:.2f} mm, mean |polar line - truth| {polar:.2f} mm",
+                flush=True,
+            )
+    sinus_module.FILLED_SCALE, sinus_module.FILLED_HILUM = defaults
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="10-29")
+    parser.add_argument("--sweep", help="SCALES/HILUMS of the filled-kidney estimate (product kidney, no CT)")
     args = parser.parse_args()
+    if args.sweep:
+        print("# bench_renal_sinus --sweep: the filled-kidney sinus estimate vs the exact sinus")
+        print("load average (1, 5, 15 min):", os.getloadavg())
+        sweep(_seeds(args.seeds), args.sweep)
+        print("load average after:", os.getloadavg())
+        return 0
     print("# bench_renal_sinus: R.E.N.A.L. N and L from the geometric sinus vs the exact sinus")
     print("environment:", environment())
     print("load average (1, 5, 15 min):", os.getloadavg())
