@@ -112,13 +112,28 @@ def test_partly_exophytic_posterior_lower_pole():
     assert (s.total, s.notation) == (6, "6p")
 
 
-def test_without_collecting_system_n_and_l_are_not_available():
-    # 50 mm sphere on the lateral surface: R=2, E=1; no pelvis segment -> N, L, total not available
+def test_without_collecting_system_the_sinus_of_a_filled_kidney_is_estimated():
+    # no pelvis segment and the kidney label fills the whole ellipsoid (it includes its sinus, no
+    # hilar notch): the sinus is estimated as the kidney's convex hull (its outline's face centres
+    # reach +-60.5 mm in S) shrunk to 55% about its medial hull point, so the polar lines lie at
+    # S = +-0.55 x 60.5 = +-33.3 mm, i.e. the voxel centres at +-33. The 14 mm upper-pole tumour
+    # (S 35..49) lies entirely above the upper line (L=1).
     table = LabelTable({3: "kidney_right", 5: "kidney_tumor"})
+    (s,) = score([((0.0, 6.0, 42.0), 7.0)], table=table, pelvis=False)
+    assert s.sinus_source.startswith("estimated from the kidney's shape") and "no hilar notch" in s.sinus_source
+    assert s.polar_lines_ras_s_mm == pytest.approx((33.0, -33.0), abs=1.0)
+    assert s.fraction_above_upper == 1.0 and s.L == 1
+    assert s.N is not None and s.total is not None
+
+
+def test_without_collecting_system_or_laterality_n_and_l_are_not_available():
+    # 50 mm sphere on the lateral surface: R=2, E=1; no pelvis segment and a kidney without
+    # laterality (its medial side, hence its sinus, unknown) -> N, L, total not available
+    table = LabelTable({3: "kidney", 5: "kidney_tumor"})
     (s,) = score([((30.0, 0.0, 0.0), 25.0)], table=table, pelvis=False)
     assert s.R == 2 and s.E == 1
     assert s.N is None and s.L is None and s.total is None and s.complexity is None
-    assert "collecting-system" in s.notes["nearness_mm"]
+    assert "collecting-system" in s.notes["nearness_mm"] and "laterality" in s.notes["nearness_mm"]
     assert "N, L" in s.notes["total"]
 
 

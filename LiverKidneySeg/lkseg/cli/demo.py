@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         total = "not available" if item["score"] is None else f"{item['score']} ({item['complexity']})"
         print(f"R.E.N.A.L.   {item['tumour']} in {item['kidney']}: {total}; {parts} A={item['anterior_posterior'] or '?'}, "
               f"max diameter {_fmt(item['max_diameter_mm'])} mm" + ("" if item["score"] is not None else
-              "  (N and L need a renal pelvis/sinus segment, which this model does not produce)"))  # fmt: skip
+              f"  ({item['notes'].get('total', 'not available')})"))  # fmt: skip
     for w in summary["warnings"]:
         print(f"warning      {w}")
     print("\ntimings      " + ", ".join(f"{k} {v:.1f}" for k, v in summary["timings_s"].items()))

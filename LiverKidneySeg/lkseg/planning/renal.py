@@ -29,8 +29,10 @@ How each part is measured here (our operationalisation, stated in the report):
 * **N**: shortest gap (mm) between the tumour and the collecting system / renal sinus segment
   (``renal_pelvis``, ``renal_sinus`` or ``collecting_system``) of that kidney. Without such a
   segment, the sinus is derived from the kidney's own shape (:mod:`lkseg.planning.sinus`:
-  convex hull minus kidney, medial side) and ``sinus_source`` says so; when the shape has no
-  medial concavity (or the kidney has no laterality) N is *not available*.
+  convex hull minus kidney, medial side); when the kidney segment includes its sinus (only a
+  small hilar notch is left) and no enhanced CT shows it, the sinus is *estimated* from the
+  kidney's shape (its convex hull shrunk about the hilum); ``sinus_source`` says which. When the
+  kidney has no laterality (medial side unknown) N is *not available*.
 * **L**: polar lines are the axial planes (RAS S) at the upper and lower limits of the renal
   sinus (segment or derived, as for N), where the sinus interrupts the medial lip of the
   parenchyma; the axial renal midline is the axial plane halfway between them.

@@ -18,6 +18,7 @@ import numpy as np
 
 from lkseg.io.atomic import atomic_write_text
 from lkseg.planning.plan import PlanResult
+from lkseg.planning.sinus import FILLED_SCALE
 from lkseg.report.provenance import Provenance
 
 __all__ = ["CSV_COLUMNS", "METHODS", "SCHEMA", "csv_rows", "report_dict", "write_csv", "write_json"]
@@ -36,7 +37,7 @@ METHODS = {
     "lesions": "26-connected components; longest axial diameter and perpendicular extent on the slice where it is longest",
     "distance_to_surface": "smallest distance between lesion boundary voxels and the organ's outer boundary voxels (organ + lesions, holes filled)",
     "couinaud": "Couinaud segments by the plane method: curved hepatic-vein planes (right, middle = Cantlie, left) around the IVC, transverse portal plane through the bifurcation (7, 8, 2, 4a above; 6, 5, 3, 4b below), caudate (1) between the IVC and the bifurcation; from landmarks in RAS mm saved with the report",
-    "renal": "R.E.N.A.L. nephrometry (Kutikov & Uzzo, J Urol 2009); E from the convex hull of the kidney; N and L from a renal pelvis/sinus segment, else from the sinus derived from the kidney's shape (convex hull minus kidney, medial side; with an enhanced CT plus the segment's voxels < 80 HU), refused when smaller than 8% of the kidney; each score names its sinus source; PADUA (Ficarra et al., Eur Urol 2009) from the same geometry: polar = middle when > 50% between the polar lines, rim = medial when > 50% medial to the kidney's sagittal centroid plane, sinus involved when the tumour touches the sinus, collecting system only from a collecting_system/renal_pelvis segment",
+    "renal": f"R.E.N.A.L. nephrometry (Kutikov & Uzzo, J Urol 2009); E from the convex hull of the kidney; N and L from a renal pelvis/sinus segment, else from the sinus derived from the kidney's shape (convex hull minus kidney, medial side; with an enhanced CT plus the segment's voxels < 80 HU); when that is below 8% of the kidney (the segment includes its sinus) the sinus is estimated from the kidney's shape: its convex hull shrunk to {FILLED_SCALE:.0%} about its hilum, a model chosen on phantoms; each score names its sinus source; PADUA (Ficarra et al., Eur Urol 2009) from the same geometry: polar = middle when > 50% between the polar lines, rim = medial when > 50% medial to the kidney's sagittal centroid plane, sinus involved when the tumour touches the sinus, collecting system only from a collecting_system/renal_pelvis segment",
 }
 
 CSV_COLUMNS = [
