@@ -178,6 +178,7 @@ class LKSegWebApp:
                 "lks_target": "liver_tumor",
                 "lks_targets": TARGETS,
                 "lks_mode": "add",
+                "lks_3d": True,
                 "lks_segments": [],
                 "lks_can_undo": False,
                 "lks_can_redo": False,
@@ -338,6 +339,7 @@ class LKSegWebApp:
             return job.segmentIds
 
         def done(ids):
+            self.session.endInteraction()
             self._refreshSegments()
             self._afterEdit(f"automatic segmentation: {len(ids)} segment(s)")
             self.notify(f"automatic segmentation done ({time.perf_counter() - self.tasks.started_at:.1f} s)", "success")
@@ -372,20 +374,29 @@ class LKSegWebApp:
         self.tasks.check_idle("a correction")
         self.session.requireVolume()
         axis = self.session.sliceAxis(view.get_view_node())
-        target = self.state.lks_target
-        pending = self.session.correct(target, axis, mode=self.state.lks_mode, **prompt)
+        target, threeD = self.state.lks_target, bool(self.state.lks_3d)
+        pending = self.session.correct(
+            target, axis, mode=self.state.lks_mode, threeD=threeD, progress=self.tasks.progress, **prompt
+        )
         what = "box" if "box" in prompt else ("positive click" if "positive" in prompt else "negative click")
+        how = "3D" if threeD else f"slice, {self.state.lks_mode}"
 
         def done(result):
             changed = getattr(result, "changedVoxels", None)
             self._afterEdit(
-                f"{what} on {target} ({self.state.lks_mode})"
-                + (f": {changed} voxel(s) changed" if changed is not None else ""),
+                f"{what} on {target} ({how})" + (f": {changed} voxel(s) changed" if changed is not None else ""),
                 self.tasks.last_duration,
             )
+            warnings = getattr(result, "warnings", None)
+            if warnings:
+                self.notify("; ".join(warnings), "warning")
 
         log.debug("%s prepared in %.3f s", what, time.perf_counter() - t0)
-        self.tasks.start(f"Correction ({what})", pending, done, self._taskFailed, startedAt=t0)
+        self.tasks.start(f"Correction ({what}, {how})", pending, done, self._editFailed, startedAt=t0)
+
+    def _editFailed(self, exc: BaseException) -> None:
+        self.session.endInteraction()  # the next prompt starts from the segment as it is
+        self._taskFailed(exc)
 
     def _propagate(self) -> None:
         self.tasks.check_idle("propagation")
@@ -394,7 +405,7 @@ class LKSegWebApp:
         target = self.state.lks_target
         pending = self.session.propagate(target, axis, self.tasks.progress)
         self.tasks.start(
-            "Propagation in 3D", pending, lambda r: self._afterEdit(f"propagated {target} in 3D"), self._taskFailed
+            "Propagation in 3D", pending, lambda r: self._afterEdit(f"propagated {target} in 3D"), self._editFailed
         )
 
     def _afterEdit(self, text: str, seconds: float | None = None) -> None:
@@ -407,11 +418,13 @@ class LKSegWebApp:
 
     def _undo(self) -> None:
         self.tasks.check_idle("undo")
+        self.session.endInteraction()
         edit = self.session.logic.undo()
         self._afterEdit("undo" if edit is not None else "nothing to undo")
 
     def _redo(self) -> None:
         self.tasks.check_idle("redo")
+        self.session.endInteraction()
         edit = self.session.logic.redo()
         self._afterEdit("redo" if edit is not None else "nothing to redo")
 
@@ -470,11 +483,13 @@ class LKSegWebApp:
                 self._planBase + float(self.state.lks_plane_offset or 0.0) * np.asarray(normal), normal
             )
         self._planDirty = False
-        self.state.lks_plane = self.session.planeState()
-        pending = self.session.startPlan(self.tasks.progress)
-        self.tasks.start("Planning", pending, self._planDone, self._taskFailed)
+        plane = self.state.lks_plane = self.session.planeState()
+        pending = self.session.startPlan(self.tasks.progress)  # reads the plane node now
+        self.tasks.start("Planning", pending, lambda value: self._planDone(value, plane), self._taskFailed)
 
-    def _planDone(self, value) -> None:
+    def _planDone(self, value, plane: dict) -> None:
+        """``plane``: the plane the plan was computed with (it may have moved since; then a new plan
+        follows and the page must not show this FLR against the new plane)."""
         result, _table = value
         self.session.lastPlan = result
         flr = result.flr
@@ -490,7 +505,7 @@ class LKSegWebApp:
                     "sflr_percent": None if flr.sflr_percent is None else round(flr.sflr_percent, 2),
                     "verdict": flr.verdict,
                     "threshold_percent": flr.threshold_percent,
-                    "plane": self.state.lks_plane,
+                    "plane": plane,
                 }
             )
             self.state.lks_burden = [
