@@ -128,7 +128,7 @@ def test_browser_flow(phantom, tmp_path):
             )
         )
         interactive_s = time.monotonic() - t0
-        WebDriverWait(driver, 60, 0.05).until(lambda d: d.find_element(By.ID, "lks-segment").is_enabled())
+        WebDriverWait(driver, 60, 0.05).until(lambda _: page.enabled("lks-segment"))
         ct_shown_s = time.monotonic() - t0
         print(
             f"\npage interactive {interactive_s:.2f} s after 'lkseg web' started (target < 5 s; HTTP ready "
@@ -149,6 +149,25 @@ def test_browser_flow(phantom, tmp_path):
         assert any("liver" in r.lower() for r in rows), rows
         _, auto = page.download_segmentation("auto.seg.nrrd")
         autoTumour = _mask(auto, "liver_tumor")
+
+        # the colour picker of a segment row reaches the segmentation (the table is re-read from it)
+        name = next(r for r in rows if "liver" in r.lower() and "tum" not in r.lower())
+        page.js(
+            "const i = document.querySelector(`#lks-segments tr[data-name='${arguments[0]}'] input[type=color]`);"
+            "i.value = '#12ab34'; i.dispatchEvent(new Event('change', {bubbles: true}));",
+            name,
+        )
+        WebDriverWait(driver, 20, 0.05).until(
+            lambda _: (
+                page.js("return window.trame.state.get('lks_segments').find(s => s.name === arguments[0]).color;", name)
+                == "#12ab34"
+            )
+        )
+        # DICOM SEG needs a CT read from DICOM: this one is a NIfTI file -> a clear message, nothing written
+        seq = page.message()[0]
+        page.el("lks-export-dicomseg").click()
+        WebDriverWait(driver, 20, 0.05).until(lambda _: page.message()[0] > seq)
+        assert "DICOM folder" in page.message()[1], page.message()
 
         # the liver lesion (exact phantom labels) the automatic result covers worst, on its largest slice
         lesions, n = ndimage.label(truth == 2)
@@ -446,7 +465,7 @@ def test_browser_bad_input(phantom, tmp_path):
 
     try:
         driver.get(server.url)
-        WebDriverWait(driver, 60, 0.05).until(lambda d: d.find_element(By.ID, "lks-segment").is_enabled())
+        WebDriverWait(driver, 60, 0.05).until(lambda _: page.enabled("lks-segment"))
         assert not page.el("lks-other-tab").is_displayed()
         # single-user rule: a second tab on the same server is warned (and so is the first)
         first = driver.current_window_handle

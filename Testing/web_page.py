@@ -58,6 +58,11 @@ class Page:
             time.sleep(0.2)
         raise AssertionError(f"no page message within {timeout} s (last: {self.message()})")
 
+    def enabled(self, id_: str) -> bool:
+        """Whether the element ``id_`` exists and is not disabled (read in the page: no element
+        reference goes stale while the layout is re-rendered, e.g. when the views appear)."""
+        return self.js("const e = document.getElementById(arguments[0]); return !!e && !e.disabled;", id_)
+
     def disabled(self, id_: str) -> bool:
         """Whether the Vuetify input whose inner element has ``id_`` is disabled."""
         return self.js(
