@@ -20,7 +20,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -68,10 +67,10 @@ if _missing():
     pytest.skip(_missing(), allow_module_level=True)
 
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
-from selenium.webdriver.common.actions.action_builder import ActionBuilder  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from web_page import Page  # noqa: E402
 
 
 def _lkseg(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -90,101 +89,6 @@ def _loadavg() -> str:
         return Path("/proc/loadavg").read_text().split(" ")[0]
     except OSError:
         return "n/a"
-
-
-class Page:
-    """The page in the browser, with the few reads/actions the flow needs."""
-
-    def __init__(self, driver, server, workDir: Path):
-        self.d, self.server, self.workDir = driver, server, workDir
-
-    def el(self, id_: str):
-        return self.d.find_element(By.ID, id_)
-
-    def js(self, script: str, *args):
-        return self.d.execute_script(script, *args)
-
-    def trigger(self, name: str, *args):
-        return self.d.execute_async_script(
-            "const cb = arguments[arguments.length - 1];"
-            "window.trame.trigger(arguments[0], arguments[1]).then(cb, (e) => cb({error: String(e)}));",
-            name,
-            list(args),
-        )
-
-    def message(self) -> tuple[int, str, str]:
-        return self.js(
-            "const e = document.getElementById('lks-message');"
-            "return e ? [Number(e.getAttribute('data-seq')), e.innerText, e.className] : [0, '', ''];"
-        )
-
-    def wait_message(self, after_seq: int, timeout: float = 240) -> str:
-        """Wait for a page message newer than ``after_seq``; fails on an error message."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            seq, text, cls = self.message()
-            if seq > after_seq:
-                assert "bg-error" not in cls and "error" not in cls.split(), f"page error: {text}"
-                return text
-            time.sleep(0.2)
-        raise AssertionError(f"no page message within {timeout} s (last: {self.message()})")
-
-    def edits(self) -> int:
-        return int(self.el("lks-last-edit").get_attribute("data-edits"))
-
-    def wait_edits(self, count: int, timeout: float = 120) -> None:
-        WebDriverWait(self.d, timeout, 0.05).until(lambda _: self.edits() >= count)
-
-    def idle(self, timeout: float = 240) -> None:
-        WebDriverWait(self.d, timeout, 0.1).until(lambda _: not self.el("lks-cancel").is_displayed())
-
-    def shot(self, name: str) -> Path:
-        time.sleep(0.6)  # the views' last image reaches the page
-        return wh.save_screenshot(self.d, f"web-{name}")
-
-    # -- views -------------------------------------------------------------------------------------
-    def ras_to_page(self, view: str, ras, geometry: dict) -> tuple[float, float]:
-        g = geometry[view]
-        xy = np.linalg.inv(np.asarray(g["xy_to_ras"]).reshape(4, 4)) @ np.r_[np.asarray(ras, float), 1.0]
-        rect = self.js(
-            "const r = document.getElementById('lks-view-' + arguments[0]).parentElement.getBoundingClientRect();"
-            "return [r.left, r.top, r.width, r.height];",
-            view,
-        )
-        w, h = g["size"]
-        return rect[0] + xy[0] * rect[2] / w, rect[1] + rect[3] - xy[1] * rect[3] / h
-
-    def drag(self, p0, p1, steps: int = 6) -> None:
-        ab = ActionBuilder(self.d)
-        ab.pointer_action.move_to_location(round(p0[0]), round(p0[1])).pointer_down()
-        for t in np.linspace(0, 1, steps + 1)[1:]:
-            ab.pointer_action.pause(0.05)
-            ab.pointer_action.move_to_location(round(p0[0] + t * (p1[0] - p0[0])), round(p0[1] + t * (p1[1] - p0[1])))
-        ab.pointer_action.pause(0.05).pointer_up()
-        ab.perform()
-
-    def click_at(self, p) -> None:
-        ab = ActionBuilder(self.d)
-        ab.pointer_action.move_to_location(round(p[0]), round(p[1])).pointer_down().pause(0.05).pointer_up()
-        ab.perform()
-
-    # -- downloads ----------------------------------------------------------------------------------
-    def download_segmentation(self, name: str):
-        """Export the .seg.nrrd on the page, fetch it over HTTP, read it with the core reader."""
-        from lkseg.io import read_seg_nrrd
-
-        seq = self.message()[0]
-        self.el("lks-export-segnrrd").click()
-        text = self.wait_message(seq)
-        assert ".seg.nrrd" in text, text
-        href = self.js(
-            "return [...document.querySelectorAll('#lks-downloads a')].map(a => a.href)"
-            ".find(h => h.endsWith('.seg.nrrd'));"
-        )
-        path = self.workDir / name
-        with urllib.request.urlopen(href, timeout=30) as resp:
-            path.write_bytes(resp.read())
-        return path, read_seg_nrrd(path)
 
 
 def _mask(seg, name: str) -> np.ndarray:
@@ -224,7 +128,7 @@ def test_browser_flow(phantom, tmp_path):
             )
         )
         interactive_s = time.monotonic() - t0
-        WebDriverWait(driver, 60, 0.05).until(lambda d: d.find_element(By.ID, "lks-segment").is_enabled())
+        WebDriverWait(driver, 60, 0.05).until(lambda _: page.enabled("lks-segment"))
         ct_shown_s = time.monotonic() - t0
         print(
             f"\npage interactive {interactive_s:.2f} s after 'lkseg web' started (target < 5 s; HTTP ready "
@@ -246,6 +150,25 @@ def test_browser_flow(phantom, tmp_path):
         _, auto = page.download_segmentation("auto.seg.nrrd")
         autoTumour = _mask(auto, "liver_tumor")
 
+        # the colour picker of a segment row reaches the segmentation (the table is re-read from it)
+        name = next(r for r in rows if "liver" in r.lower() and "tum" not in r.lower())
+        page.js(
+            "const i = document.querySelector(`#lks-segments tr[data-name='${arguments[0]}'] input[type=color]`);"
+            "i.value = '#12ab34'; i.dispatchEvent(new Event('change', {bubbles: true}));",
+            name,
+        )
+        WebDriverWait(driver, 20, 0.05).until(
+            lambda _: (
+                page.js("return window.trame.state.get('lks_segments').find(s => s.name === arguments[0]).color;", name)
+                == "#12ab34"
+            )
+        )
+        # DICOM SEG needs a CT read from DICOM: this one is a NIfTI file -> a clear message, nothing written
+        seq = page.message()[0]
+        page.el("lks-export-dicomseg").click()
+        WebDriverWait(driver, 20, 0.05).until(lambda _: page.message()[0] > seq)
+        assert "DICOM folder" in page.message()[1], page.message()
+
         # the liver lesion (exact phantom labels) the automatic result covers worst, on its largest slice
         lesions, n = ndimage.label(truth == 2)
         assert n >= 1
@@ -256,37 +179,24 @@ def test_browser_flow(phantom, tmp_path):
         jj, ii = np.nonzero(lesion[k])
         print(f"lesion {worst}/{n}: {int(lesion.sum())} voxels, automatic recall {recall:.2f}; box on k={k}")
 
-        def ras(i, j):
-            return (grid.ijk_to_ras @ np.array([i, j, k, 1.0]))[:3]
+        def ras(i, j, kk=k):
+            return (grid.ijk_to_ras @ np.array([i, j, kk, 1.0]))[:3]
+
+        # 3D truth around this lesion: the other lesions (dilated) are left out of the comparison
+        others = ndimage.binary_dilation((truth == 2) & ~lesion, iterations=2)
+
+        def lesion3d(seg) -> tuple[float, float]:
+            """(3D Dice, 3D recall) of liver_tumor vs the lesion's exact labels, other lesions left out."""
+            m = _mask(seg, "liver_tumor") & ~others
+            return 2 * (m & lesion).sum() / (m.sum() + lesion.sum()), m[lesion].mean()
 
         center = ras(ii.mean(), jj.mean())
         geometry = page.trigger("lks_jump", [float(v) for v in center])
-        # -- box on the lesion in the axial view --------------------------------------------------------
-        page.el("lks-tool-box").click()
-        corner0 = page.ras_to_page("Red", ras(ii.min() - 1.0, jj.min() - 1.0), geometry)
-        corner1 = page.ras_to_page("Red", ras(ii.max() + 1.0, jj.max() + 1.0), geometry)
-        edits = page.edits()
-        page.drag(corner0, corner1)
-        page.wait_edits(edits + 1, timeout=180)
-        page.idle()
-        page.shot("3-box")
-        _, boxed = page.download_segmentation("box.seg.nrrd")
-        before = autoTumour[k][lesion[k]].mean()
-        after = _mask(boxed, "liver_tumor")[k][lesion[k]].mean()
-        dice = (
-            2
-            * (_mask(boxed, "liver_tumor")[k] & lesion[k]).sum()
-            / (_mask(boxed, "liver_tumor")[k].sum() + lesion[k].sum())
-        )
-        print(f"box: lesion recall on its slice {before:.2f} -> {after:.2f} (Dice on the slice {dice:.2f})")
-        assert before < 0.3, f"no missed lesion to correct (worst automatic recall {before:.2f})"
-        # the lesion is nearly isodense in the arterial phase: the prompt model finds part of it
-        assert after >= 0.4 and dice >= 0.4, (before, after, dice)
+        assert page.el("lks-3d").is_selected(), "3D is not on by default"
+        assert page.disabled("lks-mode"), "the add/subtract/replace mode is selectable in 3D"
 
-        # -- positive clicks on the same (cached) slice: browser-measured round trips --------------------
-        page.el("lks-tool-positive").click()
-
-        def timed_click(ras_point) -> tuple[float, float]:
+        def timed(action) -> tuple[float, float]:
+            """Browser round trip (pointer release -> the page shows the edit) and the server's part, ms."""
             page.js(
                 "window.__lks = {}; document.addEventListener('pointerup', () => { window.__lks.up = performance.now(); },"
                 " {capture: true, once: true});"
@@ -295,41 +205,152 @@ def test_browser_flow(phantom, tmp_path):
                 " characterData: true});"
             )
             edits = page.edits()
-            page.click_at(page.ras_to_page("Red", ras_point, geometry))
-            page.wait_edits(edits + 1, timeout=60)
+            action()
+            page.wait_edits(edits + 1, timeout=400)  # a 3D box on a 2-core CI machine: tens of seconds
+            page.idle()
             times = page.js("return window.__lks;")
-            return times["edit"] - times["up"], 1000 * page.js("return window.trame.state.get('lks_last_edit_s')")
+            state = page.js(
+                "const s = window.trame.state; return [s.get('lks_last_edit_s'), s.get('lks_last_edit_at')];"
+            )
+            # the click reached the server (same machine's clock) this long after the pointer was released
+            timed.to_server = 1000 * state[1] - (page.js("return performance.timeOrigin;") + times["up"])
+            return times["edit"] - times["up"], 1000 * state[0]
 
+        # -- 3D box on the missed lesion in the axial view: segments it and follows it through its slices ------
+        page.el("lks-tool-box").click()
+        corner0 = page.ras_to_page("Red", ras(ii.min() - 1.0, jj.min() - 1.0), geometry)
+        corner1 = page.ras_to_page("Red", ras(ii.max() + 1.0, jj.max() + 1.0), geometry)
+        box_ms, _ = timed(lambda: page.drag(corner0, corner1))
+        page.shot("3-box")
+        _, boxed = page.download_segmentation("box.seg.nrrd")
+        boxMask = _mask(boxed, "liver_tumor")
+        dice0, recall0 = lesion3d(auto)
+        dice1, recall1 = lesion3d(boxed)
+        slices = [z for z in np.nonzero(lesion.any(axis=(1, 2)))[0] if z != k]
+        print(
+            f"3D box ({box_ms / 1000:.1f} s): lesion 3D Dice {dice0:.2f} -> {dice1:.2f}, 3D recall {recall0:.2f} -> "
+            f"{recall1:.2f}, recall on its slice {autoTumour[k][lesion[k]].mean():.2f} -> {boxMask[k][lesion[k]].mean():.2f}"
+            f"; lesion on other slices {[round(float(boxMask[z][lesion[z]].mean()), 2) for z in slices]}"
+        )
+        assert recall0 < 0.3, f"no missed lesion to correct (worst automatic recall {recall0:.2f})"
+        # the lesion is nearly isodense in the arterial phase: the prompt model finds part of it
+        assert recall1 >= recall0 + 0.3 and dice1 > dice0, (dice0, dice1, recall0, recall1)
+        assert any(boxMask[z][lesion[z]].any() for z in slices), "the 3D box did not reach the lesion's other slices"
+        # only the edited segment is written (the liver is left out: in the downloaded label map a
+        # voxel holds one structure, and the tumour's new voxels lie in the liver)
+        for name in ("kidney_right", "kidney_left", "spleen"):
+            assert np.array_equal(_mask(boxed, name), _mask(auto, name)), name
+
+        # -- 3D clicks, each on the central slice of the largest 3D error: what the box leaked, then missed -----
+        def error_click(seg, missed: bool):
+            m = _mask(seg, "liver_tumor") & ~others
+            error = (lesion & ~m) if missed else (m & ~lesion & ~autoTumour)  # (not the automatic result's own)
+            parts, count = ndimage.label(error)
+            if count == 0:
+                return None
+            part = parts == 1 + int(np.argmax(ndimage.sum(error, parts, range(1, count + 1))))
+            z = int(np.median(np.nonzero(part)[0]))
+            depth = ndimage.distance_transform_edt(np.pad(part[z], 1))[1:-1, 1:-1]
+            j, i = np.unravel_index(int(np.argmax(depth)), depth.shape)
+            return z, int(j), int(i)
+
+        def click3d(seg, missed: bool, name: str):
+            target = error_click(seg, missed)
+            assert target is not None, f"no {'missed' if missed else 'leaked'} voxels left to click"
+            z, j, i = target
+            geo = page.trigger("lks_jump", [float(v) for v in ras(i, j, z)])
+            page.el("lks-tool-positive" if missed else "lks-tool-negative").click()
+            ms, server_ms = timed(lambda: page.click_at(page.ras_to_page("Red", ras(i, j, z), geo)))
+            _, after = page.download_segmentation(f"{name}.seg.nrrd")
+            return (z, j, i), ms, server_ms, after
+
+        def leaked(seg) -> list[int]:
+            """Voxels per slice that the corrections added outside the lesion (not the automatic result's)."""
+            return (_mask(seg, "liver_tumor") & ~others & ~lesion & ~autoTumour).sum(axis=(1, 2)).tolist()
+
+        (z, j, i), ms, server_ms, minus = click3d(boxed, False, "minus")
+        dice2, recall2 = lesion3d(minus)
+        print(
+            f"3D negative click at k={z} ({ms:.0f} ms in the browser, {server_ms:.0f} ms on the server; load average "
+            f"{_loadavg()}): lesion 3D Dice {dice1:.2f} -> {dice2:.2f}, 3D recall {recall1:.2f} -> {recall2:.2f}; "
+            f"leaked voxels per slice {leaked(boxed)} -> {leaked(minus)}"
+        )
+        page.shot("4-click")
+        assert not _mask(minus, "liver_tumor")[z, j, i], "the clicked voxel is still in the segment"
+        assert (_mask(minus, "liver_tumor") <= _mask(boxed, "liver_tumor")).all(), "a negative click added voxels"
+        assert dice2 > dice1, "the negative click on the leak did not improve the lesion"
+        (z, j, i), ms, server_ms, plus = click3d(minus, True, "plus")
+        dice3, recall3 = lesion3d(plus)
+        print(
+            f"3D positive click at k={z} ({ms:.0f} ms in the browser, {server_ms:.0f} ms on the server; load average "
+            f"{_loadavg()}): lesion 3D Dice {dice2:.2f} -> {dice3:.2f}, 3D recall {recall2:.2f} -> {recall3:.2f}"
+        )
+        assert _mask(plus, "liver_tumor")[z, j, i], "the clicked voxel is not in the segment"
+        assert recall3 > recall2, "a positive click on missed lesion voxels added none"
+
+        # -- a 3D box that propagates shows progress and can be cancelled: nothing changes -----------------
+        other = max(range(1, n + 1), key=lambda c: (lesions == c).sum() if c != worst else -1)
+        zo = int(np.argmax((lesions == other).sum(axis=(1, 2))))
+        jo, io = np.nonzero(lesions[zo] == other)
+        geo = page.trigger("lks_jump", [float(v) for v in ras(io.mean(), jo.mean(), zo)])
+        page.el("lks-tool-box").click()
+        seq = page.message()[0]
+        page.drag(
+            page.ras_to_page("Red", ras(io.min() - 1.0, jo.min() - 1.0, zo), geo),
+            page.ras_to_page("Red", ras(io.max() + 1.0, jo.max() + 1.0, zo), geo),
+        )
+        WebDriverWait(driver, 60, 0.05).until(lambda _: page.el("lks-cancel").is_displayed())
+        assert page.el("lks-progress").is_displayed()
+        t_cancel = time.monotonic()
+        page.el("lks-cancel").click()
+        text = page.wait_message(seq, timeout=120)
+        page.idle()
+        print(f"3D box on lesion {other} (k={zo}) cancelled in {time.monotonic() - t_cancel:.1f} s: {text!r}")
+        assert "cancel" in text.lower(), text
+        _, cancelled = page.download_segmentation("cancelled.seg.nrrd")
+        assert np.array_equal(_mask(cancelled, "liver_tumor"), _mask(plus, "liver_tumor")), "a cancelled edit changed"
+
+        # -- undo / redo: one step per action ------------------------------------------------------------
+        for button, expected in (("lks-undo", minus), ("lks-redo", plus), ("lks-undo", minus)):
+            edits = page.edits()
+            page.el(button).click()
+            page.wait_edits(edits + 1)
+            _, state = page.download_segmentation(f"{button}.seg.nrrd")
+            for name in ("liver_tumor", "liver"):
+                assert np.array_equal(_mask(state, name), _mask(expected, name)), (button, name)
+        page.shot("5-undo")
+
+        # -- 3D off: one slice, box then clicks on the same (cached) slice: browser-measured round trips ------
+        page.el("lks-3d").click()
+        WebDriverWait(driver, 10, 0.05).until(lambda _: page.js("return window.trame.state.get('lks_3d')") is False)
+        assert not page.disabled("lks-mode")
+        geometry = page.trigger("lks_jump", [float(v) for v in center])
+        page.el("lks-tool-box").click()
+        box2d_ms, _ = timed(lambda: page.drag(corner0, corner1))
+        _, boxed2d = page.download_segmentation("box2d.seg.nrrd")
+        page.el("lks-tool-positive").click()
         for n, point in enumerate((center, ras(ii.mean() + 1.0, jj.mean()))):
-            click_ms, server_ms = timed_click(point)
+            click_ms, server_ms = timed(lambda p=point: page.click_at(page.ras_to_page("Red", p, geometry)))
             print(
-                f"cached-slice click {n + 1} round trip in the browser: {click_ms:.0f} ms (target < 300 ms), of which "
-                f"{server_ms:.0f} ms prediction + edit on the server, {click_ms - server_ms:.0f} ms page/network; "
-                f"load average {_loadavg()}"
+                f"cached-slice click {n + 1} (3D off) round trip in the browser: {click_ms:.0f} ms (target < 300 ms), "
+                f"of which {server_ms:.0f} ms prediction + edit on the server, {click_ms - server_ms:.0f} ms "
+                f"page/network ({timed.to_server:.0f} ms pointer release -> the click on the server, "
+                f"{click_ms - server_ms - timed.to_server:.0f} ms edit done -> shown); load average {_loadavg()} "
+                f"(one-slice box before: {box2d_ms:.0f} ms)"
             )
             if n == 0:
-                page.shot("4-click")
                 _, clicked = page.download_segmentation("click.seg.nrrd")
         assert click_ms < 4000, "a click on a cached slice took seconds (prompt-model prefetch competing for the CPU?)"
-        afterClick = _mask(clicked, "liver_tumor")[k][lesion[k]].mean()
+        sliceBox = _mask(boxed2d, "liver_tumor")[k][lesion[k]].mean()
+        sliceClick = _mask(clicked, "liver_tumor")[k][lesion[k]].mean()
+        print(f"one-slice positive click after a box: lesion recall on its slice {sliceBox:.2f} -> {sliceClick:.2f}")
         ci, cj = (round(v) for v in (ii.mean(), jj.mean()))
-        print(f"positive click: lesion recall on its slice {after:.2f} -> {afterClick:.2f}")
-        # the click re-predicts the object with the box and the point (the logic's behaviour); what the
-        # page must guarantee is that the edit reached the segment at the clicked place
-        assert not np.array_equal(_mask(clicked, "liver_tumor"), _mask(boxed, "liver_tumor")), (
-            "the click changed nothing"
-        )
         assert _mask(clicked, "liver_tumor")[k, cj, ci], "the clicked voxel is not in the segment"
-
-        # -- undo: the segment is back to its state after the first click ---------------------------------
-        edits = page.edits()
-        page.el("lks-undo").click()
-        page.wait_edits(edits + 1)
-        _, undone = page.download_segmentation("undo.seg.nrrd")
-        assert np.array_equal(_mask(undone, "liver_tumor"), _mask(clicked, "liver_tumor"))
-        assert np.array_equal(_mask(undone, "liver"), _mask(clicked, "liver"))
+        # the click re-predicts the slice from the box AND the point (as the Slicer module does)
+        assert sliceClick >= sliceBox - 0.02, "the click took back what the box had added"
+        others_k = [z for z in range(truth.shape[0]) if z != k]  # one slice: nothing else changes
+        assert np.array_equal(_mask(clicked, "liver_tumor")[others_k], _mask(boxed2d, "liver_tumor")[others_k])
         page.el("lks-tool-navigate").click()
-        page.shot("5-undo")
 
         # -- resection plane: placed, moved, height/weight ------------------------------------------
         seq_plan = lambda: int(page.js("return window.trame.state.get('lks_plan_seq')"))  # noqa: E731
@@ -430,6 +451,7 @@ def test_browser_bad_input(phantom, tmp_path):
             if new > seq:
                 assert f"bg-{kind}" in cls, (text, cls)
                 assert words.lower() in text.lower(), text
+                assert str(tmp_path) not in text, f"the page shows a server path: {text}"
                 print(f"{kind}: {text}")
                 return text
             time.sleep(0.1)
@@ -443,7 +465,7 @@ def test_browser_bad_input(phantom, tmp_path):
 
     try:
         driver.get(server.url)
-        WebDriverWait(driver, 60, 0.05).until(lambda d: d.find_element(By.ID, "lks-segment").is_enabled())
+        WebDriverWait(driver, 60, 0.05).until(lambda _: page.enabled("lks-segment"))
         assert not page.el("lks-other-tab").is_displayed()
         # single-user rule: a second tab on the same server is warned (and so is the first)
         first = driver.current_window_handle

@@ -111,3 +111,76 @@ def test_bad_file_keeps_the_open_case(app, tmp_path):
     assert session.volumeNode is node and node.GetScene() is slicerApp.scene
     assert session.segmentationNode is not None
     session.closeCase()
+
+
+class _RecordingLogic:
+    """Stands in for the module's logic: records which call a page correction makes."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        if name in ("refine", "click3D", "box3D"):
+            return lambda *args, **kwargs: self.calls.append((name, args, kwargs)) or name
+        raise AttributeError(name)
+
+    def endRefineInteraction(self):
+        self.calls.append(("endRefineInteraction", (), {}))
+
+
+def test_corrections_route_as_in_the_slicer_module(app, tmp_path):
+    """3D on: a click -> click3D (its sign), a box -> box3D, no mode; 3D off: refine with the box and
+    EVERY point placed on the slice so far (as the module's point lists and box), until the slice,
+    segment or mode changes or the interaction ends (then only the new prompt)."""
+    from lkseg.web.session import WebSession
+
+    slicerApp, _ = app
+    folder = _phantom(tmp_path / "ph")
+    session = WebSession(slicerApp, tmp_path / "work")
+    session.openVolume(folder / "ct.nii.gz")
+    logic = session._logic = _RecordingLogic()
+    node = session.volumeNode
+    ijkToRas = np.asarray(json.loads((folder / "phantom.json").read_text())["geometry"]["ijk_to_ras"])
+
+    def ras(i, j, k):
+        return (ijkToRas @ np.array([i, j, k, 1.0]))[:3]
+
+    box = np.vstack([ras(5, 5, 10), ras(20, 18, 10)])
+    p1, p2, n1 = ras(10, 10, 10).reshape(1, 3), ras(12, 11, 10).reshape(1, 3), ras(15, 15, 10).reshape(1, 3)
+
+    assert session.correct("liver", 2, box=box, threeD=True, progress=print) == "box3D"
+    _, args, kwargs = logic.calls[-1]
+    assert args[:3] == (node, session.segmentationNode, "liver") and kwargs["axis"] == 2
+    np.testing.assert_allclose(args[3], box)
+    assert kwargs["progressCallback"] is print and kwargs["waitForCompletion"] is False
+    for point, positive in ((p1, True), (n1, False)):
+        key = "positive" if positive else "negative"
+        assert session.correct("liver", 2, threeD=True, **{key: point}) == "click3D"
+        _, args, kwargs = logic.calls[-1]
+        np.testing.assert_allclose(args[3], point[0])
+        assert kwargs["positive"] is positive and "mode" not in kwargs
+
+    logic.calls.clear()
+    session.correct("liver", 2, box=box, mode="add")
+    session.correct("liver", 2, positive=p1, mode="add")
+    session.correct("liver", 2, positive=p2, mode="add")
+    session.correct("liver", 2, negative=n1, mode="add")
+    refines = [c for c in logic.calls if c[0] == "refine"]
+    assert len(refines) == 4 and all(c[2]["sliceIndex"] == 10 and c[2]["mode"] == "add" for c in refines)
+    last = refines[-1][2]
+    np.testing.assert_allclose(last["box"], box)
+    np.testing.assert_allclose(last["positive"], np.vstack([p1, p2]))
+    np.testing.assert_allclose(last["negative"], n1)
+    # another mode (or slice, or segment) starts a new interaction: only the new prompt
+    session.correct("liver", 2, positive=p1, mode="subtract")
+    kwargs = logic.calls[-1][2]
+    assert kwargs["box"] is None and kwargs["negative"] is None and len(kwargs["positive"]) == 1
+    session.correct("liver", 2, positive=p2, mode="subtract")
+    assert len(logic.calls[-1][2]["positive"]) == 2
+    session.endInteraction()  # undo/redo, a 3D edit, a failed edit...
+    session.correct("liver", 2, positive=p2, mode="subtract")
+    assert len(logic.calls[-1][2]["positive"]) == 1
+    session.correct("liver", 2, positive=p1, threeD=True)  # a 3D edit ends the slice interaction too
+    assert session.interaction is None and ("endRefineInteraction", (), {}) in logic.calls
+    session._logic = None
+    session.closeCase()

@@ -93,27 +93,30 @@ def run(args) -> int:
     install_token_guard(server, bind.token)
     install_origin_guard(server, bind.host)
 
-    from lkseg.web.app import LKSegWebApp
+    from lkseg.web.startup import buildApp, prepareServer
 
-    app = LKSegWebApp(server, dataRoot, workDir, prefetch=max(0, args.prefetch), deferViews=True)
+    holder = prepareServer(server, workDir)  # the page is served first; the app is built behind it
+    relative = None if inputPath is None else ("" if inputPath == dataRoot else str(inputPath.relative_to(dataRoot)))
+
+    def opener(app):
+        if relative is not None:
+            app._guard(app._open_path, relative, args.series)
 
     def ready(**_):
         shownHost = "127.0.0.1" if bind.loopback else bind.host
         if bind.token:
             print(f"LKSEG-WEB-TOKEN {bind.token}", flush=True)
         print(f"LKSEG-WEB-READY http://{shownHost}:{server.port}/", flush=True)
-        # the page is served while the views are made and the CT is read
-        relative = (
-            None if inputPath is None else ("" if inputPath == dataRoot else str(inputPath.relative_to(dataRoot)))
+        holder.buildTask = asyncio.ensure_future(
+            buildApp(server, holder, opener, dataRoot=dataRoot, workDir=workDir, prefetch=max(0, args.prefetch))
         )
-        opener = None if relative is None else (lambda: app._guard(app._open_path, relative, args.series))
-        app.viewsTask = asyncio.ensure_future(app.startViews(opener))
 
     server.controller.on_server_ready.add(ready)
     server.start(
         host=bind.host, port=bind.port, open_browser=False, show_connection_info=False, disable_logging=True, timeout=0
     )
-    app.session.cleanup()
+    if holder.app is not None:
+        holder.app.session.cleanup()
     return 0
 
 

@@ -23,8 +23,9 @@ import numpy as np
 from lkseg.errors import LKSegError
 from lkseg.web.interaction import SliceTool
 from lkseg.web.session import WINDOW_PRESETS, WebSession
+from lkseg.web.startup import DOWNLOADS_ROUTE, AppHolder, prepareServer
 from lkseg.web.tasks import LoopTasks, threadTask
-from lkseg.web.views import blockTriton, sliceViewUi, threeDViewUi
+from lkseg.web.views import blockTriton, fastVtkImports, sliceViewUi, threeDViewUi
 
 __all__ = ["LKSegWebApp"]
 
@@ -40,7 +41,6 @@ PLANE_NORMALS = {
     "S": (0.0, 0.0, 1.0),
     "I": (0.0, 0.0, -1.0),
 }
-DOWNLOADS_ROUTE = "lks-downloads"
 
 
 def _message(exc: BaseException) -> str:
@@ -49,28 +49,6 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, (asyncio.CancelledError,)) or type(exc).__name__ == "CancelledError":
         return "cancelled"
     return f"{type(exc).__name__}: {exc}"
-
-
-def _linkProtocol():
-    from wslink.websocket import LinkProtocol
-
-    return LinkProtocol
-
-
-class _ClientCounter(_linkProtocol()):
-    """Counts the page's websocket connections (browser tabs) for the single-user warning."""
-
-    def __init__(self, app):
-        super().__init__()
-        self._app, self._ids = app, set()
-
-    def onConnect(self, request, client_id):
-        self._ids.add(client_id)
-        self._app._clientsChanged(len(self._ids))
-
-    def onClose(self, client_id):
-        self._ids.discard(client_id)
-        self._app._clientsChanged(len(self._ids))
 
 
 class LKSegWebApp:
@@ -83,12 +61,22 @@ class LKSegWebApp:
         prefetch: prompt-model slices prefetched on each side (see :class:`WebSession`).
         deferViews: create the four Slicer views later, with :meth:`startViews` on the running
             event loop (the page is served meanwhile; ``lkseg web`` does this).
+        holder: from :func:`lkseg.web.startup.prepareServer` (called here when None: then the
+            server must not be started yet).
     """
 
-    def __init__(self, server, dataRoot: str | Path, workDir: str | Path, prefetch: int = 0, deferViews: bool = False):
+    def __init__(
+        self,
+        server,
+        dataRoot: str | Path,
+        workDir: str | Path,
+        prefetch: int = 0,
+        deferViews: bool = False,
+        holder: AppHolder | None = None,
+    ):
         blockTriton()
+        fastVtkImports()
         import slicer
-        from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
         from trame_slicer.rca_view import register_rca_factories
 
@@ -96,10 +84,8 @@ class LKSegWebApp:
 
         self.server = server
         self.state, self.ctrl = server.state, server.controller
-        from trame_rca import module as rca_module
-
-        server.enable_module(trame_slicer_module)
-        server.enable_module(rca_module)  # before start: the views may be created once serving
+        if holder is None:  # not prepared by lkseg.web.startup (the server must not be started yet)
+            holder = prepareServer(server, workDir)
         self.slicerApp = SlicerApp()
         if getattr(slicer, "mrmlScene", None) is None:
             slicer.mrmlScene = self.slicerApp.scene  # slicer.util helpers use it; one scene per process
@@ -110,10 +96,10 @@ class LKSegWebApp:
         self.layoutManager.register_layout_dict(LayoutManager.default_grid_configuration(), lazy_initialization=True)
         self.dataRoot = DataRoot(Path(dataRoot))
         self.session = WebSession(self.slicerApp, workDir, prefetch=prefetch)
-        server.serve[DOWNLOADS_ROUTE] = str(self.session.exportDir())
         self.tasks = LoopTasks(self._pushTask)
         self.tools: dict[str, SliceTool] = {}
-        self._clients = 0
+        self.holder = holder  # tabs connected, a page shown (also before this app existed)
+        self._clients = holder.clients
         self._planDirty = False
         self._planTimer = None
         self._planBase: np.ndarray | None = None
@@ -122,6 +108,8 @@ class LKSegWebApp:
         from lkseg.web.ui import buildUI
 
         buildUI(self)
+        holder.app = self
+        self.state.lks_other_tab = self._clients > 1
         if not deferViews:
             self._showViews()
 
@@ -138,15 +126,16 @@ class LKSegWebApp:
 
     async def startViews(self, then=None) -> None:
         """Create the views one per event-loop turn, show them, then call ``then()`` (e.g. open the
-        CT given on the command line). Waits up to 3 s for a first page to connect, so that the
-        page is usable while the views are made."""
+        CT given on the command line). Waits up to 3 s for a first page to show its state (trame's
+        ``client_connected``, sent once the page has mounted with the server's state), so that the
+        page is usable while the views are made: each view blocks the loop for about a second, and
+        waiting only for the websocket (as before) let them delay the page's state by 1-2 s."""
         manager = self.slicerApp.view_manager
-        # let a page that is loading connect first (each view blocks the loop for about a second)
-        for _ in range(30):
-            if self._clients:
-                await asyncio.sleep(0.5)
+        for _ in range(300):
+            if self.holder.pageShown:
                 break
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # the app's state and layout go out to the page first
         for definition in self.layoutManager.get_layout(self.LAYOUT).get_views(is_recursive=True):
             if not manager.is_view_created(definition.singleton_tag):
                 manager.create_view(definition)
@@ -178,11 +167,13 @@ class LKSegWebApp:
                 "lks_target": "liver_tumor",
                 "lks_targets": TARGETS,
                 "lks_mode": "add",
+                "lks_3d": True,
                 "lks_segments": [],
                 "lks_can_undo": False,
                 "lks_can_redo": False,
                 "lks_edits": 0,
                 "lks_last_edit_s": None,
+                "lks_last_edit_at": None,
                 "lks_last_edit": "",
                 "lks_window": "abdomen",
                 "lks_windows": list(WINDOW_PRESETS),
@@ -205,6 +196,17 @@ class LKSegWebApp:
         log.log(logging.WARNING if kind == "error" else logging.INFO, "page message (%s): %s", kind, text)
         self.state.lks_message, self.state.lks_message_type = text, kind
         self.state.lks_message_seq += 1
+
+    def _pageText(self, text: str) -> str:
+        """A message for the page: the server's folders never show (paths relative to the data
+        folder; the private work folder by name only)."""
+        root = str(self.dataRoot.root)
+        for folder, shown in (
+            (str(self.session.workDir), "(server work folder)"),
+            (root, "(data folder)"),
+        ):
+            text = text.replace(folder + "/", "" if folder == root else shown + "/").replace(folder, shown)
+        return text
 
     def _pushTask(self) -> None:
         fraction, message = self.tasks.progress.get()
@@ -232,7 +234,7 @@ class LKSegWebApp:
             if not isinstance(exc, LKSegError):
                 log.exception("page action %s failed", getattr(fn, "__name__", fn))
             with self.state:
-                self.notify(_message(exc), "error")
+                self.notify(self._pageText(_message(exc)), "error")
             return None
 
     # -- bindings ------------------------------------------------------------------------------
@@ -260,7 +262,6 @@ class LKSegWebApp:
         self.state.change("lks_plane_offset", "lks_plane_axis")(lambda **_: self._guard(self._planeMoved))
         self.state.change("lks_height", "lks_weight")(lambda **_: self._guard(self._patientChanged))
         self.state.change("lks_upload")(lambda lks_upload, **_: self._guard(self._upload, lks_upload))
-        self.server.add_protocol_to_configure(lambda protocol: protocol.registerLinkProtocol(_ClientCounter(self)))
 
     def _clientsChanged(self, count: int) -> None:
         self._clients = count
@@ -338,6 +339,7 @@ class LKSegWebApp:
             return job.segmentIds
 
         def done(ids):
+            self.session.endInteraction()
             self._refreshSegments()
             self._afterEdit(f"automatic segmentation: {len(ids)} segment(s)")
             self.notify(f"automatic segmentation done ({time.perf_counter() - self.tasks.started_at:.1f} s)", "success")
@@ -350,7 +352,8 @@ class LKSegWebApp:
 
     def _taskFailed(self, exc: BaseException) -> None:
         with self.state:
-            self.notify(_message(exc), "info" if "cancel" in _message(exc).lower() else "error")
+            text = self._pageText(_message(exc))
+            self.notify(text, "info" if "cancel" in text.lower() else "error")
             self._refreshSegments()
         if self._planDirty:
             self._schedulePlan(0.05)
@@ -368,24 +371,34 @@ class LKSegWebApp:
         self._guard(self._correct, view, **{key: np.asarray(ras, float).reshape(1, 3)})
 
     def _correct(self, view, **prompt) -> None:
-        t0 = time.perf_counter()
+        t0, arrived = time.perf_counter(), time.time()
         self.tasks.check_idle("a correction")
         self.session.requireVolume()
         axis = self.session.sliceAxis(view.get_view_node())
-        target = self.state.lks_target
-        pending = self.session.correct(target, axis, mode=self.state.lks_mode, **prompt)
+        target, threeD = self.state.lks_target, bool(self.state.lks_3d)
+        pending = self.session.correct(
+            target, axis, mode=self.state.lks_mode, threeD=threeD, progress=self.tasks.progress, **prompt
+        )
         what = "box" if "box" in prompt else ("positive click" if "positive" in prompt else "negative click")
+        how = "3D" if threeD else f"slice, {self.state.lks_mode}"
 
         def done(result):
             changed = getattr(result, "changedVoxels", None)
+            self.state.lks_last_edit_at = arrived  # epoch s when the click reached the server (tests)
             self._afterEdit(
-                f"{what} on {target} ({self.state.lks_mode})"
-                + (f": {changed} voxel(s) changed" if changed is not None else ""),
+                f"{what} on {target} ({how})" + (f": {changed} voxel(s) changed" if changed is not None else ""),
                 self.tasks.last_duration,
             )
+            warnings = getattr(result, "warnings", None)
+            if warnings:
+                self.notify("; ".join(warnings), "warning")
 
         log.debug("%s prepared in %.3f s", what, time.perf_counter() - t0)
-        self.tasks.start(f"Correction ({what})", pending, done, self._taskFailed, startedAt=t0)
+        self.tasks.start(f"Correction ({what}, {how})", pending, done, self._editFailed, startedAt=t0)
+
+    def _editFailed(self, exc: BaseException) -> None:
+        self.session.endInteraction()  # the next prompt starts from the segment as it is
+        self._taskFailed(exc)
 
     def _propagate(self) -> None:
         self.tasks.check_idle("propagation")
@@ -394,24 +407,30 @@ class LKSegWebApp:
         target = self.state.lks_target
         pending = self.session.propagate(target, axis, self.tasks.progress)
         self.tasks.start(
-            "Propagation in 3D", pending, lambda r: self._afterEdit(f"propagated {target} in 3D"), self._taskFailed
+            "Propagation in 3D", pending, lambda r: self._afterEdit(f"propagated {target} in 3D"), self._editFailed
         )
 
     def _afterEdit(self, text: str, seconds: float | None = None) -> None:
+        """The edit's line and undo/redo go to the page first; the segment table (volumes of every
+        segment) and the 3D surfaces follow on a later loop turn, after that message was sent."""
         with self.state:
-            self._refreshSegments()
+            self.state.lks_can_undo = self.session.logic.canUndo
+            self.state.lks_can_redo = self.session.logic.canRedo
             self.state.lks_edits += 1
             self.state.lks_last_edit = text
             self.state.lks_last_edit_s = None if seconds is None else round(seconds, 3)
+        asyncio.get_event_loop().call_later(0.02, lambda: self._guard(self._refreshSegments))
         self._schedulePlan()
 
     def _undo(self) -> None:
         self.tasks.check_idle("undo")
+        self.session.endInteraction()
         edit = self.session.logic.undo()
         self._afterEdit("undo" if edit is not None else "nothing to undo")
 
     def _redo(self) -> None:
         self.tasks.check_idle("redo")
+        self.session.endInteraction()
         edit = self.session.logic.redo()
         self._afterEdit("redo" if edit is not None else "nothing to redo")
 
@@ -470,11 +489,13 @@ class LKSegWebApp:
                 self._planBase + float(self.state.lks_plane_offset or 0.0) * np.asarray(normal), normal
             )
         self._planDirty = False
-        self.state.lks_plane = self.session.planeState()
-        pending = self.session.startPlan(self.tasks.progress)
-        self.tasks.start("Planning", pending, self._planDone, self._taskFailed)
+        plane = self.state.lks_plane = self.session.planeState()
+        pending = self.session.startPlan(self.tasks.progress)  # reads the plane node now
+        self.tasks.start("Planning", pending, lambda value: self._planDone(value, plane), self._taskFailed)
 
-    def _planDone(self, value) -> None:
+    def _planDone(self, value, plane: dict) -> None:
+        """``plane``: the plane the plan was computed with (it may have moved since; then a new plan
+        follows and the page must not show this FLR against the new plane)."""
         result, _table = value
         self.session.lastPlan = result
         flr = result.flr
@@ -490,7 +511,7 @@ class LKSegWebApp:
                     "sflr_percent": None if flr.sflr_percent is None else round(flr.sflr_percent, 2),
                     "verdict": flr.verdict,
                     "threshold_percent": flr.threshold_percent,
-                    "plane": self.state.lks_plane,
+                    "plane": plane,
                 }
             )
             self.state.lks_burden = [

@@ -14,13 +14,14 @@ are ZYX; volumes in mL.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from lkseg.errors import InputError
 
-__all__ = ["WebSession", "correctionEdit"]
+__all__ = ["SliceInteraction", "WebSession", "correctionEdit"]
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +41,35 @@ def correctionEdit(
     axis: int = 2,
     sliceIndex: int | None = None,
     mode: str = "add",
+    threeD: bool = False,
+    progress=None,
 ):
-    """THE adapter between the page's slice-view corrections and the logic (one place to switch
-    to another logic API, e.g. 3D clicks): a point/box prompt on one slice -> ``logic.refine``.
+    """THE adapter between the page's slice-view corrections and the logic -- the same calls the
+    Slicer module makes (``LiverKidneySegGui.widgetparts``):
+
+    * ``threeD`` (the page's "3D" switch, the module's ``refine3D``): one click -> ``logic.click3D``
+      (positive adds, negative removes: ``mode`` is ignored), a box -> ``logic.box3D``; the edit
+      follows the structure through the slices (``progress(fraction, message)`` from the worker).
+    * otherwise one slice: every prompt of the slice's interaction (box and points) ->
+      ``logic.refine`` with ``mode`` (add / subtract / replace).
 
     Args:
-        positive / negative: (N, 3) world RAS mm; box: (2, 3) opposite corners, world RAS mm.
+        positive / negative: (N, 3) world RAS mm (3D: exactly one point in one of them); box: (2, 3)
+            opposite corners, world RAS mm.
         axis: index axis normal to the slice (0 = i, 1 = j, 2 = k).
 
     Returns:
         The logic's ``PendingEdit`` (``finish()`` on the scene's thread writes the segment).
     """
+    if threeD:
+        common = dict(axis=axis, waitForCompletion=False, progressCallback=progress)
+        if box is not None:
+            return logic.box3D(volumeNode, segmentationNode, segment, np.asarray(box, float), **common)
+        points = [(p, True) for p in np.asarray(positive if positive is not None else [], float).reshape(-1, 3)]
+        points += [(p, False) for p in np.asarray(negative if negative is not None else [], float).reshape(-1, 3)]
+        if len(points) != 1:
+            raise InputError(f"a 3D correction is one click or one box, got {len(points)} point(s)")
+        return logic.click3D(volumeNode, segmentationNode, segment, points[0][0], positive=points[0][1], **common)
     return logic.refine(
         volumeNode,
         segmentationNode,
@@ -63,6 +82,33 @@ def correctionEdit(
         mode=mode,
         waitForCompletion=False,
     )
+
+
+@dataclass
+class SliceInteraction:
+    """The one-slice prompts placed so far on one (segment, axis, slice, mode): like the Slicer
+    module's point lists and box, every new prompt re-predicts the slice from ALL of them (the
+    logic combines that with the segment as it was before the first one). Sending only the newest
+    point would drop the box: a click after a box then took back what the box had added."""
+
+    key: tuple
+    box: np.ndarray | None = None
+    positive: list = field(default_factory=list)
+    negative: list = field(default_factory=list)
+
+    def add(self, box=None, positive=None, negative=None) -> None:
+        if box is not None:
+            self.box = np.asarray(box, float).reshape(2, 3)  # a new box replaces the previous one
+        for points, store in ((positive, self.positive), (negative, self.negative)):
+            if points is not None:
+                store.extend(np.asarray(points, float).reshape(-1, 3))
+
+    def prompts(self) -> dict:
+        return {
+            "box": self.box,
+            "positive": np.array(self.positive).reshape(-1, 3) if self.positive else None,
+            "negative": np.array(self.negative).reshape(-1, 3) if self.negative else None,
+        }
 
 
 class WebSession:
@@ -92,6 +138,8 @@ class WebSession:
         self.lastPlan = None
         self.heightCm: float | None = None
         self.weightKg: float | None = None
+        #: the one-slice prompts placed so far (3D switch off), see :class:`SliceInteraction`
+        self.interaction: SliceInteraction | None = None
 
     @property
     def logic(self):
@@ -145,7 +193,7 @@ class WebSession:
                 self.scene.RemoveNode(node)
         self.volumeNode = self.segmentationNode = self.planeNode = self.lastPlan = None
         self.logic.history.clear()
-        self.logic.endRefineInteraction()
+        self.endInteraction()
 
     def requireVolume(self):
         if self.volumeNode is None:
@@ -185,25 +233,55 @@ class WebSession:
 
         return int(np.rint(worldToIjk(self.requireVolume(), np.asarray(ras, float).reshape(1, 3))[0, axis]))
 
-    def correct(self, segment: str, axis: int, *, box=None, positive=None, negative=None, mode: str = "add"):
-        """A box or click prompt on one slice (world RAS mm) -> the logic's ``PendingEdit``."""
+    def correct(
+        self,
+        segment: str,
+        axis: int,
+        *,
+        box=None,
+        positive=None,
+        negative=None,
+        mode: str = "add",
+        threeD: bool = False,
+        progress=None,
+    ):
+        """A box or click on a slice view (world RAS mm) -> the logic's ``PendingEdit``
+        (see :func:`correctionEdit`; one slice: the prompts of the slice's interaction so far)."""
         volumeNode = self.requireVolume()
         anchor = np.asarray(box if box is not None else (positive if positive is not None else negative), float)
         sliceIndex = self.sliceIndexAt(anchor.reshape(-1, 3)[0], axis)
+        prompt = {"box": box, "positive": positive, "negative": negative}
+        if threeD:
+            self.endInteraction()  # a 3D edit changes the slices a 2D interaction started from
+        else:
+            key = (self.segmentationNode.GetID(), segment, axis, sliceIndex, mode)
+            if self.interaction is None or self.interaction.key != key:
+                self.endInteraction()
+                self.interaction = SliceInteraction(key)
+            self.interaction.add(**prompt)
+            prompt = self.interaction.prompts()
         return correctionEdit(
             self.logic,
             volumeNode,
             self.segmentationNode,
             segment,
-            positive=positive,
-            negative=negative,
-            box=box,
             axis=axis,
             sliceIndex=sliceIndex,
             mode=mode,
+            threeD=threeD,
+            progress=progress,
+            **prompt,
         )
 
+    def endInteraction(self) -> None:
+        """Forget the one-slice prompts (the next prompt starts from the segment as it is): after
+        undo/redo, 3D edits, propagation, automatic segmentation, a failed or cancelled edit."""
+        self.interaction = None
+        if self._logic is not None:
+            self._logic.endRefineInteraction()
+
     def propagate(self, segment: str, axis: int, progress):
+        self.interaction = None  # the logic ends its slice interaction too
         return self.logic.propagate(
             self.requireVolume(),
             self.segmentationNode,

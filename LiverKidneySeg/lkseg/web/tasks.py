@@ -49,7 +49,8 @@ class _ThreadPending:
     """A worker-thread future with the ``PendingEdit`` interface (``done``/``finish``/``cancel``)."""
 
     def __init__(self, future: Future, cancel: Callable[[], None] | None):
-        self._future, self._cancel = future, cancel
+        self.future = self._future = future
+        self._cancel = cancel
 
     def done(self) -> bool:
         return self._future.done()
@@ -132,13 +133,21 @@ class LoopTasks:
 
     async def _run(self, pending, on_done, on_error, poll, result) -> None:
         name = self.name
+        # wake as soon as a worker's future completes (not at the next poll): up to ``interval`` less
+        future = getattr(pending, "future", None) if poll is None else None
+        wakeup = asyncio.wrap_future(future) if isinstance(future, Future) else None
+        if wakeup is not None:  # its outcome is read through ``pending.finish()``; consume it here
+            wakeup.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             while True:
                 finished = poll() if poll is not None else pending.done()
                 if finished:
                     break
                 self._on_change()
-                await asyncio.sleep(self._interval)
+                if wakeup is not None:
+                    await asyncio.wait({wakeup}, timeout=self._interval)
+                else:
+                    await asyncio.sleep(self._interval)
             t0 = time.perf_counter()
             value = result() if result is not None else pending.finish()
             applied = time.perf_counter() - t0

@@ -208,6 +208,18 @@ def _correctionCard(app, v, html) -> None:
                 hide_details=True,
                 classes="ml-2",
                 style="max-width: 120px;",
+                disabled=("lks_3d",),  # 3D (as in the Slicer module): + adds, - removes
+                id="lks-mode",
+            )
+            v.VSwitch(
+                v_model=("lks_3d",),
+                label="3D",
+                density="compact",
+                hide_details=True,
+                color="primary",
+                classes="ml-2 flex-grow-0",
+                id="lks-3d",
+                title="on: a click or box edits the structure through its slices; off: this slice only",
             )
         with html.Div(classes="d-flex mt-2"):
             v.VBtn(
