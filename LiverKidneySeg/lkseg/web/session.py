@@ -92,6 +92,9 @@ class WebSession:
         self.lastPlan = None
         self.heightCm: float | None = None
         self.weightKg: float | None = None
+        from lkseg.web.couinaud import CouinaudPlanning
+
+        self.couinaud = CouinaudPlanning(self)  # segment-based (Couinaud) planning, lkseg/web/couinaud.py
 
     @property
     def logic(self):
@@ -140,6 +143,7 @@ class WebSession:
         return node
 
     def closeCase(self) -> None:
+        self.couinaud.reset()
         for node in (self.planeNode, self.segmentationNode, self.volumeNode):
             if node is not None and node.GetScene() is not None:
                 self.scene.RemoveNode(node)
@@ -319,14 +323,15 @@ class WebSession:
     def startPlan(self, progress):
         """Volumes, FLR (with the plane), tumour burden, R.E.N.A.L. -> ``PendingEdit`` of ``(result, table)``."""
         volumeNode = self.requireVolume()
+        options = {"resectionPlaneNode": self.ensurePlane(), **self.couinaud.planOptions()}
         return self.logic.plan(
             volumeNode,
             self.segmentationNode,
             heightCm=self.heightCm,
             weightKg=self.weightKg,
-            resectionPlaneNode=self.ensurePlane(),
             waitForCompletion=False,
             progressCallback=progress,
+            **options,
         )
 
     # -- exports ----------------------------------------------------------------------------
