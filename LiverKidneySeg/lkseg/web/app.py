@@ -119,6 +119,9 @@ class LKSegWebApp:
         self._planBase: np.ndarray | None = None
         self._initState()
         self._bind()
+        from lkseg.web.ui_planning import CouinaudPanel
+
+        self.couinaudPanel = CouinaudPanel(self)  # segment-based planning: lkseg/web/ui_planning.py
         from lkseg.web.ui import buildUI
 
         buildUI(self)
@@ -301,6 +304,7 @@ class LKSegWebApp:
         self.state.lks_height, self.state.lks_weight = self.session.heightCm, self.session.weightKg
         self._planBase = None
         self._refreshSegments()
+        self.couinaudPanel.refresh()
         self.notify(
             f"opened {path.name} ({'x'.join(map(str, node.GetImageData().GetDimensions()))} voxels, "
             f"{time.perf_counter() - t0:.1f} s)",
@@ -477,6 +481,7 @@ class LKSegWebApp:
     def _planDone(self, value) -> None:
         result, _table = value
         self.session.lastPlan = result
+        self.couinaudPanel.planDone(result)
         flr = result.flr
         with self.state:
             self.state.lks_flr = (

@@ -298,9 +298,13 @@ class CouinaudPlanning:
         if any(s < 1 or s > 8 for s in segs):
             raise InputError("Couinaud segments are numbered 1 to 8")
         self.resectBy, self.segments = resectBy, segs
+        self._showPlane()
+
+    def _showPlane(self) -> None:
+        """The resection plane is hidden while the resection is given by segments only."""
         plane = self.session.planeNode
-        if plane is not None and plane.GetDisplayNode() is not None:
-            plane.GetDisplayNode().SetVisibility(resectBy != "segments")
+        if plane is not None and plane.GetScene() is not None and plane.GetDisplayNode() is not None:
+            plane.GetDisplayNode().SetVisibility(self.resectBy != "segments")
 
     def planOptions(self) -> dict:
         """Keyword arguments of ``logic.plan`` for the Couinaud choices (merged over the session's
@@ -310,6 +314,7 @@ class CouinaudPlanning:
 
         if self.couinaudNode is not None and self.couinaudNode.GetScene() is None:
             self.couinaudNode = None
+        self._showPlane()
         landmarks = self.landmarksNode if self.definedPoints() else None
         options: dict = {"landmarksNode": landmarks, "couinaudSegmentationNode": self.couinaudNode}
         if self.resectBy == "plane":
