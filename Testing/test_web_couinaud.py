@@ -233,4 +233,9 @@ def test_placing_a_landmark_replaces_the_point_of_that_label(app, case, tmp_path
     pb = [p for p in cou.points() if p["label"] == "PB"]
     assert len(pb) == 1 and np.allclose(pb[0]["ras"], target, atol=0.01), cou.points()
     assert events == ["landmark PB placed"] and cou.placing is None
+    # armed, then a file is loaded instead of clicking: its points are not taken for the click
+    cou.startPlacing("LHV-1")
+    cou.setLandmarks(landmarks)
+    assert cou.placing is None and interaction.GetCurrentInteractionMode() != interaction.Place
+    assert [p["label"] for p in cou.points()].count("LHV-1") == 1 and len(events) == 1
     session.closeCase()

@@ -43,6 +43,7 @@ def _missing() -> str | None:
 if _missing():
     pytest.skip(_missing(), allow_module_level=True)
 
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.actions.action_builder import ActionBuilder  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -78,7 +79,11 @@ def test_browser_right_hepatectomy_by_segments(data, tmp_path):
         env={"LKSEG_AUTO_MODE": "unet", "OMP_NUM_THREADS": "2"},
     )
     driver = wh.chrome(1500, 1100)
-    state = lambda key: driver.execute_script("return window.trame.state.get(arguments[0]);", key)  # noqa: E731
+
+    def state(key: str):
+        return driver.execute_script(
+            "return window.trame && window.trame.state ? window.trame.state.get(arguments[0]) : null;", key
+        )
 
     def message_seq() -> int:
         return int(state("lks_message_seq") or 0)
@@ -94,13 +99,19 @@ def test_browser_right_hepatectomy_by_segments(data, tmp_path):
         box.send_keys(Keys.CONTROL, "a")
         box.send_keys(text)
 
+    def file_input(id_: str):
+        e = driver.find_element(By.ID, id_)
+        return e if e.tag_name == "input" else e.find_element(By.CSS_SELECTOR, "input[type=file]")
+
     def shot(name: str) -> Path:
         time.sleep(0.6)
         return wh.save_screenshot(driver, f"web-couinaud-{name}")
 
     try:
         driver.get(server.url)
-        WebDriverWait(driver, 90, 0.1).until(lambda d: d.find_element(By.ID, "lks-cou-open-seg").is_enabled())
+        WebDriverWait(
+            driver, 90, 0.1, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+        ).until(lambda d: state("lks_case") and d.find_element(By.ID, "lks-cou-open-seg").is_enabled())
         driver.execute_script("document.getElementById('lks-cou-card').scrollIntoView();")
         # -- masks and landmarks from the data folder ----------------------------------------------
         seq = message_seq()
@@ -114,6 +125,22 @@ def test_browser_right_hepatectomy_by_segments(data, tmp_path):
         count = int(driver.find_element(By.ID, "lks-cou-points-text").get_attribute("data-count"))
         veins = sum(len(landmarks.vein(k)) for k in ("right_hepatic_vein", "middle_hepatic_vein", "left_hepatic_vein"))
         assert count == len(landmarks.ivc) + 1 + veins
+        # bad input: proposing without vessel segments, a file that is not a landmarks file
+        for action, words in (
+            (lambda: driver.find_element(By.ID, "lks-cou-propose").click(), "no hepatic_vein and portal_vein"),
+            (
+                lambda: file_input("lks-cou-upload").send_keys(str(folder / "phantom.json")),
+                "phantom.json: Couinaud landmarks are missing",  # the upload's name, not the server's path
+            ),
+        ):
+            seq = message_seq()
+            action()
+            WebDriverWait(driver, 30, 0.1).until(lambda _, seq=seq: message_seq() > seq)
+            text = state("lks_message")
+            print(f"error shown: {text}")
+            assert state("lks_message_type") == "error" and words in text and str(tmp_path) not in text, text
+        assert int(driver.find_element(By.ID, "lks-cou-points-text").get_attribute("data-count")) == count
+        shot("0-bad-input")
         # -- the preset picker: right hepatectomy ---------------------------------------------------
         ActionChains(driver).move_to_element(driver.find_element(By.ID, "lks-cou-preset")).click().perform()
         WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".v-overlay .v-list-item"))

@@ -226,6 +226,7 @@ class CouinaudPlanning:
         from LiverKidneySegLib.volumes import parentTransformMatrix
 
         world = transformLandmarks(landmarks, parentTransformMatrix(self.session.requireVolume()))
+        self._disarm()
         node = self.ensureLandmarksNode()
         landmarksToMarkups(world, node)
         node.SetDescription(landmarks.source)
@@ -242,10 +243,12 @@ class CouinaudPlanning:
                 "the segmentation has no hepatic_vein and portal_vein segments to propose landmarks from: "
                 "open a segmentation with vessels, load a landmarks file, or place the landmarks with 'Place'"
             )
+        self._disarm()
         node = session.logic.proposeLandmarks(volumeNode, session.segmentationNode, self.ensureLandmarksNode())
         return node.GetNumberOfDefinedControlPoints()
 
     def clearLandmarks(self) -> None:
+        self._disarm()
         if self.landmarksNode is not None and self.landmarksNode.GetScene() is not None:
             self.landmarksNode.RemoveAllControlPoints()
 
@@ -264,6 +267,11 @@ class CouinaudPlanning:
     def stopPlacing(self) -> None:
         self.placing = None
         self.session.app.markups_logic.disable_place_mode()
+
+    def _disarm(self) -> None:
+        """Points written by a file or a proposal are not the click being waited for."""
+        if self.placing is not None:
+            self.stopPlacing()
 
     def _pointPlaced(self, node, _event=None) -> None:
         if self.placing is None:

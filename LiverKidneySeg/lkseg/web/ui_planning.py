@@ -126,8 +126,15 @@ class CouinaudPanel:
         if isinstance(content, list):  # chunked upload
             content = b"".join(content)
         self.app.tasks.check_idle("loading landmarks")
-        saved = save_landmarks_upload(item.get("name", "landmarks.json"), content, self.app.session.workDir / "uploads")
-        self._loadFile(saved)
+        name = Path(str(item.get("name") or "landmarks.json")).name
+        saved = save_landmarks_upload(name, content, self.app.session.workDir / "uploads")
+        try:
+            self._loadFile(saved)
+        except Exception as exc:
+            saved.unlink(missing_ok=True)  # not kept: the page's message says why
+            if isinstance(exc, InputError):  # the upload's name, not the server's private path
+                raise InputError(str(exc).replace(str(saved), name)) from None
+            raise
 
     def _loadFile(self, path: Path) -> None:
         """Read the file, check the landmarks against the liver on a worker thread, then show them
