@@ -93,7 +93,7 @@ def _cli_plan(folder: Path, out: Path, *extra: str) -> dict:
 
 
 def test_right_hepatectomy_by_segments_equals_lkseg_plan(app, case, tmp_path):
-    from LiverKidneySegLib.segmentations import segmentMask
+    from LiverKidneySegLib.segmentations import findSegmentId, segmentMask
     from lkseg.io import read_label_map
 
     folder, ph, _ = case
@@ -109,7 +109,9 @@ def test_right_hepatectomy_by_segments_equals_lkseg_plan(app, case, tmp_path):
     )
     cou.setResection("segments", (5, 6, 7, 8))
     result, _table = session.startPlan(None).finish(120)
-    page = cou.planDone(result)
+    t0 = time.perf_counter()
+    page = cou.planDone(result)  # on the scene's thread: the segments node and its 3D surfaces
+    print(f"\nplan result applied (Couinaud segments node + 3D surfaces) in {time.perf_counter() - t0:.2f} s")
 
     cli = _cli_plan(
         folder, tmp_path / "cli", "--resect", "right_hepatectomy", "--landmarks", str(folder / "landmarks.json")
@@ -133,6 +135,14 @@ def test_right_hepatectomy_by_segments_equals_lkseg_plan(app, case, tmp_path):
         seg = int(segment.GetName().split()[1])
         mask = segmentMask(node, segmentation.GetNthSegmentID(i), ph.grid)
         assert np.array_equal(mask, cliSegments == seg), segment.GetName()
+    # 3D: coloured surfaces of the segments, the liver surface hidden meanwhile; and back
+    display = session.segmentationNode.GetDisplayNode()
+    liverId = findSegmentId(session.segmentationNode, "liver")
+    assert node.GetDisplayNode().GetVisibility3D() and not display.GetSegmentVisibility3D(liverId)
+    assert segmentation.ContainsRepresentation("Closed surface")
+    cou.show3D(False)
+    assert not node.GetDisplayNode().GetVisibility3D() and display.GetSegmentVisibility3D(liverId)
+    cou.show3D(True)
     # liver lesions -> their segments (the CLI's table)
     assert {r["lesion"] for r in page["lesions"]} == set(cli["couinaud"]["lesion_segments"])
     # "both": a plane far outside the liver resects nothing more than the segments

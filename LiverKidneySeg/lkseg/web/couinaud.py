@@ -91,6 +91,8 @@ class CouinaudPlanning:
         self.resectBy = "plane"
         self.segments: tuple[int, ...] = ()
         self.placing: str | None = None
+        #: show the Couinaud segments as surfaces in the 3D view after each plan
+        self.segments3D = True
         self.onLandmarksChanged = None
         self._observers: list[int] = []
 
@@ -295,6 +297,27 @@ class CouinaudPlanning:
         if self.onLandmarksChanged is not None:
             self.onLandmarksChanged("landmark moved")
 
+    # -- 3D ------------------------------------------------------------------------------------
+    def show3D(self, on: bool) -> None:
+        """Couinaud segments as coloured surfaces in the 3D view (``on``; the liver segment of the
+        case's segmentation is hidden in 3D meanwhile, so they can be seen), or the liver again.
+        The surfaces are built on the scene's thread: the page waits for them (timed by
+        ``Testing/test_web_couinaud.py``)."""
+        from LiverKidneySegLib.segmentations import findSegmentId
+
+        self.segments3D = bool(on)
+        node = self.couinaudNode if self.couinaudNode is not None and self.couinaudNode.GetScene() else None
+        shown = self.segments3D and node is not None and node.GetDisplayNode() is not None
+        if node is not None and node.GetDisplayNode() is not None:
+            if shown:
+                node.CreateClosedSurfaceRepresentation()
+                node.GetDisplayNode().SetOpacity3D(0.6)
+            node.GetDisplayNode().SetVisibility3D(shown)
+        main = self.session.segmentationNode
+        liver = findSegmentId(main, "liver") if main is not None else None
+        if liver is not None and main.GetDisplayNode() is not None:
+            main.GetDisplayNode().SetSegmentVisibility3D(liver, not shown)
+
     # -- planning ------------------------------------------------------------------------------
     def setResection(self, resectBy: str, segments) -> None:
         if resectBy not in RESECT_BY:
@@ -357,6 +380,7 @@ class CouinaudPlanning:
             if display is not None:
                 display.SetVisibility(True)
                 display.SetOpacity2DFill(0.35)
+            self.show3D(self.segments3D)
         info = result.couinaud_dict()
         flr = result.flr
         return {

@@ -47,12 +47,15 @@ class CouinaudPanel:
                 "lks_cou_seg_path": "",
                 "lks_cou_upload": None,
                 "lks_cou_plan": None,
+                "lks_cou_3d": True,
             }
         )
         ctrl = app.ctrl
         for name in ("open_seg", "propose", "load", "place", "stop", "clear", "preset"):
             ctrl[f"lks_cou_{name}"] = (lambda n: lambda *a, **k: app._guard(getattr(self, f"_{n}"), *a, **k))(name)
         self.state.change("lks_cou_mode", "lks_cou_segments")(lambda **_: app._guard(self._resectionChanged))
+        self.state.change("lks_cou_3d")(lambda lks_cou_3d, **_: app._guard(self.planning.show3D, lks_cou_3d))
+        self.state.change("lks_tool")(lambda lks_tool, **_: app._guard(self._toolChanged, lks_tool))
         self.state.change("lks_cou_upload")(lambda lks_cou_upload, **_: app._guard(self._upload, lks_cou_upload))
         self.refresh()
 
@@ -167,6 +170,11 @@ class CouinaudPanel:
         self.planning.startPlacing(label)
         self.state.lks_cou_placing = self.planning.placing
         app.notify(f"click the {label} landmark in a slice view", "info")
+
+    def _toolChanged(self, tool: str) -> None:
+        """A correction tool takes the slice views' clicks: a waiting landmark placement ends."""
+        if tool != "navigate" and self.planning.placing is not None:
+            self._stop()
 
     def _stop(self) -> None:
         self.planning.stopPlacing()
@@ -321,6 +329,13 @@ def couinaudCard(app, v, html) -> None:
                     classes="ml-2 mt-1",
                     id="lks-cou-open-seg",
                 )
+            v.VCheckbox(
+                v_model=("lks_cou_3d",),
+                label="segments in 3D (liver surface hidden)",
+                density="compact",
+                hide_details=True,
+                id="lks-cou-3d",
+            )
             v.VBtn(
                 "Plan",
                 click=ctrl.lks_plan,
