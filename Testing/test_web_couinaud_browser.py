@@ -236,6 +236,22 @@ def test_browser_right_hepatectomy_by_segments(data, tmp_path):
         moved = json.loads(driver.find_element(By.ID, "lks-cou-result").get_attribute("data-plan"))
         assert moved["landmarks"].startswith("user") and moved["resection"]["segments"] == [5, 6, 7, 8]
         shot("2-pb-placed")
+        # -- drag the placed point with Slicer's markups widget (navigate tool) ------------------------------
+        planned = int(state("lks_plan_seq"))
+        seq = message_seq()
+        ab = ActionBuilder(driver)
+        ab.pointer_action.move_to_location(round(px[0]), round(px[1])).pause(0.3).pointer_down()
+        for step in range(1, 7):
+            ab.pointer_action.pause(0.1).move_to_location(round(px[0]) + 3 * step, round(px[1]))
+        ab.pointer_action.pause(0.2).pointer_up()
+        ab.perform()
+        wait_message(seq, "landmark moved", timeout=30)
+        dragged = next(p for p in state("lks_cou_points") if p["label"] == "PB")["ras"]
+        shift = np.subtract(dragged, pb[0]["ras"])
+        print(f"PB dragged 18 page pixels: moved {np.round(shift, 2).tolist()} mm")
+        # the drag moves the point along the axial slice by the pointer's travel (18 page pixels)
+        assert abs(abs(shift[0]) - 18 * pixel_mm) < 3 * pixel_mm + 0.5 and abs(shift[2]) < 0.01, shift
+        WebDriverWait(driver, 120, 0.1).until(lambda _: int(state("lks_plan_seq")) > planned and not state("lks_busy"))
         assert server.alive()
         print(f"Couinaud browser flow {time.monotonic() - t0:.0f} s; load average {_loadavg()}")
     finally:
