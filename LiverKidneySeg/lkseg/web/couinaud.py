@@ -311,7 +311,9 @@ class CouinaudPlanning:
         if node is not None and node.GetDisplayNode() is not None:
             if shown:
                 node.CreateClosedSurfaceRepresentation()
-                node.GetDisplayNode().SetOpacity3D(0.6)
+                node.GetDisplayNode().SetOpacity3D(
+                    1.0
+                )  # translucent segment surfaces were not drawn here (software OpenGL)
             node.GetDisplayNode().SetVisibility3D(shown)
         main = self.session.segmentationNode
         liver = findSegmentId(main, "liver") if main is not None else None
