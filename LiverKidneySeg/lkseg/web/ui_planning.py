@@ -369,7 +369,7 @@ def _results(v, html) -> None:
         )
         with v.VTable(density="compact", id="lks-cou-table"):
             with html.Thead(), html.Tr():
-                for title in ("segment", "mL", "", "lesions"):
+                for title in ("segment", "mL", ""):
                     html.Th(title)
             with (
                 html.Tbody(),
@@ -384,7 +384,6 @@ def _results(v, html) -> None:
                 html.Td("{{ s.segment }} {{ s.name }}")
                 html.Td("{{ s.volume_ml.toFixed(1) }}")
                 html.Td("{{ s.resected ? 'resected' : '' }}")
-                html.Td("{{ s.lesions }}")
         with v.VTable(v_show="lks_cou_plan.lesions.length", density="compact", id="lks-cou-lesions"):
             with html.Thead(), html.Tr():
                 html.Th("lesion")
