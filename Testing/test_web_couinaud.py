@@ -143,6 +143,16 @@ def test_right_hepatectomy_by_segments_equals_lkseg_plan(app, case, tmp_path):
     cou.show3D(False)
     assert not node.GetDisplayNode().GetVisibility3D() and display.GetSegmentVisibility3D(liverId)
     cou.show3D(True)
+    # the download reproduces the assignment: the landmarks used and the segments
+    from lkseg.io import read_seg_nrrd
+    from lkseg.planning import CouinaudLandmarks
+
+    saved, segFile = cou.exportJob()()
+    back = CouinaudLandmarks.load(saved)
+    for key in ("ivc", "right_hepatic_vein", "middle_hepatic_vein", "left_hepatic_vein", "portal_bifurcation"):
+        assert np.allclose(getattr(back, key), getattr(landmarks, key), atol=1e-4), key
+    exported = read_seg_nrrd(segFile, reference=ph.image)
+    assert all(np.array_equal(exported.mask(f"couinaud_{s}"), cliSegments == s) for s in range(1, 9))
     # liver lesions -> their segments (the CLI's table)
     assert {r["lesion"] for r in page["lesions"]} == set(cli["couinaud"]["lesion_segments"])
     # "both": a plane far outside the liver resects nothing more than the segments

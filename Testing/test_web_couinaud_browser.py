@@ -4,7 +4,7 @@ A person's flow on a generated phantom: open the CT, open its masks (``labels.se
 exact landmarks file (``lkseg.phantom.couinaud.exact_landmarks``) from the data folder, choose
 "Right hepatectomy" in the preset picker, plan: the FLR shown on the page equals ``lkseg plan
 --resect right_hepatectomy --landmarks ...`` run as a separate process on the same files, and the
-per-segment volumes equal the CLI's. Then the portal bifurcation is placed again by a click in the
+per-segment volumes equal the CLI's; the landmarks downloaded from the page are the file's. Then the portal bifurcation is placed again by a click in the
 axial view (landmark tool): the point lands where clicked and the plan is redone.
 
 Screenshots go to ``Testing/artifacts/web/``. Skips with the reason when chromium/chromedriver,
@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,8 @@ def data(tmp_path_factory):
 
 
 def test_browser_right_hepatectomy_by_segments(data, tmp_path):
+    from lkseg.planning import CouinaudLandmarks
+
     folder, landmarks = data
     t0 = time.monotonic()
     server = wh.start_web_server(
@@ -199,6 +202,19 @@ def test_browser_right_hepatectomy_by_segments(data, tmp_path):
         cliVolumes = {row["segment"]: row["volume_ml"] for row in cli["couinaud"]["segments"]}
         assert {r["segment"]: r["volume_ml"] for r in page["segments"]} == pytest.approx(cliVolumes, abs=1e-3)
         assert {r["lesion"] for r in page["lesions"]} == set(cli["couinaud"]["lesion_segments"])
+
+        # -- download the landmarks used and the segments: they reproduce the plan ---------------------------
+        seq = message_seq()
+        driver.find_element(By.ID, "lks-cou-export").click()
+        wait_message(seq, "ready to download")
+        hrefs = driver.execute_script("return [...document.querySelectorAll('#lks-downloads a')].map(a => a.href);")
+        href = next(h for h in hrefs if h.endswith("_couinaud_landmarks.json"))
+        with urllib.request.urlopen(href, timeout=30) as resp:
+            (tmp_path / "used.json").write_bytes(resp.read())
+        used = CouinaudLandmarks.load(tmp_path / "used.json")
+        assert np.allclose(used.vein("right_hepatic_vein"), landmarks.vein("right_hepatic_vein"), atol=1e-4)
+        assert np.allclose(used.portal_bifurcation, landmarks.portal_bifurcation, atol=1e-4)
+        assert any(h.endswith("_couinaud_segments.seg.nrrd") for h in hrefs), hrefs
 
         # -- the landmark tool: place PB again by a click in the axial view --------------------------------
         target = np.add(landmarks.portal_bifurcation, (6.0, 4.0, 0.0))

@@ -93,6 +93,8 @@ class CouinaudPlanning:
         self.placing: str | None = None
         #: show the Couinaud segments as surfaces in the 3D view after each plan
         self.segments3D = True
+        #: the last plan result given to :meth:`planDone` (its landmarks and segments are downloadable)
+        self.lastResult = None
         self.onLandmarksChanged = None
         self._observers: list[int] = []
 
@@ -103,7 +105,7 @@ class CouinaudPlanning:
         for node in (self.landmarksNode, self.couinaudNode):
             if node is not None and node.GetScene() is not None:
                 scene.RemoveNode(node)
-        self.landmarksNode = self.couinaudNode = None
+        self.landmarksNode = self.couinaudNode = self.lastResult = None
         self.placing = None
         self._observers = []
 
@@ -297,6 +299,30 @@ class CouinaudPlanning:
         if self.onLandmarksChanged is not None:
             self.onLandmarksChanged("landmark moved")
 
+    # -- downloads -----------------------------------------------------------------------------
+    def exportJob(self):
+        """The files that reproduce the last plan's segments: the landmarks it used (lkseg JSON,
+        the CT's RAS mm: ``lkseg plan --landmarks`` takes it) and its Couinaud segments
+        (``.seg.nrrd``). Reads the plan now (scene thread); returns ``fn()`` for a worker thread
+        that writes both into the session's download folder (atomically) and returns their paths."""
+        from lkseg.io import atomic_write_bytes
+        from lkseg.web.downloads import seg_nrrd_download
+
+        plan = self.lastResult
+        if plan is None or plan.couinaud is None:
+            raise InputError("plan with Couinaud landmarks first: the download holds the segments of the last plan")
+        couinaud, out = plan.couinaud, self.session.exportDir()
+        name = self.session.requireVolume().GetName()
+        stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "case"
+
+        def write() -> list[Path]:
+            landmarks = couinaud.landmarks.save(out / f"{stem}_couinaud_landmarks.json")
+            table = {s: f"couinaud_{s}" for s in range(1, 9)}
+            download = seg_nrrd_download(couinaud.labels, table, stem=f"{stem}_couinaud_segments")
+            return [landmarks, atomic_write_bytes(out / download.filename, download.data)]
+
+        return write
+
     # -- 3D ------------------------------------------------------------------------------------
     def show3D(self, on: bool) -> None:
         """Couinaud segments as coloured surfaces in the 3D view (``on``; the liver segment of the
@@ -371,6 +397,7 @@ class CouinaudPlanning:
         ``segments`` (per-segment mL, resected, lesions), ``lesions`` (lesion -> segments),
         ``resection``, ``resected_ml``/``remnant_ml`` and ``warnings``."""
         logic = self.session.logic
+        self.lastResult = result
         if result.couinaud is None:
             if self.couinaudNode is not None and self.couinaudNode.GetDisplayNode() is not None:
                 self.couinaudNode.GetDisplayNode().SetVisibility(False)

@@ -51,7 +51,7 @@ class CouinaudPanel:
             }
         )
         ctrl = app.ctrl
-        for name in ("open_seg", "propose", "load", "place", "stop", "clear", "preset"):
+        for name in ("open_seg", "propose", "load", "place", "stop", "clear", "preset", "export"):
             ctrl[f"lks_cou_{name}"] = (lambda n: lambda *a, **k: app._guard(getattr(self, f"_{n}"), *a, **k))(name)
         self.state.change("lks_cou_mode", "lks_cou_segments")(lambda **_: app._guard(self._resectionChanged))
         self.state.change("lks_cou_3d")(lambda lks_cou_3d, **_: app._guard(self.planning.show3D, lks_cou_3d))
@@ -170,6 +170,25 @@ class CouinaudPanel:
         self.planning.startPlacing(label)
         self.state.lks_cou_placing = self.planning.placing
         app.notify(f"click the {label} landmark in a slice view", "info")
+
+    def _export(self) -> None:
+        """Landmarks JSON + Couinaud segments .seg.nrrd of the last plan, into the page's downloads."""
+        from lkseg.web.app import DOWNLOADS_ROUTE
+        from lkseg.web.tasks import threadTask
+
+        app = self.app
+        app.tasks.check_idle("the Couinaud export")
+        pending = threadTask(self.planning.exportJob())
+
+        def done(paths) -> None:
+            names = [Path(p).name for p in paths]
+            rows = [d for d in self.state.lks_downloads if d["name"] not in names]
+            self.state.lks_downloads = rows + [
+                {"name": n, "url": f"/{DOWNLOADS_ROUTE}/{n}", "kind": "couinaud"} for n in names
+            ]
+            app.notify(f"{' and '.join(names)} ready to download", "success")
+
+        app.tasks.start("Export (Couinaud)", pending, done, app._taskFailed)
 
     def _toolChanged(self, tool: str) -> None:
         """A correction tool takes the slice views' clicks: a waiting landmark placement ends."""
@@ -346,10 +365,10 @@ def couinaudCard(app, v, html) -> None:
                 classes="mt-2",
                 id="lks-cou-plan",
             )
-            _results(v, html)
+            _results(v, html, ctrl)
 
 
-def _results(v, html) -> None:
+def _results(v, html, ctrl) -> None:
     with html.Div(
         v_if="lks_cou_plan && lks_cou_plan.segments.length",
         id="lks-cou-result",
@@ -394,5 +413,14 @@ def _results(v, html) -> None:
         html.Div(
             "landmarks: {{ lks_cou_plan.landmarks }}",
             classes="text-caption",
+        )
+        v.VBtn(
+            "Download landmarks + segments",
+            click=ctrl.lks_cou_export,
+            disabled=("lks_busy",),
+            size="small",
+            variant="tonal",
+            classes="mt-1",
+            id="lks-cou-export",
         )
         html.Div("{{ w }}", v_for="w in lks_cou_plan.warnings", classes="text-caption text-warning")
