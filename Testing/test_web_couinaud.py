@@ -264,3 +264,49 @@ def test_placing_a_landmark_replaces_the_point_of_that_label(app, case, tmp_path
     assert cou.placing is None and interaction.GetCurrentInteractionMode() != interaction.Place
     assert [p["label"] for p in cou.points()].count("LHV-1") == 1 and len(events) == 1
     session.closeCase()
+
+
+def test_vein_plane_that_misses_the_liver_is_refused_on_load(app, tmp_path):
+    """A liver filling only the quadrant right-anterior of the IVC; a landmarks file whose left
+    hepatic vein (just outside the liver, within the point tolerance) leaves the left lateral
+    section empty: loading it gives the core's message and the points already shown stay."""
+    from lkseg.errors import InputError
+    from lkseg.io import write_image, write_label_map
+    from lkseg.planning import CouinaudLandmarks
+    from lkseg.volume import Volume
+
+    arr = np.zeros((24, 30, 30), np.uint8)  # ZYX
+    arr[2:22, 2:28, 2:28] = 1
+    labels = Volume.from_array(arr, spacing=(2.0, 2.0, 3.0), origin=(10.0, -20.0, -30.0))
+    write_image(labels.with_array(np.where(arr > 0, 60, -100).astype(np.int16)), tmp_path / "ct.nii.gz")
+    write_label_map(labels, tmp_path / "liver.nii.gz")
+    ras = labels.grid.index_to_ras(np.argwhere(arr)[:, ::-1].astype(float))
+    r0, a0, s_mid = ras[:, 0].min(), ras[:, 1].min(), float(np.median(ras[:, 2]))
+
+    def vein(deg):
+        t = np.radians(deg)
+        return [(r0 + d * np.cos(t), a0 + d * np.sin(t), s_mid + 10.0) for d in (20.0, 30.0)]
+
+    def landmarks(left_deg):
+        return CouinaudLandmarks(
+            ivc=((r0, a0, s_mid - 30.0), (r0, a0, s_mid + 30.0)),
+            portal_bifurcation=(r0 + 15.0, a0 + 15.0, s_mid),
+            right_hepatic_vein=vein(10.0),
+            middle_hepatic_vein=vein(45.0),
+            left_hepatic_vein=vein(left_deg),
+        )
+
+    landmarks(70.0).save(tmp_path / "good.json")
+    landmarks(100.0).save(tmp_path / "misses.json")
+    session = _session(app, tmp_path, tmp_path)
+    cou = session.couinaud
+    assert cou.openSegmentation(tmp_path / "liver.nii.gz") == ["liver"]
+    good, check = cou.readLandmarks(tmp_path / "good.json")
+    check()
+    cou.setLandmarks(good)
+    before = cou.points()
+    _, check = cou.readLandmarks(tmp_path / "misses.json")
+    with pytest.raises(InputError, match=r"left lateral \(2, 3\) section: a hepatic vein plane misses the liver"):
+        check()
+    assert cou.points() == before
+    session.closeCase()
