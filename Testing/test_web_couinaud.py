@@ -258,11 +258,24 @@ def test_placing_a_landmark_replaces_the_point_of_that_label(app, case, tmp_path
     pb = [p for p in cou.points() if p["label"] == "PB"]
     assert len(pb) == 1 and np.allclose(pb[0]["ras"], target, atol=0.01), cou.points()
     assert events == ["landmark PB placed"] and cou.placing is None
+    assert cou.nextLabel("PB") == "PB"  # every kind has points: the same landmark again
+    # from an empty list, the picker walks through the missing kinds
+    cou.clearLandmarks()
+    for label, expected in (
+        ("IVC-1", "PB"),
+        ("PB", "RHV-1"),
+        ("RHV-1", "MHV-1"),
+        ("MHV-1", "LHV-1"),
+        ("LHV-1", "LHV-1"),
+    ):
+        cou.startPlacing(label)
+        cou.landmarksNode.AddControlPointWorld(*target)
+        assert cou.nextLabel(cou.lastPlaced) == expected, (label, cou.points())
     # armed, then a file is loaded instead of clicking: its points are not taken for the click
     cou.startPlacing("LHV-1")
     cou.setLandmarks(landmarks)
     assert cou.placing is None and interaction.GetCurrentInteractionMode() != interaction.Place
-    assert [p["label"] for p in cou.points()].count("LHV-1") == 1 and len(events) == 1
+    assert [p["label"] for p in cou.points()].count("LHV-1") == 1 and len(events) == 6
     session.closeCase()
 
 

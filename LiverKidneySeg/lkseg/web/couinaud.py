@@ -91,6 +91,7 @@ class CouinaudPlanning:
         self.resectBy = "plane"
         self.segments: tuple[int, ...] = ()
         self.placing: str | None = None
+        self.lastPlaced: str | None = None
         #: show the Couinaud segments as surfaces in the 3D view after each plan
         self.segments3D = True
         #: the last plan result given to :meth:`planDone` (its landmarks and segments are downloadable)
@@ -197,6 +198,15 @@ class CouinaudPlanning:
 
         return sorted(dict.fromkeys(out), key=key)
 
+    def nextLabel(self, placed: str) -> str:
+        """The landmark to place after ``placed``: the first kind without any point (IVC, PB, RHV,
+        MHV, LHV order), else ``placed`` again (to move it)."""
+        points = [p["label"].upper() for p in self.points()]
+        for kind in LANDMARK_KINDS:
+            if not any(_LABEL.match(lb) and _LABEL.match(lb).group(1) == kind for lb in points):
+                return "PB" if kind == "PB" else f"{kind}-1"
+        return placed
+
     def _checkLandmarks(self, landmarks):
         """Label the liver with ``landmarks`` (volume RAS): ``fn()`` for a worker thread that raises
         :class:`InputError` when the landmarks contradict the liver (no liver segment: None)."""
@@ -292,6 +302,7 @@ class CouinaudPlanning:
         finally:
             node.EndModify(wasModifying)
         log.info("landmark %s placed", label)
+        self.lastPlaced = label
         if self.onLandmarksChanged is not None:
             self.onLandmarksChanged(f"landmark {label} placed")
 

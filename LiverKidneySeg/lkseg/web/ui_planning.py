@@ -219,7 +219,10 @@ class CouinaudPanel:
         self._replan()
 
     def _landmarksChanged(self, text: str) -> None:
-        """A point placed or moved in a view (the scene's thread)."""
+        """A point placed or moved in a view (the scene's thread); after a placement the picker
+        offers the first missing landmark."""
+        if text.endswith(" placed") and self.planning.lastPlaced:
+            self.state.lks_cou_label = self.planning.nextLabel(self.planning.lastPlaced)
         self.refresh()
         self.app.notify(text, "success")
         self._replan()
