@@ -105,6 +105,9 @@ class LKSegWebApp:
         self._planBase: np.ndarray | None = None
         self._initState()
         self._bind()
+        from lkseg.web.ui_planning import CouinaudPanel
+
+        self.couinaudPanel = CouinaudPanel(self)  # segment-based planning: lkseg/web/ui_planning.py
         from lkseg.web.ui import buildUI
 
         buildUI(self)
@@ -302,6 +305,7 @@ class LKSegWebApp:
         self.state.lks_height, self.state.lks_weight = self.session.heightCm, self.session.weightKg
         self._planBase = None
         self._refreshSegments()
+        self.couinaudPanel.refresh()
         self.notify(
             f"opened {path.name} ({'x'.join(map(str, node.GetImageData().GetDimensions()))} voxels, "
             f"{time.perf_counter() - t0:.1f} s)",
@@ -498,6 +502,7 @@ class LKSegWebApp:
         follows and the page must not show this FLR against the new plane)."""
         result, _table = value
         self.session.lastPlan = result
+        self.couinaudPanel.planDone(result)
         flr = result.flr
         with self.state:
             self.state.lks_flr = (

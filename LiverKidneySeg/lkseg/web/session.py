@@ -140,6 +140,9 @@ class WebSession:
         self.weightKg: float | None = None
         #: the one-slice prompts placed so far (3D switch off), see :class:`SliceInteraction`
         self.interaction: SliceInteraction | None = None
+        from lkseg.web.couinaud import CouinaudPlanning
+
+        self.couinaud = CouinaudPlanning(self)  # segment-based (Couinaud) planning, lkseg/web/couinaud.py
 
     @property
     def logic(self):
@@ -188,6 +191,7 @@ class WebSession:
         return node
 
     def closeCase(self) -> None:
+        self.couinaud.reset()
         for node in (self.planeNode, self.segmentationNode, self.volumeNode):
             if node is not None and node.GetScene() is not None:
                 self.scene.RemoveNode(node)
@@ -397,14 +401,15 @@ class WebSession:
     def startPlan(self, progress):
         """Volumes, FLR (with the plane), tumour burden, R.E.N.A.L. -> ``PendingEdit`` of ``(result, table)``."""
         volumeNode = self.requireVolume()
+        options = {"resectionPlaneNode": self.ensurePlane(), **self.couinaud.planOptions()}
         return self.logic.plan(
             volumeNode,
             self.segmentationNode,
             heightCm=self.heightCm,
             weightKg=self.weightKg,
-            resectionPlaneNode=self.ensurePlane(),
             waitForCompletion=False,
             progressCallback=progress,
+            **options,
         )
 
     # -- exports ----------------------------------------------------------------------------

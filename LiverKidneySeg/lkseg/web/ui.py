@@ -6,6 +6,8 @@ Elements the browser tests use carry an ``id`` (``lks-...``); the numbers they r
 
 from __future__ import annotations
 
+from lkseg.web.ui_planning import couinaudCard
+
 __all__ = ["buildUI"]
 
 
@@ -49,6 +51,7 @@ def buildUI(app) -> None:
             _segmentCard(app, v, html)
             _correctionCard(app, v, html)
             _planCard(app, v, html)
+            couinaudCard(app, v, html)  # lkseg/web/ui_planning.py
             _downloadCard(app, v, html)
 
         with layout.content, v.VContainer(fluid=True, classes="fill-height pa-0"):
