@@ -319,3 +319,32 @@ def test_real_litemedsam_box3d_then_click3d_on_the_phantom(headless_slicer, mrml
         assert not segmentMask(seg, result.segmentId, grid).any()
     finally:
         logic.cleanup()
+
+
+def test_a_one_slice_prompt_after_a_3d_click_keeps_what_the_click_added(case):
+    """The module and the web page mix one-slice prompts and 3D clicks on the same slice: a 3D
+    click ends the one-slice interaction, so the next one-slice prompt combines with the segment
+    as the click left it (not with the slice as it was before the first prompt)."""
+    k = 20
+    initial = case.organ.copy()
+    initial[k] = False  # one slice of the organ is missing
+    case.write(case.liverId, initial)
+    jj, ii = np.nonzero(case.organ[k])
+    left = ii <= np.median(ii)
+    lo, hi = [ii[left].min(), jj[left].min(), k], [ii[left].max(), jj[left].max(), k]
+    box = np.array([case.ras(lo), case.ras(hi)])
+    refine = dict(box=box, axis=2, sliceIndex=k, mode="add")
+    case.logic.refine(case.node, case.seg, "Liver", **refine)  # the slice's left half
+    afterBox = case.read()
+    assert afterBox[k].any() and not afterBox[k][case.organ[k] & (np.arange(SHAPE[2]) > ii.max() - 3)].any()
+    # a 3D + click in the right half, which the box missed
+    right = np.argwhere(case.organ[k] & ~afterBox[k]).mean(axis=0).round().astype(int)
+    case.click(case.ras([right[1], right[0], k]))
+    afterClick = case.read()
+    added = afterClick[k] & ~afterBox[k]
+    assert added.sum() > 20, "the 3D click added nothing on its slice"
+    # a one-slice + point in the left half (box and point, as the page sends them)
+    point = case.ras([int(ii[left].mean()), int(jj[left].mean()), k])
+    case.logic.refine(case.node, case.seg, "Liver", positive=[point], **refine)
+    out = case.read()
+    assert out[k][added].all(), f"the one-slice prompt undid {int((~out[k][added]).sum())} voxels of the 3D click"

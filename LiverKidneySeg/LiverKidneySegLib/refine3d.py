@@ -187,6 +187,9 @@ class Refine3DLogicMixin:
 
         if prompt["axis"] not in (0, 1, 2):
             raise PromptError(f"axis must be 0 (i), 1 (j) or 2 (k), got {prompt['axis']!r}")
+        # a 3D edit ends any one-slice interaction: the next one-slice prompt combines with the
+        # segment as this edit leaves it, never with the slice as it was before its first prompt
+        self.endRefineInteraction()
         volume = self.volume(volumeNode)
         volumeKey = self._volumeKey(volumeNode)
         segmentId = self._segmentId(segmentationNode, segmentName)
