@@ -259,3 +259,35 @@ def test_probability_map_stops_propagation_where_it_falls(case):
     assert _slices(vol).max() == 26
     with pytest.raises(Exception, match="probability map has shape"):
         predictor.propagate("axial", k, organ[k], probability=prob[:5])
+
+
+def test_a_lesion_isodense_with_a_tube_is_not_followed_along_it():
+    """A tumour (radius 4 voxels) sits on a vessel-like tube of the SAME intensity running through
+    every slice: an organ's propagation follows the tube to the volume's ends, a lesion's stops
+    within its own in-plane diameter of the start slice and still covers the whole sphere."""
+    shape, centre = (40, 48, 48), (20, 24, 24)
+    kk, jj, ii = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    sphere = (kk - centre[0]) ** 2 + (jj - centre[1]) ** 2 + (ii - centre[2]) ** 2 <= 4.0**2
+    tube = (jj - centre[1]) ** 2 + (ii - centre[2]) ** 2 <= 2.0**2
+    hu = np.full(shape, -100.0)
+    hu[:, :3, :] = -1000.0
+    hu[sphere | np.broadcast_to(tube, shape)] = 60.0
+    image = Volume.from_array(hu.astype(np.int16), spacing=(2.0, 2.0, 2.0), origin=(0.0, 0.0, 0.0))
+    predictor = PromptPredictor.with_engine(ThresholdEngine(), PredictorConfig(prefetch=0, cache_slices=64))
+    try:
+        predictor.set_volume(image)
+        k = centre[0]
+        box = _box(sphere[k], k)
+        out = {}
+        for structure in ("liver", "liver_tumor"):
+            m2d = predictor.predict("axial", k, box=box, structure=structure)
+            out[structure] = predictor.propagate("axial", k, m2d, structure=structure)
+    finally:
+        predictor.close()
+    organ_slices = np.flatnonzero(out["liver"].any(axis=(1, 2)))
+    assert organ_slices.min() == 0 and organ_slices.max() == shape[0] - 1  # followed the tube (no bound)
+    lesion = out["liver_tumor"]
+    slices = np.flatnonzero(lesion.any(axis=(1, 2)))
+    diameter_slices = 9  # the start slice's extent: 9 pixels of 2 mm = 18 mm = 9 slices of 2 mm
+    assert slices.min() >= k - diameter_slices and slices.max() <= k + diameter_slices, slices
+    assert lesion[sphere].all(), "the lesion's own voxels were not all reached"

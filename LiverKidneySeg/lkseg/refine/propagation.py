@@ -42,13 +42,33 @@ from lkseg.refine.maskops import bbox, components_touching
 if TYPE_CHECKING:
     from lkseg.refine.predictor import PromptPredictor
 
-__all__ = ["MAX_EXTENT_MM", "PropagationConfig", "intensity_band", "propagate_from", "step_slice"]
+__all__ = [
+    "LESION_EXTENT_FACTOR",
+    "MAX_EXTENT_MM",
+    "PropagationConfig",
+    "intensity_band",
+    "is_lesion",
+    "propagate_from",
+    "step_slice",
+]
 
 log = logging.getLogger(__name__)
 
 #: Largest plausible extent (mm) of a structure along any slicing direction; propagation never
 #: goes farther than this from its start slice (generous: a Riedel lobe, a large spleen).
 MAX_EXTENT_MM = {"liver": 330.0, "spleen": 250.0, "kidney_right": 220.0, "kidney_left": 220.0}
+#: A lesion (tumour, cyst) is a compact blob: from the slice it is prompted on it extends at most
+#: ``LESION_EXTENT_FACTOR`` times its largest in-plane extent there in each direction (a 2:1
+#: elongation along the slice normal when prompted on its widest slice), and at least
+#: ``LESION_MIN_EXTENT_MM``. Without it, a lesion nearly isodense with its organ was followed along
+#: the organ (an arterial-phase liver tumour 65 vs 76 HU: slices 7-24 for a tumour on 18-22).
+LESION_EXTENT_FACTOR, LESION_MIN_EXTENT_MM = 1.0, 10.0
+
+
+def is_lesion(structure: str | None) -> bool:
+    """Tumours, cysts and lesions (by structure name): compact blobs, see :data:`LESION_EXTENT_FACTOR`."""
+    name = (structure or "").lower()
+    return any(word in name for word in ("tumor", "tumour", "cyst", "lesion", "metasta"))
 
 
 @dataclass
@@ -214,9 +234,17 @@ def step_slice(
     return (None, reason) if reason else (mask, "")
 
 
-def _extent_limit(predictor, view: str, structure: str | None, config: PropagationConfig) -> int | None:
-    """Most slices a propagation may go from its start slice in one direction."""
+def _extent_limit(
+    predictor, view: str, structure: str | None, config: PropagationConfig, start: np.ndarray | None = None
+) -> int | None:
+    """Most slices a propagation may go from its start slice in one direction (``start``: the
+    display-frame start mask, whose in-plane extent bounds a lesion's)."""
     limit_mm = config.max_extent_mm if config.max_extent_mm is not None else MAX_EXTENT_MM.get(structure or "")
+    if config.max_extent_mm is None and is_lesion(structure) and start is not None and start.any():
+        rows, cols = np.nonzero(start)
+        py, px = predictor.slicer.pixel_mm(view)
+        diameter = max((rows.max() - rows.min() + 1) * py, (cols.max() - cols.min() + 1) * px)
+        limit_mm = max(LESION_MIN_EXTENT_MM, LESION_EXTENT_FACTOR * diameter)
     if limit_mm is None:
         return None
     return max(1, int(limit_mm / predictor.slicer.slice_mm(view)))
@@ -247,7 +275,7 @@ def propagate_from(
     slicer.set_display_slice(out, view, c, start)
     n = slicer.n_slices(view)
     first = predictor.slice_context(view, c, structure)
-    extent = _extent_limit(predictor, view, structure, config)
+    extent = _extent_limit(predictor, view, structure, config, start)
     if extent is not None:
         max_slices = extent if max_slices is None else min(max_slices, extent)
     batch = max(1, predictor.engine.encode_batch)
