@@ -15,7 +15,7 @@ from lkseg.metrics import dice
 def eager_engine(refine_engine):
     from lkseg.refine.runtime import make_engine
 
-    return make_engine(refine_engine.model, "eager", "cpu")
+    return make_engine(refine_engine.model, "eager", "cpu", decoder="reference")  # the reference path
 
 
 def test_decoder_graph_matches_segment_anything(refine_engine):
