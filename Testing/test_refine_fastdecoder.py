@@ -69,6 +69,19 @@ def test_fast_decoder_is_the_default_and_can_be_switched_off(refine_engine, monk
         resolve_decoder("auto")
 
 
+def test_cpu_back_end_follows_the_environment(monkeypatch):
+    from lkseg.errors import ModelError
+    from lkseg.refine.runtime import BACKEND_ENV, cpu_backend
+
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    assert cpu_backend() == "onnx-int8"
+    monkeypatch.setenv(BACKEND_ENV, "onnx")
+    assert cpu_backend() == "onnx"
+    monkeypatch.setenv(BACKEND_ENV, "int4")
+    with pytest.raises(ModelError, match="int4"):
+        cpu_backend()
+
+
 def test_fast_onnx_decoder_masks_equal_the_reference_on_a_real_slice(refine_engine, refine_predictor, refine_ct):
     """ONNX fast decoder vs eager reference decoder, same embedding, one box per organ."""
     from lkseg.refine.maskops import bbox

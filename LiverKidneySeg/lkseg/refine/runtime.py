@@ -46,6 +46,8 @@ Backend = Literal["onnx", "onnx-int8", "eager", "torchscript"]
 Decoder = Literal["fast", "reference"]
 #: environment variable that chooses the decoder graph when ``decoder="auto"`` (``fast`` or ``reference``)
 DECODER_ENV = "LKSEG_PROMPT_DECODER"
+#: environment variable that chooses the CPU back end of ``backend="auto"``
+BACKEND_ENV = "LKSEG_PROMPT_BACKEND"
 OPSET = 17
 #: Version of the export code below (DecoderGraph, export arguments, quantization settings):
 #: bump it whenever they change, so that cached graphs are exported again.
@@ -464,6 +466,16 @@ def export_key(model: LoadedModel) -> dict:
     }
 
 
+def cpu_backend() -> str:
+    """The CPU back end of ``backend="auto"``: ``$LKSEG_PROMPT_BACKEND`` when set, else ``"onnx-int8"``."""
+    import os
+
+    value = os.environ.get(BACKEND_ENV, "").strip().lower() or "onnx-int8"
+    if value not in ("onnx", "onnx-int8", "eager", "torchscript"):
+        raise ModelError(f"${BACKEND_ENV}={value!r}; use onnx, onnx-int8, eager or torchscript")
+    return value
+
+
 def resolve_device(device: str) -> str:
     """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; other values pass through."""
     if device != "auto":
@@ -488,7 +500,8 @@ def make_engine(
 
     Args:
         model: from :func:`~lkseg.refine.models.load_prompt_model`.
-        backend: ``"auto"`` (ONNX Runtime with the int8 encoder on CPU, eager PyTorch on CUDA),
+        backend: ``"auto"`` (on the CPU ``$LKSEG_PROMPT_BACKEND``, else ONNX Runtime with the int8
+            encoder; eager PyTorch on CUDA),
             ``"onnx"`` (fp32), ``"onnx-int8"``, ``"eager"`` (the fp32 reference) or ``"torchscript"``.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         threads: intra-op threads (default: torch's setting).
@@ -506,7 +519,7 @@ def make_engine(
         threads = torch.get_num_threads()
     automatic = backend == "auto"
     if automatic:
-        backend = "eager" if device.startswith("cuda") else "onnx-int8"
+        backend = "eager" if device.startswith("cuda") else cpu_backend()
     if backend == "eager":
         return EagerEngine(model, device, threads, decoder)
     if backend == "torchscript":
