@@ -21,6 +21,9 @@ medians over rounds). ``--isolate`` runs each variant in its own fresh process, 
 peak RSS (model load, export or quantization, all slices). The load average is printed beside
 every timing. Threads: ``--threads`` (default 2) for torch and ONNX Runtime.
 
+``--ab FILE FILE ...`` instead times exported ONNX graphs (encoders or decoders, e.g. from the
+export cache) alternately, call by call: the fairest comparison while other jobs load the CPU.
+
 Usage::
 
     OMP_NUM_THREADS=2 python Testing/benchmarks/bench_prompt_model.py [--variants onnx-int8:fast ...]
@@ -192,6 +195,41 @@ def run_variant(variant: str, case: str, n_slices: int, every: int, threads: int
     }
 
 
+def ab_onnx(paths: list[str], calls: int, threads: int) -> None:
+    """Alternate ONNX graphs call by call (A, B, A, B, ...) on one input so that a changing load
+    hits them alike; prints the median and minimum seconds per call of each."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sessions = [ort.InferenceSession(p, so, providers=["CPUExecutionProvider"]) for p in paths]
+    rng = np.random.default_rng(0)
+    names = {i.name for i in sessions[0].get_inputs()}
+    if "image" in names:
+        feed = {"image": rng.random((1, 3, 256, 256)).astype(np.float32)}
+    else:
+        feed = {
+            "embedding": rng.normal(size=(1, 256, 64, 64)).astype(np.float32),
+            "coords": np.array([[[30, 40], [150, 170]]], np.float32),
+            "labels": np.array([[2, 3]], np.float32),
+            "mask_input": np.zeros((1, 1, 256, 256), np.float32),
+            "has_mask": np.zeros(1, np.float32),
+        }
+    for s in sessions:
+        s.run(None, feed)
+    times: list[list[float]] = [[] for _ in sessions]
+    before = loadavg()
+    for _ in range(calls):
+        for n, s in enumerate(sessions):
+            t = time.perf_counter()
+            s.run(None, feed)
+            times[n].append(time.perf_counter() - t)
+    print(f"alternating A/B, {calls} calls each, load {before} -> {loadavg()}")
+    for p, t in zip(paths, times):
+        print(f"  {p}: median {statistics.median(t) * 1000:.1f} ms, min {min(t) * 1000:.1f} ms")
+
+
 def dice_bits(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.unpackbits(a).astype(bool), np.unpackbits(b).astype(bool)
     s = a.sum() + b.sum()
@@ -216,7 +254,12 @@ def main() -> None:
     ap.add_argument("--isolate", action="store_true", help="each variant in a fresh process (peak RSS)")
     ap.add_argument("--cache-dir", default=None, help="ONNX export cache root (default: the user cache)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--ab", nargs="+", default=None, help="ONNX graph files to time alternately (then exit)")
+    ap.add_argument("--ab-calls", type=int, default=20)
     args = ap.parse_args()
+    if args.ab:
+        ab_onnx(args.ab, args.ab_calls, args.threads)
+        return
     variants = list(dict.fromkeys([args.reference, *args.variants]))
     print("environment:", environment(), "OMP_NUM_THREADS =", os.environ.get("OMP_NUM_THREADS"))
     print(
