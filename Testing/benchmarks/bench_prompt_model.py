@@ -230,6 +230,27 @@ def ab_onnx(paths: list[str], calls: int, threads: int) -> None:
         print(f"  {p}: median {statistics.median(t) * 1000:.1f} ms, min {min(t) * 1000:.1f} ms")
 
 
+def count_flops() -> None:
+    """Floating-point operations of one encoder call and one box decode with each decoder graph
+    (torch's ``FlopCounterMode``: 2 per multiply-add)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lkseg.refine.models import load_prompt_model
+    from lkseg.refine.runtime import decoder_graph
+
+    net = load_prompt_model().network
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        emb = net.image_encoder(torch.rand(1, 3, 256, 256))
+    print(f"encoder: {fc.get_total_flops() / 1e9:.2f} GFLOP per 256x256 slice")
+    box = (torch.tensor([[[30.0, 40.0], [150.0, 170.0]]]), torch.tensor([[2.0, 3.0]]))
+    for kind in ("reference", "fast"):
+        graph = decoder_graph(net, kind)
+        with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+            graph(emb, *box, torch.zeros(1, 1, 256, 256), torch.zeros(1))
+        print(f"decoder {kind}: {fc.get_total_flops() / 1e9:.2f} GFLOP per box decode")
+
+
 def dice_bits(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.unpackbits(a).astype(bool), np.unpackbits(b).astype(bool)
     s = a.sum() + b.sum()
@@ -256,7 +277,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--ab", nargs="+", default=None, help="ONNX graph files to time alternately (then exit)")
     ap.add_argument("--ab-calls", type=int, default=20)
+    ap.add_argument("--flops", action="store_true", help="print the operation counts (then exit)")
     args = ap.parse_args()
+    if args.flops:
+        count_flops()
+        return
     if args.ab:
         ab_onnx(args.ab, args.ab_calls, args.threads)
         return

@@ -150,6 +150,8 @@ class Engine:
         self.timings: dict[str, float] = {}
         #: images encoded and decoder runs so far (benchmarks and notes)
         self.calls = {"encode": 0, "decode": 0}
+        #: seconds spent in the encoder and the decoder so far (inside the lock)
+        self.seconds = {"encode": 0.0, "decode": 0.0}
 
     # -- implemented by subclasses ---------------------------------------------------------------
     def _encode(self, images: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
@@ -170,7 +172,10 @@ class Engine:
         images = np.ascontiguousarray(images, dtype=np.float32)
         with self._lock:
             self.calls["encode"] += images.shape[0]
-            return self._encode(images)
+            start = time.perf_counter()
+            out = self._encode(images)
+            self.seconds["encode"] += time.perf_counter() - start
+            return out
 
     def decode(
         self,
@@ -191,7 +196,10 @@ class Engine:
         emb = np.ascontiguousarray(embedding, dtype=np.float32).reshape(1, 256, 64, 64)
         with self._lock:
             self.calls["decode"] += 1
-            return self._decode(emb, coords, labels, mask, has)
+            start = time.perf_counter()
+            out = self._decode(emb, coords, labels, mask, has)
+            self.seconds["decode"] += time.perf_counter() - start
+            return out
 
 
 class EagerEngine(Engine):
