@@ -13,7 +13,8 @@ numbers come out of cheaper products when the small side is multiplied first:
   projection ``sum_h (A_h v_h) W_oh = sum_h A_h (v_h W_oh)``.
 
 Each image-side attention then costs ``2 N C (H T)`` multiply-adds (``H = 8`` heads) instead of
-``2 N C D`` plus the attention itself: about 2.3x fewer for a box prompt. The result equals the
+``2 N C D`` plus the attention itself; a whole box decode goes from 3.66 to 2.08 GFLOP
+(``Testing/benchmarks/bench_prompt_model.py --flops``). The result equals the
 reference up to floating-point rounding (reassociated sums); ``test_refine_fastdecoder`` checks it
 against segment-anything's own ``MaskDecoder`` and :class:`~lkseg.refine.runtime.DecoderGraph`.
 Where ``H T`` exceeds ``D`` (many clicks) the reassociated form is still exact, only no cheaper.

@@ -516,7 +516,7 @@ def make_engine(
         cache_dir: cache root for ONNX exports (default: the user cache, see :func:`cache_root`);
             exports go to ``<root>/onnx/<model>-<sha256[:16]>/``.
         decoder: ``"auto"`` (``$LKSEG_PROMPT_DECODER``, else ``"fast"``), ``"fast"`` (the
-            reassociated graph of :mod:`lkseg.refine.fastdecoder`; same masks, ~2x fewer
+            reassociated graph of :mod:`lkseg.refine.fastdecoder`; same masks, ~1.8x fewer
             operations) or ``"reference"`` (segment-anything's order of operations).
     """
     device = resolve_device(device)
