@@ -15,7 +15,7 @@ from lkseg.metrics import dice
 def eager_engine(refine_engine):
     from lkseg.refine.runtime import make_engine
 
-    return make_engine(refine_engine.model, "eager", "cpu")
+    return make_engine(refine_engine.model, "eager", "cpu", decoder="reference")  # the reference path
 
 
 def test_decoder_graph_matches_segment_anything(refine_engine):
@@ -119,14 +119,14 @@ def test_onnx_export_is_cached_and_verified(refine_engine, refine_cache_dir, tmp
     (folder,) = [p for p in (refine_cache_dir / "onnx").iterdir() if (p / "exports.json").is_file()]
     record = json.loads((folder / "exports.json").read_text())
     assert record["weights_sha256"] == refine_engine.spec.sha256
-    assert {"encoder_b1.onnx", "decoder.onnx"} <= set(record["files"])
+    assert {"encoder_b1.onnx", "decoder_fast.onnx"} <= set(record["files"])  # the default (fast) decoder
     # a second engine reuses the files (no export) ...
     again = make_engine(refine_engine.model, "onnx", "cpu", cache_dir=refine_cache_dir)
     assert not any(key.startswith("export") for key in again.timings)
     # ... and a damaged cached file is detected and exported again
     copy = tmp_path / "cache"
     shutil.copytree(refine_cache_dir, copy)
-    damaged = copy / "onnx" / folder.name / "decoder.onnx"
+    damaged = copy / "onnx" / folder.name / "decoder_fast.onnx"
     damaged.write_bytes(damaged.read_bytes()[:-100] + b"x" * 100)
     rebuilt = make_engine(refine_engine.model, "onnx", "cpu", cache_dir=copy)
     assert "export_decoder_s" in rebuilt.timings and "export_encoder_s" not in rebuilt.timings

@@ -303,6 +303,7 @@ def run_demo(
             "phantom_seed": source.get("phantom_seed"),
             "device": auto.device,
             "automatic_mode": auto.mode,
+            "prompt_model": auto.prompt_backend,
             "tumours_reliable": auto.lesions_reliable,
         },
         command=["lkseg", "demo"],

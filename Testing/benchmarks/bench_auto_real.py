@@ -125,6 +125,8 @@ def evaluate(seg, case: dict, mode: str, repeats: int) -> dict:
         row[f"t_{key}"] = median(r.timings.get(key, 0.0) for _, r in runs)
     row["mode_used"] = result.mode if mode != "hybrid-dense" else "hybrid-dense"
     row["encoded"] = encoded(result)
+    row["prompt_backend"] = result.prompt_backend
+    row["hybrid_notes"] = [n for n in result.notes if n.startswith("hybrid: ")]
     table = {n: v for v, n in result.label_table.items()}
     for value, name in case["labels"].items():
         truth = ref == value
@@ -180,6 +182,8 @@ def speed_case(image: str, reference: str, mode: str) -> dict:
         "timings": result.timings,
         "mode": result.mode,
         "encoded": encoded(result),
+        "prompt_backend": result.prompt_backend,
+        "hybrid_notes": [n for n in result.notes if n.startswith("hybrid: ")],
         "dice": {n: round(dice(result.labels.array == table[n], ref == v), 3) for v, n in TOTALSEG.items()},
     }
 

@@ -236,6 +236,9 @@ def hybrid_refine(
     """
     config = config or HybridConfig()
     t0 = time.perf_counter()
+    engine = getattr(predictor, "engine", None)
+    calls0 = dict(getattr(engine, "calls", {}))
+    secs0 = dict(getattr(engine, "seconds", {}))
     if getattr(predictor, "_slicer", None) is None or predictor.volume is not volume:
         predictor.set_volume(volume, check_ct_values=False)  # same volume: reuse its embeddings
     slicer = predictor.slicer
@@ -353,6 +356,14 @@ def hybrid_refine(
     outcome.fallback_slices = {o: s[1] for o, s in stats.items()}
     outcome.timings = {"sam": time.perf_counter() - t0, "sam_first_encodes": t_enc}
     outcome.slices_encoded = len(seen)
+    if engine is not None and hasattr(engine, "describe"):
+        calls = {k: v - calls0.get(k, 0) for k, v in getattr(engine, "calls", {}).items()}
+        secs = {k: v - secs0.get(k, 0.0) for k, v in getattr(engine, "seconds", {}).items()}
+        outcome.timings.update({f"sam_{k}_calls": v for k, v in secs.items()})
+        outcome.notes.append(
+            f"hybrid: prompt model {engine.describe()}; {calls.get('encode', 0)} encoder run(s) "
+            f"({secs.get('encode', 0.0):.1f} s), {calls.get('decode', 0)} decoder run(s) ({secs.get('decode', 0.0):.1f} s)"
+        )
     outcome.notes.append(
         f"hybrid: {outcome.slices_encoded} slice(s) encoded for {len(per_slice)} slice(s) holding an organ "
         f"(key slices every {step}, {len(drawn)} drawn, the rest interpolated)"

@@ -124,6 +124,8 @@ class AutoResult:
         mode: ``"hybrid"`` or ``"unet"``: what drew the organs (for the report's audit trail).
         lesions_reliable: False when the model's tumour/cyst outputs are phantom-trained (the demo
             model): they are kept but flagged as unreliable on real CT.
+        prompt_backend: in hybrid mode, the prompt model and how it ran (e.g. ``"litemedsam
+            onnx-int8, fast decoder"``; see :class:`lkseg.refine.PredictorConfig`), else None.
     """
 
     labels: Volume
@@ -140,6 +142,7 @@ class AutoResult:
     boxes_mm: list[tuple[list[float], list[float]]] = field(default_factory=list)
     mode: str = "unet"
     lesions_reliable: bool = True
+    prompt_backend: str | None = None
 
     @property
     def empty(self) -> bool:
@@ -441,6 +444,8 @@ class AutoSegmenter:
             raw.timer.timings.update(out.timings)
         result = self._result(volume, raw.labels, keep, raw.timer, raw.warnings, raw.notes, raw.cascade, raw.extras)
         result.mode = mode
+        if mode == "hybrid" and predictor is not None:
+            result.prompt_backend = predictor.engine.describe()
         result.lesions_reliable = not self.phantom_trained
         lesions = [n for n, ml in result.volumes_ml.items() if ml > 0 and not _is_organ(n)]
         if lesions and not result.lesions_reliable:
@@ -491,7 +496,10 @@ class AutoSegmenter:
             from lkseg.refine import PredictorConfig, PromptPredictor
 
             self._prompt = PromptPredictor(
-                device=str(self.device), config=PredictorConfig(prefetch=0, cache_slices=32, threads=self.threads)
+                device=str(self.device),
+                # 96 slices (384 MiB at most): the extension beyond an organ's ends re-uses the
+                # embeddings of its end slices instead of encoding them again
+                config=PredictorConfig(prefetch=0, cache_slices=96, threads=self.threads),
             )
             return self._prompt, None
         except (ImportError, LKSegError, OSError) as exc:

@@ -148,6 +148,7 @@ def _print_summary(args, segmenter, result, timings: dict[str, float], paths: di
             "backend": segmenter.backend,
             "cascade": result.cascade,
             "mode": result.mode,
+            "prompt_backend": result.prompt_backend,
             "lesions_reliable": result.lesions_reliable,
             "empty": result.empty,
             "volumes_ml": {k: round(v, 2) for k, v in volumes.items()},
@@ -161,7 +162,7 @@ def _print_summary(args, segmenter, result, timings: dict[str, float], paths: di
     stage = "cascade" if result.cascade else "single stage"
     print(
         f"model      {result.model_id}@{result.model_version} on {result.device} via {segmenter.backend} "
-        f"({stage}, {result.mode})"
+        f"({stage}, {result.mode}" + (f"; {result.prompt_backend}" if result.prompt_backend else "") + ")"
     )
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)

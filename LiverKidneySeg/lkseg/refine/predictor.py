@@ -42,6 +42,9 @@ class PredictorConfig:
     Attributes:
         backend: ``"auto"`` (ONNX Runtime with an int8 encoder on CPU, eager PyTorch on CUDA),
             ``"onnx"`` (fp32), ``"onnx-int8"``, ``"eager"`` (fp32 reference) or ``"torchscript"``.
+        decoder: ``"auto"`` (``$LKSEG_PROMPT_DECODER``, else ``"fast"``), ``"fast"`` (the
+            mask decoder with reassociated image-side products, :mod:`lkseg.refine.fastdecoder`:
+            the same masks up to rounding, about half the operations) or ``"reference"``.
         threads: intra-op threads (default: torch's setting).
         cache_slices: LRU capacity in slices (4 MiB each).
         prefetch: neighbouring slices precomputed on each side in the background (0 = off).
@@ -51,6 +54,7 @@ class PredictorConfig:
     """
 
     backend: str = "auto"
+    decoder: str = "auto"
     threads: int | None = None
     cache_slices: int = 64
     prefetch: int = 2
@@ -149,7 +153,10 @@ class PromptPredictor:
 
         self.config = config or PredictorConfig()
         loaded = load_prompt_model(model, kind=checkpoint_kind, expected_sha256=checkpoint_sha256)
-        self._setup(make_engine(loaded, self.config.backend, device, self.config.threads, self.config.cache_dir))
+        engine = make_engine(
+            loaded, self.config.backend, device, self.config.threads, self.config.cache_dir, self.config.decoder
+        )
+        self._setup(engine)
 
     @classmethod
     def with_engine(cls, engine, config: PredictorConfig | None = None) -> PromptPredictor:
