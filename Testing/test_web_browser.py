@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,36 +51,14 @@ PHANTOM_ARGS = [
 HEIGHT_CM, WEIGHT_KG = 172.0, 68.0
 
 
-def _missing() -> str | None:
-    why = wh.browser_missing()
-    if why:
-        return why
-    try:
-        import trame_slicer  # noqa: F401
-    except ImportError as exc:
-        return f"trame-slicer is not installed (pip install 'liverkidneyseg[web]'): {exc}"
-    return None
-
-
-if _missing():
-    pytest.skip(_missing(), allow_module_level=True)
+if wh.web_missing():
+    pytest.skip(wh.web_missing(), allow_module_level=True)
 
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from web_page import Page  # noqa: E402
-
-
-def _lkseg(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "lkseg", *args],
-        env=wh.subprocess_env({"OMP_NUM_THREADS": "2"}),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=True,
-    )
 
 
 def _loadavg() -> str:
@@ -100,7 +77,7 @@ def phantom(tmp_path_factory):
     from lkseg.io import read_label_map
 
     out = tmp_path_factory.mktemp("web-phantom")
-    _lkseg("phantom", *PHANTOM_ARGS, str(out))
+    wh.run_lkseg("phantom", *PHANTOM_ARGS, str(out))
     labels = read_label_map(out / "labels.nii.gz")
     return out, labels
 
@@ -385,7 +362,7 @@ def test_browser_flow(phantom, tmp_path):
         # -- independent truth: lkseg plan on the same masks and the plane shown -------------------------
         origin, normal = flr["plane"]["origin"], flr["plane"]["normal"]
         out = tmp_path / "plan"
-        cli = _lkseg(
+        cli = wh.run_lkseg(
             "plan",
             str(segPath),
             "-o",
@@ -433,7 +410,9 @@ def test_browser_bad_input(phantom, tmp_path):
     (data / "corrupt.nii.gz").write_bytes((folder / "ct.nii.gz").read_bytes()[:5000])
     for seed in ("3", "4"):  # two DICOM series in one folder
         out = tmp_path / f"dicom{seed}"
-        _lkseg("phantom", "--size", "48", "48", "12", "--spacing", "7", "7", "15", "--seed", seed, "--dicom", str(out))
+        wh.run_lkseg(
+            "phantom", "--size", "48", "48", "12", "--spacing", "7", "7", "15", "--seed", seed, "--dicom", str(out)
+        )
         shutil.copytree(out / "dicom", data / "twoseries" / seed)
     server = wh.start_web_server(
         [str(data / "ct.nii.gz"), "--data-root", str(data), "--work-dir", str(tmp_path / "work")],

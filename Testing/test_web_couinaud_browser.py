@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 import urllib.request
@@ -30,19 +29,8 @@ import web_harness as wh
 pytestmark = [pytest.mark.slow]
 
 
-def _missing() -> str | None:
-    why = wh.browser_missing()
-    if why:
-        return why
-    try:
-        import trame_slicer  # noqa: F401
-    except ImportError as exc:
-        return f"trame-slicer is not installed (pip install 'liverkidneyseg[web]'): {exc}"
-    return None
-
-
-if _missing():
-    pytest.skip(_missing(), allow_module_level=True)
+if wh.web_missing():
+    pytest.skip(wh.web_missing(), allow_module_level=True)
 
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
@@ -178,17 +166,10 @@ def test_browser_right_hepatectomy_by_segments(data, tmp_path):
 
         # -- independent truth: lkseg plan on the same masks and landmarks file --------------------------
         out = tmp_path / "cli"
-        subprocess.run(
-            [
-                *(sys.executable, "-m", "lkseg", "plan", str(folder / "labels.seg.nrrd")),
-                *("--image", str(folder / "ct.nii.gz"), "-o", str(out), "--resect", "right_hepatectomy"),
-                *("--landmarks", str(folder / "landmarks.json"), "--no-surfaces", "--no-render", "--reports", "json"),
-            ],
-            env=wh.subprocess_env({"OMP_NUM_THREADS": "2"}),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=True,
+        wh.run_lkseg(
+            *("plan", str(folder / "labels.seg.nrrd"), "--image", str(folder / "ct.nii.gz"), "-o", str(out)),
+            *("--resect", "right_hepatectomy", "--landmarks", str(folder / "landmarks.json")),
+            *("--no-surfaces", "--no-render", "--reports", "json"),
         )
         cli = json.loads((out / "report.json").read_text())["result"]
         print(

@@ -105,6 +105,19 @@ def subprocess_env(env: dict | None = None) -> dict:
     return merged
 
 
+def run_lkseg(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m lkseg ARGS`` from this checkout (2 threads, output captured as text); raises
+    ``CalledProcessError`` when it fails."""
+    return subprocess.run(
+        [sys.executable, "-m", "lkseg", *args],
+        env=subprocess_env({"OMP_NUM_THREADS": "2"}),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+
+
 def _http_status(url: str, timeout: float = 5) -> int:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -212,6 +225,18 @@ def browser_missing() -> str | None:
                 f"(apt-get install --no-install-recommends chromium chromium-driver; scripts/run.sh does it as root) "
                 f"- missing package: {package}"
             )
+    return None
+
+
+def web_missing() -> str | None:
+    """Why the browser tests cannot run here (:func:`browser_missing`, or trame-slicer absent), or None."""
+    why = browser_missing()
+    if why:
+        return why
+    try:
+        import trame_slicer  # noqa: F401
+    except ImportError as exc:
+        return f"trame-slicer is not installed (pip install 'liverkidneyseg[web]'): {exc}"
     return None
 
 

@@ -10,7 +10,6 @@ closed-surface (3D) representation, and each view is rendered. Prints millisecon
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,31 +34,27 @@ def main() -> int:
     from lkseg.io import read_label_map
     from lkseg.web.session import WebSession
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import web_harness as wh
+
     with tempfile.TemporaryDirectory(prefix="lkseg-bench-render-") as tmp:
         ph = Path(tmp) / "ph"
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "lkseg",
-                "phantom",
-                "--size",
-                "96",
-                "96",
-                "40",
-                "--spacing",
-                "3.5",
-                "3.5",
-                "5",
-                "--seed",
-                "2",
-                "--liver-tumors",
-                "5",
-                "--no-seg-nrrd",
-                str(ph),
-            ],
-            check=True,
-            capture_output=True,
+        wh.run_lkseg(
+            "phantom",
+            "--size",
+            "96",
+            "96",
+            "40",
+            "--spacing",
+            "3.5",
+            "3.5",
+            "5",
+            "--seed",
+            "2",
+            "--liver-tumors",
+            "5",
+            "--no-seg-nrrd",
+            str(ph),
         )
         app = SlicerApp()
         app.view_manager.register_factory(DirectViewFactory(do_render_offscreen=True))

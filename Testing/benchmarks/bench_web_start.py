@@ -82,25 +82,10 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lkseg-bench-web-") as tmp:
         tmp = Path(tmp)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "lkseg",
-                "phantom",
-                "--size",
-                "96",
-                "96",
-                "40",
-                "--spacing",
-                "3.5",
-                "3.5",
-                "5",
-                "--no-seg-nrrd",
-                str(tmp / "ph"),
-            ],
-            check=True,
-            capture_output=True,
+        import web_harness as wh
+
+        wh.run_lkseg(
+            "phantom", "--size", "96", "96", "40", "--spacing", "3.5", "3.5", "5", "--no-seg-nrrd", str(tmp / "ph")
         )
         ct = tmp / "ph" / "ct.nii.gz"
         ready = []
