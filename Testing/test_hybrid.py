@@ -299,6 +299,47 @@ def test_position_checks_refuse_a_midline_or_pelvic_kidney_and_a_right_sided_spl
     assert labels[30, 17, side(0)] == 0 and labels[5, 17, side(8)] == 0 and not (labels == 7).any()
 
 
+@pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0])], ids=["lps", "ras-stored"])
+def test_kidneys_are_named_by_their_side_of_the_midline_one_a_side(direction):
+    """A kidney on the patient's left is the left kidney whatever the network called it (a mirrored
+    kidney is a clinical error); two pieces on one side: the larger is that kidney, the other refused."""
+    from lkseg.auto.plausibility import refuse_implausible_positions
+
+    shape = (60, 40, 60)  # k, j, i at 5 mm
+    grid = Grid(shape, (5.0, 5.0, 5.0), (0.0, 0.0, 0.0), direction)
+    image = np.full(shape, -1000, np.int16)
+    image[:, 5:35, 5:55] = 40  # the body, centred on i = 29.5
+    right_is_low_i = grid.index_to_ras([0.0, 0, 0])[0] > grid.index_to_ras([59.0, 0, 0])[0]
+
+    def side(offset):  # + = the patient's right
+        return round(29.5 - offset) if right_is_low_i else round(29.5 + offset)
+
+    def blob(labels, value, i, k, r=3):
+        labels[k - r : k + r, 15:21, i - r : i + r] = value
+
+    # both kidneys called by the wrong side's name
+    labels = np.zeros(shape, np.uint8)
+    blob(labels, 1, side(12), 40, r=8)  # liver
+    blob(labels, 4, side(12), 32)  # "left" kidney on the right
+    blob(labels, 3, side(-12), 32)  # "right" kidney on the left
+    labels[32, 17, side(-12)] = 5  # a tumour voxel inside it keeps its label
+    notes = refuse_implausible_positions(labels, image, grid, TABLE)
+    assert labels[33, 17, side(12)] == 3 and labels[33, 17, side(-12)] == 4, notes
+    assert labels[32, 17, side(-12)] == 5
+    assert not np.isin(labels[:, :, side(-12) - 3 : side(-12) + 3], [3]).any()
+    assert len(notes) == 2 and all("renamed" in n for n in notes), notes
+
+    # two pieces on the patient's left: the larger one is the left kidney, the smaller refused
+    labels = np.zeros(shape, np.uint8)
+    blob(labels, 1, side(12), 40, r=8)
+    blob(labels, 3, side(-10), 32, r=4)  # larger, called "right"
+    blob(labels, 4, side(-18), 45, r=2)  # smaller, called "left"
+    notes = refuse_implausible_positions(labels, image, grid, TABLE)
+    assert labels[32, 17, side(-10)] == 4 and labels[45, 17, side(-18)] == 0, notes
+    assert not (labels == 3).any()
+    assert any("second piece" in n for n in notes), notes
+
+
 def test_a_slice_the_unet_saw_only_partly_is_redrawn_from_the_slice_below():
     from lkseg.auto.hybrid import _follow_neighbour
 

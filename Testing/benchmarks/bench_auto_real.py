@@ -79,9 +79,11 @@ def find_cases(folders: list[Path]) -> list[dict]:
     for folder in folders:
         ts = folder / "totalsegmentator"
         pairs = [("example_ct", "example_seg_fast_force_split"), ("example_ct_sm", "example_seg")]
+        named = {ct for ct, _ in pairs}  # example_ct.nii.gz also matches the pattern (with the wrong mask)
         pairs += [
             (p.name[: -len("_ct.nii.gz")] + "_ct", p.name[: -len("_ct.nii.gz")] + "_seg")
-            for p in ts.glob("*_ct.nii.gz")
+            for p in sorted(ts.glob("*_ct.nii.gz"))
+            if p.name[: -len(".nii.gz")] not in named
         ]
         for ct, seg in pairs:
             if (ts / f"{ct}.nii.gz").is_file() and (ts / f"{seg}.nii.gz").is_file():

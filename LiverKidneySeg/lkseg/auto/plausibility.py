@@ -9,6 +9,12 @@ centroid of the voxels above -500 HU) and against the liver:
   (pelvis: bladder, bowel) or more than ``kidney_above_liver_mm`` above it (chest);
 * a spleen whose centre lies on the patient's right of the midline (more than ``spleen_side_mm``).
 
+Then each kidney that is left is named by the side of the midline it lies on (a right kidney on the
+patient's left is a mirrored organ, a clinical error; a phantom-trained network named the real left
+kidney "right" and a piece of the spleen "left" on a real 20-slice slab): one kidney a side, the
+larger piece kept where two lie on the same side (the other is refused and reported), and every
+renaming reported.
+
 Refused components are set to background; each refusal is reported. RAS uses the grid's full
 direction, so any storage orientation works. The label array is ZYX on ``grid``.
 """
@@ -65,6 +71,8 @@ def refuse_implausible_positions(
         checks.append(("kidney", kidney_group))
     if "spleen" in value_of:
         checks.append(("spleen", [value_of["spleen"]]))
+    kidneys: list[tuple[np.ndarray, float, int]] = []  # (piece, RAS x - midline, organ voxels)
+    organ_kidney = [value_of[n] for n in ("kidney_right", "kidney_left") if n in value_of]
     for organ, values in checks:
         for _, piece in components(np.isin(labels, values)):
             x, _, z = _centre_ras(piece, grid)
@@ -81,4 +89,37 @@ def refuse_implausible_positions(
                 ml = float(piece.sum()) * grid.voxel_volume_ml
                 labels[piece] = 0
                 notes.append(f"position check: refused a {ml:.0f} mL {organ} component: {reason}")
+            elif organ == "kidney":
+                kidneys.append((piece, x - mid_x, int(np.isin(labels[piece], organ_kidney).sum())))
+    if len(organ_kidney) == 2:
+        notes.extend(_name_kidneys_by_side(labels, kidneys, value_of, grid))
+    return notes
+
+
+def _name_kidneys_by_side(
+    labels: np.ndarray, kidneys: list[tuple[np.ndarray, float, int]], value_of: dict, grid: Grid
+) -> list[str]:
+    """One kidney a side of the midline (RAS x > midline: the patient's right), renamed in place."""
+    notes: list[str] = []
+    for side, sign in (("right", 1.0), ("left", -1.0)):
+        here = sorted((k for k in kidneys if k[1] * sign > 0), key=lambda k: -k[2])
+        if not here:
+            continue
+        piece, offset, _ = here[0]
+        own, other = value_of[f"kidney_{side}"], value_of[f"kidney_{'left' if side == 'right' else 'right'}"]
+        wrong = piece & (labels == other)
+        if wrong.any():
+            labels[wrong] = own
+            notes.append(
+                f"position check: {int(wrong.sum()) * grid.voxel_volume_ml:.0f} mL called the "
+                f"{'left' if side == 'right' else 'right'} kidney lie {abs(offset):.0f} mm to the patient's {side} "
+                f"of the midline: renamed the {side} kidney"
+            )
+        for extra, _, _ in here[1:]:
+            ml = float(extra.sum()) * grid.voxel_volume_ml
+            labels[extra] = 0
+            notes.append(
+                f"position check: refused a {ml:.0f} mL kidney component: a second piece on the patient's {side} "
+                f"(the {side} kidney is the larger one)"
+            )
     return notes
