@@ -498,3 +498,42 @@ def test_demo_model_flags_a_scan_without_abdomen():
     result = AutoSegmenter(DEFAULT_MODEL_ID, device="cpu", backend="torch").predict(volume)
     assert result.labels.grid.same_as(volume.grid)
     assert result.empty or any("may not show the abdomen" in w for w in result.warnings), result.warnings
+
+
+@pytest.mark.parametrize("name", sorted(DIRECTIONS))
+def test_a_short_scan_is_extended_head_foot_with_every_voxel_kept_in_place(name):
+    """The context extension repeats the edge slices along the axis closest to LPS z, keeps each
+    original voxel at its LPS position, and its crop gives the original array back."""
+    from lkseg.auto.predictor import extend_head_foot
+
+    direction = DIRECTIONS[name]
+    rng = np.random.default_rng(3)
+    vol = Volume.from_array(
+        rng.integers(-100, 200, (7, 9, 11)).astype(np.int16), (2.0, 3.0, 4.0), (5.0, -7.0, 11.0), direction
+    )
+    axis = int(np.argmax(np.abs(direction[2])))  # index axis along the head-foot direction
+    extent = vol.shape[2 - axis] * vol.spacing[axis]
+    assert extend_head_foot(vol, extent) is None and extend_head_foot(vol, 0.0) is None
+    big, crop = extend_head_foot(vol, extent + 10 * vol.spacing[axis])
+    assert big.shape[2 - axis] == vol.shape[2 - axis] + 10
+    assert [big.shape[a] for a in range(3) if a != 2 - axis] == [vol.shape[a] for a in range(3) if a != 2 - axis]
+    np.testing.assert_array_equal(big.array[crop], vol.array)
+    # LPS of every original voxel, read through each grid's own geometry
+    kji = np.argwhere(np.ones(vol.shape, bool))
+    offset = np.array([c.start or 0 for c in crop])
+    np.testing.assert_allclose(
+        big.grid.index_to_lps((kji + offset)[:, ::-1].astype(float)),
+        vol.grid.index_to_lps(kji[:, ::-1].astype(float)),
+        atol=1e-9,
+    )
+    # the repeated slices hold the edge slices, and lie beyond the scan along its head-foot axis
+    first = [slice(None)] * 3
+    first[2 - axis] = 0
+    edge = [slice(None)] * 3
+    edge[2 - axis] = offset[2 - axis]
+    np.testing.assert_array_equal(big.array[tuple(first)], big.array[tuple(edge)])
+
+    def z_span(v):
+        return np.ptp(v.grid.index_to_lps(np.argwhere(np.ones(v.shape, bool))[:, ::-1].astype(float))[:, 2])
+
+    assert z_span(big) > z_span(vol) + 9 * vol.spacing[axis] * abs(direction[2, axis]) - 1e-6

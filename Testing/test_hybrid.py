@@ -165,12 +165,46 @@ def test_hybrid_recovers_the_true_organ_from_a_shrunken_unet_on_any_storage_orde
     assert out.extended_slices.get("liver", 0) >= 2
     if sample_mm > 0:
         return  # key slices: see test_key_slice_sampling_maps_back_to_the_right_slices_...
-    # every slice: the main pass encodes each slice holding an organ once, for both organs; the
-    # extension then revisits only the end slices (the real predictor's cache serves those)
+    # every slice: the upward sweep encodes each slice holding an organ once, for both organs (its
+    # requests ascend); the later passes (the descending one, the extension) ask again only for
+    # slices it encoded (the real predictor's cache serves those) or for a few beyond its range
     n_main = int(np.count_nonzero(np.isin(unet, [1, 2, 4]).any(axis=(1, 2))))
-    main = oracle.encodes[:n_main]
-    assert len(main) == len(set(main)) == n_main
-    assert len(oracle.encodes) - n_main <= 4 * 8
+    enc = oracle.encodes
+    n_sweep = next((i for i in range(1, len(enc)) if enc[i] <= enc[i - 1]), len(enc))
+    sweep = enc[:n_sweep]
+    assert n_main - 2 <= len(sweep) <= n_main
+    inside = range(min(sweep), max(sweep) + 1)
+    assert all(k in sweep for k in enc[n_sweep:] if k in inside)
+    assert sum(k not in inside for k in enc[n_sweep:]) <= 4 * 8
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["lps", "ras-stored"])
+def test_a_lower_pole_the_unet_saw_only_partly_is_followed_down_from_the_slice_above(flip):
+    """The upward sweep cannot mend an organ's first slices (nothing below them is whole); the
+    descending pass follows the organ down from the whole slice above, slice by slice."""
+    shape = (16, 64, 64)
+    direction = np.diag([-1.0, -1.0, 1.0]) if flip else np.eye(3)
+    grid = Grid(shape, (1.5, 1.5, 3.0), (0.0, 0.0, 0.0), direction)
+    volume = Volume(np.full(shape, 40, np.int16), grid)
+    slicer = VolumeSlicer(volume)
+    # in the canonical frame the sweeps run along k: a kidney-like cylinder over slices 2-13
+    truth_c = np.zeros(slicer.user_volume_to_canonical(np.zeros(shape, np.uint8)).shape, np.uint8)
+    truth_c[2:14, 12:52, 14:50] = 4
+    unet_c = truth_c.copy()
+    unet_c[2:6, :, 20:] = 0  # on its first four slices the U-Net saw a 6-pixel strip of it
+    truth, unet = slicer.canonical_volume_to_user(truth_c), slicer.canonical_volume_to_user(unet_c)
+
+    def dice(a, b):
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    scores = {}
+    for follow_down in (False, True):
+        config = HybridConfig(sample_mm=0.0, extend_mm=0.0, follow_down=follow_down)
+        out = hybrid_refine(OraclePredictor(truth), volume, unet, TABLE, config)
+        got = slicer.user_volume_to_canonical(out.labels) == 4
+        scores[follow_down] = [dice(got[k], truth_c[k] == 4) for k in range(2, 6)]
+    assert max(scores[False]) < 0.8, scores  # without the pass the pole stays partial
+    assert min(scores[True]) > 0.99, scores
 
 
 def test_hybrid_cancels_within_two_seconds():
@@ -297,6 +331,34 @@ def test_position_checks_refuse_a_midline_or_pelvic_kidney_and_a_right_sided_spl
     assert (labels == 1).sum() == kept_before[1]
     assert labels[32, 17, side(12)] == 3 and labels[32, 17, side(-12)] == 4
     assert labels[30, 17, side(0)] == 0 and labels[5, 17, side(8)] == 0 and not (labels == 7).any()
+
+
+@pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0])], ids=["lps", "ras-stored"])
+def test_a_kidney_behind_the_spine_is_refused(direction):
+    """Kidneys lie beside the vertebral bodies: a "kidney" among the back muscles is refused, one
+    beside the spine is kept (positions read from the grid, so either storage order works)."""
+    from lkseg.auto.plausibility import refuse_implausible_positions
+
+    shape = (40, 60, 60)  # k, j, i at 5 mm
+    grid = Grid(shape, (5.0, 5.0, 5.0), (0.0, 0.0, 0.0), direction)
+    image = np.full(shape, -1000, np.int16)
+    image[:, 5:55, 5:55] = 40  # the body, centred on i = j = 29.5
+    posterior_is_high_j = grid.index_to_ras([0.0, 59, 0])[1] < grid.index_to_ras([0.0, 0, 0])[1]
+    right_is_low_i = grid.index_to_ras([0.0, 0, 0])[0] > grid.index_to_ras([59.0, 0, 0])[0]
+
+    def j_of(back):  # j index ``back`` voxels posterior of the body's centre
+        return round(29.5 + back) if posterior_is_high_j else round(29.5 - back)
+
+    def i_of(right):
+        return round(29.5 - right) if right_is_low_i else round(29.5 + right)
+
+    image[:, min(j_of(8), j_of(12)) : max(j_of(8), j_of(12)) + 1, 27:33] = 400  # the spine, 40-60 mm back
+    labels = np.zeros(shape, np.uint8)
+    labels[15:25, j_of(9) - 3 : j_of(9) + 3, i_of(12) - 3 : i_of(12) + 3] = 3  # right kidney beside it
+    labels[15:25, j_of(20) - 2 : j_of(20) + 2, i_of(-10) - 3 : i_of(-10) + 3] = 4  # "left kidney": back muscles
+    notes = refuse_implausible_positions(labels, image, grid, TABLE)
+    assert (labels == 3).sum() == 10 * 6 * 6 and not (labels == 4).any(), notes
+    assert len(notes) == 1 and "behind the back of the spine" in notes[0], notes
 
 
 @pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0])], ids=["lps", "ras-stored"])

@@ -140,6 +140,8 @@ def main() -> int:
     p.add_argument("--present-ml", type=float, default=5.0)
     p.add_argument("--invent-ml", type=float, default=2.0)
     p.add_argument("--no-relocate", action="store_true", help="AutoOptions(relocate=False): the cascade alone")
+    p.add_argument("--context-mm", type=float, default=None, help="AutoOptions.context_mm (default: the package's)")
+    p.add_argument("--no-follow-down", action="store_true", help="HybridConfig(follow_down=False)")
     p.add_argument("--model", default=None)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
@@ -168,7 +170,13 @@ def main() -> int:
             ref_arr = read_image(ref_path).array
             for mode in args.modes:
                 start = time.perf_counter()
-                result = seg.predict(volume, options=AutoOptions(mode=mode, relocate=not args.no_relocate))
+                extra = {} if args.context_mm is None else {"context_mm": args.context_mm}
+                if args.no_follow_down:
+                    from lkseg.auto.hybrid import HybridConfig
+
+                    extra["hybrid"] = HybridConfig(follow_down=False)
+                options = AutoOptions(mode=mode, relocate=not args.no_relocate, **extra)
+                result = seg.predict(volume, options=options)
                 wall = time.perf_counter() - start
                 organs = score(result, ref_arr, volume.spacing, args.present_ml, args.invent_ml)
                 row = {"variant": name, "mode": mode, "shape": "x".join(map(str, volume.shape[::-1])), "wall_s": wall}

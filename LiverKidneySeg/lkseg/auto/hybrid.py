@@ -78,6 +78,8 @@ class HybridConfig:
             slice-below rule's chain).
         extend_step_mm: step of the extension beyond the U-Net's ends (slices skipped in
             between are interpolated).
+        follow_down: the slice-below rule also runs from above, in a descending pass over the
+            drawn slices (lower poles the U-Net saw only partly).
     """
 
     box_margin_mm: float = 6.0
@@ -95,6 +97,7 @@ class HybridConfig:
     sample_mm: float = 4.0
     change_dice: float = 0.85
     extend_step_mm: float = 3.0
+    follow_down: bool = True
 
 
 @dataclass
@@ -270,6 +273,10 @@ def hybrid_refine(
     drawn: list[int] = []  # sorted
     seen: set[int] = set()  # slices encoded
     state = {"t_enc": 0.0, "done": 0}
+    hu_stats = _organ_hu(slicer.array, canon, organ_values)
+
+    def hu_of(k: int, value: int):
+        return (slicer.array[k], *hu_stats[value]) if value in hu_stats else None
 
     def draw(k: int) -> dict[str, list[int]]:
         """Draw slice ``k`` (following the drawn slice below); returns organ -> [slices, fallbacks]."""
@@ -309,7 +316,7 @@ def hybrid_refine(
                 counts.setdefault(p.organ, [0, 0])[1] += fb.get(p.value, 0)
             if config.neighbour_ratio > 0 and below is not None and k - below <= step and ctx is not None:
                 for value in candidates:
-                    _follow_neighbour(ctx, fused, k, value, config, margin, pixel_mm, below=below)
+                    _follow_neighbour(ctx, fused, k, value, config, margin, pixel_mm, below=below, hu=hu_of(k, value))
         return counts
 
     def keep(counts: dict[str, list[int]]) -> None:
@@ -333,12 +340,30 @@ def hybrid_refine(
         else:
             keep(counts)
         prev_key = kb
+    # the same rule from above, in one descending pass over the drawn slices: the sweep follows an
+    # organ upwards only, so a lower pole that the U-Net saw only partly (while it saw the slice
+    # above whole) was left as the U-Net's part; each slice is compared with the drawn one above
+    # it, already corrected, so a partly seen pole is followed down slice by slice
+    if config.neighbour_ratio > 0 and config.follow_down:
+        organ_of = {p.value: p.organ for p in pieces}
+        floor = config.min_piece_mm2 / (pixel_mm[0] * pixel_mm[1])
+        for pos in range(len(drawn) - 2, -1, -1):
+            k, above = drawn[pos], drawn[pos + 1]
+            if above - k > step or k not in seen:
+                continue
+            for value in sorted({p.value for p in per_slice.get(k, [])}):
+                n_above, n_here = int((fused[above] == value).sum()), int((fused[k] == value).sum())
+                if n_above < floor or n_here >= config.neighbour_ratio * n_above:
+                    continue
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+                ctx = predictor.slice_context("axial", k, organ_of[value])
+                _follow_neighbour(ctx, fused, k, value, config, margin, pixel_mm, below=above, hu=hu_of(k, value))
     log.debug("hybrid: key step %d, drawn slices %s", step, drawn)
     if step > 1:
         _fill_between(fused, pieces, drawn, config, pixel_mm)
     t_enc = state["t_enc"]
     done = state["done"]
-    hu_stats = _organ_hu(slicer.array, canon, organ_values)
     for p in pieces:
         for direction in (1, -1):
             added = _extend(
@@ -376,23 +401,31 @@ def hybrid_refine(
     return outcome
 
 
-def _follow_neighbour(ctx, fused, k, value, config, margin, pixel_mm, below: int | None = None) -> None:
+def _follow_neighbour(ctx, fused, k, value, config, margin, pixel_mm, below: int | None = None, hu=None) -> None:
     """Where the organ on slice ``k`` is much smaller than on the drawn slice ``below`` (default
-    ``k - 1``; the U-Net saw only part of it here), decode that slice's box on this slice (same
+    ``k - 1``; the name is the upward sweep's, the descending pass gives the slice above; the U-Net
+    saw only part of it here), decode that slice's box on this slice (same
     embedding; from a slice further below than the next, the box is redrawn while the mask runs
     into its side, as the organ moves between them) and keep the larger mask when it mostly
-    overlaps that slice's."""
+    overlaps that slice's and, with ``hu = (slice HU, organ median, organ SD)``, when the pixels it
+    adds look like the organ (mean HU within ``extend_hu_sd`` SD: a liver box from the slice above
+    its tapering tip otherwise pulls in bowel, fat and kidney, slice after slice)."""
     prev, cur = fused[k - 1 if below is None else below] == value, fused[k] == value
     floor = config.min_piece_mm2 / (pixel_mm[0] * pixel_mm[1])
     n_prev, n_cur = int(prev.sum()), int(cur.sum())
     if n_prev < floor or n_cur >= config.neighbour_ratio * n_prev:
         return
     below = k - 1 if below is None else below
-    logits = _decode_regrow(ctx, prev | cur, margin, config.regrow if k - below > 1 else 0)
+    logits = _decode_regrow(ctx, prev | cur, margin, config.regrow if abs(k - below) > 1 else 0)
     radius = (config.keep_within_mm / pixel_mm[0], config.keep_within_mm / pixel_mm[1])
     cand = (logits > 0) & _dilate(prev | cur, radius) & ((fused[k] == 0) | cur)
     area = int(cand.sum())
     if n_cur < area <= config.extend_max_ratio * n_prev and (cand & prev).sum() >= 0.5 * area:
+        if hu is not None:
+            image, mu, sd = hu
+            new = cand & ~cur
+            if new.any() and abs(float(np.mean(image[new])) - mu) > config.extend_hu_sd * sd:
+                return
         fused[k][cand] = value
 
 

@@ -90,6 +90,10 @@ class AutoOptions:
         relocate: when the cascade's locator misses an organ or finds one implausibly small,
             run the fine network over the whole scan too and keep the result with more
             plausible organs (short slabs, tight fields of view).
+        context_mm: a scan shorter than this along the patient's head-foot axis is extended to
+            it (edge slices repeated, half above and half below) before the networks see it, and
+            their labels are cropped back to the scan: networks trained on whole abdomens read a
+            thin slab floating in padding badly. ``0`` turns it off.
     """
 
     cascade: bool | None = None
@@ -106,6 +110,7 @@ class AutoOptions:
     mode: str = "auto"
     hybrid: HybridConfig | None = None
     relocate: bool = True
+    context_mm: float = 160.0
 
 
 @dataclass
@@ -164,6 +169,35 @@ class AutoResult:
         from lkseg.segmentation import Segmentation
 
         return Segmentation.from_label_volume(self.labels, self.label_table)
+
+
+def head_foot_axis(grid: Grid) -> int:
+    """Index axis (0 = i, 1 = j, 2 = k) of ``grid`` closest to the patient's head-foot (LPS z) axis."""
+    return int(np.argmax(np.abs(np.asarray(grid.direction)[2, :])))
+
+
+def extend_head_foot(volume: Volume, context_mm: float) -> tuple[Volume, tuple[slice, ...]] | None:
+    """``volume`` with its first and last slices along the head-foot axis repeated until it spans
+    ``context_mm`` (same spacing and direction; the origin moved so that every original voxel keeps
+    its LPS position), and the ZYX slices that cut the original back out; None when it already does."""
+    if context_mm <= 0:
+        return None
+    axis = head_foot_axis(volume.grid)
+    spacing = volume.spacing[axis]
+    n = volume.shape[2 - axis]  # ZYX array: index axis i is array axis 2
+    missing = math.ceil((context_mm - n * spacing) / spacing)
+    if missing <= 0:
+        return None
+    lo, hi = missing // 2, missing - missing // 2
+    pad = [(0, 0)] * 3
+    pad[2 - axis] = (lo, hi)
+    array = np.pad(volume.array, pad, mode="edge")
+    direction = np.asarray(volume.grid.direction, dtype=np.float64)
+    origin = np.asarray(volume.grid.origin, dtype=np.float64) - lo * spacing * direction[:, axis]
+    big = Volume.from_array(array, volume.spacing, origin, direction, dict(volume.meta))
+    crop = [slice(None)] * 3
+    crop[2 - axis] = slice(lo, lo + n)
+    return big, tuple(crop)
 
 
 @dataclass
@@ -311,6 +345,24 @@ class AutoSegmenter:
     def _predict_unet(self, volume, keep, opts, progress, cancel) -> AutoResult:
         """The U-Net alone (checks, cascade, fine network, resampling, postprocessing); all labels
         of the model are kept (the caller drops the unwanted ones)."""
+        extended = extend_head_foot(volume, opts.context_mm)
+        if extended is not None:
+            big, crop = extended
+            # the input checks judge the scan the user gave (a 3-slice scan stays refused)
+            warnings = check_ct_volume(volume) if opts.check_input else []
+            raw = self._predict_unet(big, keep, replace(opts, context_mm=0.0, check_input=False), progress, cancel)
+            raw.warnings[:0] = warnings
+            raw.labels = np.ascontiguousarray(raw.labels[crop])
+            for key in ("probability", "uncertainty"):
+                if raw.extras.get(key) is not None:
+                    raw.extras[key] = np.ascontiguousarray(raw.extras[key][crop])
+            extent = volume.shape[2 - head_foot_axis(volume.grid)] * volume.spacing[head_foot_axis(volume.grid)]
+            raw.notes.insert(
+                0,
+                f"context: the scan spans {extent:.0f} mm head-foot; its edge slices were repeated to "
+                f"{opts.context_mm:.0f} mm for the networks and their labels cropped back to the scan",
+            )
+            return raw
         timer = _Timer()
         start = time.perf_counter()
         warnings = check_ct_volume(volume) if opts.check_input else []
