@@ -106,6 +106,8 @@ def test_segment_json_structures_and_no_overwrite(package, ct_file, tmp_path, ca
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert list(summary["volumes_ml"]) == ["liver"] and summary["cascade"] is False
+    # the 150 mm scan is extended to 160 mm head-foot for the networks (said in the notes)
+    assert any(n.startswith("context: the scan spans 150 mm") for n in summary["notes"]), summary["notes"]
     assert set(np.unique(read_label_map(out).array)) <= {0, 1}
     assert set(summary["timings_s"]) >= {
         "load_model",
@@ -118,7 +120,9 @@ def test_segment_json_structures_and_no_overwrite(package, ct_file, tmp_path, ca
     }
     assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
-    assert main([*args, "--overwrite"]) == 0
+    assert main([*args, "--overwrite", "--context-mm", "0"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert not any(n.startswith("context:") for n in summary["notes"])
 
 
 def test_segment_into_a_folder_names_the_file_after_the_image(package, ct_file, tmp_path, capsys):
@@ -149,6 +153,8 @@ def test_segment_bad_inputs_give_one_line_errors(package, ct_file, tmp_path, cap
     assert "2D" in err or "too small" in err
     assert main(["segment", str(ct_file), "-o", str(tmp_path / "c.seg.nrrd"), "--model", "no-such-model"]) == 2
     assert "no model 'no-such-model' found" in capsys.readouterr().err
+    assert main(["segment", str(ct_file), "-o", str(tmp_path / "d.seg.nrrd"), "--context-mm", "-5"]) == 2
+    assert "--context-mm must lie between 0" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.seg.nrrd"))
 
 

@@ -40,6 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tta", action="store_true", help="mirroring test-time augmentation (models trained with mirroring)"
     )
+    p.add_argument(
+        "--context-mm",
+        type=float,
+        default=160.0,
+        metavar="MM",
+        help="a scan shorter than this head-foot is extended by repeating its edge slices before the networks "
+        "see it (labels cropped back to the scan); 0 turns it off (default: 160)",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     p.add_argument(
         "--backend", default="auto", choices=["auto", "torch", "onnx"], help="auto: ONNX Runtime on CPU, PyTorch on GPU"
@@ -88,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     from lkseg.io import read_image, write_label_map
     from lkseg.progress import SubProgress
 
+    if not 0.0 <= args.context_mm <= 2000.0:
+        raise InputError(f"--context-mm must lie between 0 (off) and 2000 mm, got {args.context_mm:g}")
     paths = output_paths(args.image, args.output, args.nifti, args.probabilities)
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not args.overwrite:
@@ -114,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         return_probabilities=args.probabilities,
         check_input=not args.no_input_checks,
         mode=args.mode,
+        context_mm=args.context_mm,
     )
     result = segmenter.predict(
         volume, args.structures, progress=SubProgress(progress, 0.08, 0.9) if progress else None, options=options
