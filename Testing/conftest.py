@@ -169,6 +169,21 @@ def refine_ct(real_ct_dir):
 
 
 @pytest.fixture(scope="session")
+def real_slice_prompts(refine_predictor, refine_ct):
+    """``(image, boxes)`` on canonical axial slice 5 of :func:`refine_ct`: the prompt model's input
+    (1, 3, 256, 256) and, for the liver (5), left kidney (3) and spleen (1), the box of the
+    reference mask in model coordinates, shape (1, 2, 2), ready for ``engine.decode``."""
+    from lkseg.refine.maskops import bbox
+
+    ctx = refine_predictor.slice_context("axial", 5)
+    image = refine_predictor._model_input("axial", 5, ctx.window)[None]
+    canon = refine_predictor.slicer.user_volume_to_canonical(refine_ct[1].array)
+    truth = refine_predictor.slicer.display_slice("axial", 5, canon)
+    boxes = {v: ctx.transform.box_to_model(bbox(truth == v)).reshape(1, 2, 2) for v in (5, 3, 1)}
+    return image, boxes
+
+
+@pytest.fixture(scope="session")
 def refine_predictor(refine_engine, refine_ct):
     """A PromptPredictor on :func:`refine_ct` sharing the session's engine (embeddings cached)."""
     from lkseg.refine import PredictorConfig, PromptPredictor

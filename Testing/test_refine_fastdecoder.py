@@ -82,21 +82,15 @@ def test_cpu_back_end_follows_the_environment(monkeypatch):
         cpu_backend()
 
 
-def test_fast_onnx_decoder_masks_equal_the_reference_on_a_real_slice(refine_engine, refine_predictor, refine_ct):
+def test_fast_onnx_decoder_masks_equal_the_reference_on_a_real_slice(refine_engine, real_slice_prompts):
     """ONNX fast decoder vs eager reference decoder, same embedding, one box per organ."""
-    from lkseg.refine.maskops import bbox
     from lkseg.refine.runtime import make_engine
 
     assert refine_engine.decoder_kind == "fast"
     reference = make_engine(refine_engine.model, "eager", "cpu", decoder="reference")
-    _, labels = refine_ct
-    window = refine_predictor.slice_context("axial", 5).window
-    emb = refine_engine.encode(refine_predictor._model_input("axial", 5, window)[None])
-    canon = refine_predictor.slicer.user_volume_to_canonical(labels.array)
-    tr = refine_predictor.slice_context("axial", 5).transform
-    for value in (5, 3, 1):
-        truth = refine_predictor.slicer.display_slice("axial", 5, canon) == value
-        coords = tr.box_to_model(bbox(truth)).reshape(1, 2, 2)
+    image, boxes = real_slice_prompts
+    emb = refine_engine.encode(image)
+    for value, coords in boxes.items():
         a, a_iou = refine_engine.decode(emb, coords, [[2.0, 3.0]])
         b, b_iou = reference.decode(emb, coords, [[2.0, 3.0]])
         assert np.abs(a - b).max() < 1e-3 * max(1.0, np.abs(b).max()), f"label {value}"

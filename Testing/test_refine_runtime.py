@@ -64,52 +64,30 @@ def test_decoder_graph_matches_segment_anything(refine_engine):
             np.testing.assert_allclose(ours_iou[:, :1].numpy(), ref_iou.numpy(), atol=1e-5)
 
 
-def test_onnx_agrees_with_eager_on_a_real_slice(refine_engine, eager_engine, refine_predictor, refine_ct):
-    _, labels = refine_ct
-    window = refine_predictor.slice_context("axial", 5).window
-    image = refine_predictor._model_input("axial", 5, window)[None]
+def test_onnx_agrees_with_eager_on_a_real_slice(refine_engine, eager_engine, real_slice_prompts):
+    image, boxes = real_slice_prompts
     onnx_emb = refine_engine.encode(image)
     eager_emb = eager_engine.encode(image)
     assert onnx_emb.shape == (1, 256, 64, 64)
     assert np.abs(onnx_emb - eager_emb).max() < 1e-3
-    ref = refine_predictor.slicer.display_slice(
-        "axial", 5, refine_predictor.slicer.user_volume_to_canonical(labels.array == 5)
-    )
-    ctx = refine_predictor.slice_context("axial", 5)
-    tr = ctx.transform
-    coords = tr.box_to_model(bbox_rc(ref)).reshape(1, 2, 2)
-    a, _ = refine_engine.decode(onnx_emb, coords, [[2.0, 3.0]])
-    b, _ = eager_engine.decode(eager_emb, coords, [[2.0, 3.0]])
+    a, _ = refine_engine.decode(onnx_emb, boxes[5], [[2.0, 3.0]])
+    b, _ = eager_engine.decode(eager_emb, boxes[5], [[2.0, 3.0]])
     assert np.abs(a - b).max() < 1e-2
     assert dice(a[0, 0] > 0, b[0, 0] > 0) > 0.995
 
 
-def test_int8_encoder_masks_agree_with_eager(
-    refine_engine, eager_engine, refine_predictor, refine_ct, refine_cache_dir
-):
+def test_int8_encoder_masks_agree_with_eager(refine_engine, eager_engine, real_slice_prompts, refine_cache_dir):
     """The CPU default (int8 encoder) is not bit-equal to fp32, but its masks must agree."""
     from lkseg.refine.runtime import make_engine
 
     int8 = make_engine(refine_engine.model, "onnx-int8", "cpu", cache_dir=refine_cache_dir)
     assert int8.backend == "onnx-int8"
-    _, labels = refine_ct
-    window = refine_predictor.slice_context("axial", 5).window
-    image = refine_predictor._model_input("axial", 5, window)[None]
+    image, boxes = real_slice_prompts
     q, ref_emb = int8.encode(image), eager_engine.encode(image)
-    canon = refine_predictor.slicer.user_volume_to_canonical(labels.array)
-    tr = refine_predictor.slice_context("axial", 5).transform
-    for value in (5, 3, 1):
-        ref = refine_predictor.slicer.display_slice("axial", 5, canon) == value
-        coords = tr.box_to_model(bbox_rc(ref)).reshape(1, 2, 2)
+    for value, coords in boxes.items():
         a, _ = int8.decode(q, coords, [[2.0, 3.0]])
         b, _ = eager_engine.decode(ref_emb, coords, [[2.0, 3.0]])
         assert dice(a[0, 0] > 0, b[0, 0] > 0) > 0.97, f"label {value}"
-
-
-def bbox_rc(mask):
-    from lkseg.refine.maskops import bbox
-
-    return bbox(mask)
 
 
 def test_onnx_export_is_cached_and_verified(refine_engine, refine_cache_dir, tmp_path):
