@@ -31,23 +31,7 @@ pytestmark = [pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 # seed 2, five liver tumours, arterial phase: the U-Net misses a 175-voxel lesion entirely (recall 0)
-PHANTOM_ARGS = [
-    "--size",
-    "96",
-    "96",
-    "40",
-    "--spacing",
-    "3.5",
-    "3.5",
-    "5",
-    "--seed",
-    "2",
-    "--liver-tumors",
-    "5",
-    "--phase",
-    "arterial",
-    "--no-seg-nrrd",
-]
+PHANTOM_ARGS = ("--seed", "2", "--liver-tumors", "5", "--phase", "arterial")
 HEIGHT_CM, WEIGHT_KG = 172.0, 68.0
 
 
@@ -77,7 +61,7 @@ def phantom(tmp_path_factory):
     from lkseg.io import read_label_map
 
     out = tmp_path_factory.mktemp("web-phantom")
-    wh.run_lkseg("phantom", *PHANTOM_ARGS, str(out))
+    wh.small_phantom(out, *PHANTOM_ARGS)
     labels = read_label_map(out / "labels.nii.gz")
     return out, labels
 

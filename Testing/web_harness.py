@@ -7,6 +7,8 @@
   command that prints those lines (the harness's own test uses a throwaway trame app).
 - :func:`chrome` opens Debian's headless Chromium through Selenium and chromedriver;
   :func:`browser_missing` says why it cannot (the tests skip with that reason).
+- :func:`small_phantom` writes the web tests' and benchmarks' 96 x 96 x 40 phantom with
+  :func:`run_lkseg` (``python -m lkseg ...`` from this checkout).
 - :func:`save_screenshot` keeps a PNG under ``Testing/artifacts/web/`` (gitignored; CI keeps it).
 
 The subprocess imports this checkout's sources (``LiverKidneySeg`` is put first on PYTHONPATH)
@@ -103,6 +105,13 @@ def subprocess_env(env: dict | None = None) -> dict:
     merged["PYTHONUNBUFFERED"] = "1"
     merged.setdefault("TRAME_SERVER", "1")
     return merged
+
+
+def small_phantom(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``lkseg phantom`` of the web tests and benchmarks into ``out``: 96 x 96 x 40 voxels at
+    3.5 x 3.5 x 5 mm, no .seg.nrrd; ``extra`` adds options (seed, tumours, phase)."""
+    size = ("--size", "96", "96", "40", "--spacing", "3.5", "3.5", "5")
+    return run_lkseg("phantom", *size, *extra, "--no-seg-nrrd", str(out))
 
 
 def run_lkseg(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -39,23 +39,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="lkseg-bench-render-") as tmp:
         ph = Path(tmp) / "ph"
-        wh.run_lkseg(
-            "phantom",
-            "--size",
-            "96",
-            "96",
-            "40",
-            "--spacing",
-            "3.5",
-            "3.5",
-            "5",
-            "--seed",
-            "2",
-            "--liver-tumors",
-            "5",
-            "--no-seg-nrrd",
-            str(ph),
-        )
+        wh.small_phantom(ph, "--seed", "2", "--liver-tumors", "5")
         app = SlicerApp()
         app.view_manager.register_factory(DirectViewFactory(do_render_offscreen=True))
         views = []

@@ -84,9 +84,7 @@ def main() -> int:
         tmp = Path(tmp)
         import web_harness as wh
 
-        wh.run_lkseg(
-            "phantom", "--size", "96", "96", "40", "--spacing", "3.5", "3.5", "5", "--no-seg-nrrd", str(tmp / "ph")
-        )
+        wh.small_phantom(tmp / "ph")
         ct = tmp / "ph" / "ct.nii.gz"
         ready = []
         for i in range(args.runs):
