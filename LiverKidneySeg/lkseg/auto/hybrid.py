@@ -346,15 +346,13 @@ def hybrid_refine(
     # it, already corrected, so a partly seen pole is followed down slice by slice
     if config.neighbour_ratio > 0 and config.follow_down:
         organ_of = {p.value: p.organ for p in pieces}
-        floor = config.min_piece_mm2 / (pixel_mm[0] * pixel_mm[1])
         for pos in range(len(drawn) - 2, -1, -1):
             k, above = drawn[pos], drawn[pos + 1]
             if above - k > step or k not in seen:
                 continue
             for value in sorted({p.value for p in per_slice.get(k, [])}):
-                n_above, n_here = int((fused[above] == value).sum()), int((fused[k] == value).sum())
-                if n_above < floor or n_here >= config.neighbour_ratio * n_above:
-                    continue
+                if not _much_smaller(fused[k] == value, fused[above] == value, config, pixel_mm):
+                    continue  # checked before asking for the slice's embedding
                 if cancel is not None:
                     cancel.raise_if_cancelled()
                 ctx = predictor.slice_context("axial", k, organ_of[value])
@@ -401,6 +399,14 @@ def hybrid_refine(
     return outcome
 
 
+def _much_smaller(cur: np.ndarray, ref: np.ndarray, config: HybridConfig, pixel_mm) -> bool:
+    """Whether the organ's mask ``cur`` is under ``neighbour_ratio`` of ``ref`` (a neighbouring
+    drawn slice's), ``ref`` being at least a ``min_piece_mm2`` piece."""
+    n_ref = int(ref.sum())
+    floor = config.min_piece_mm2 / (pixel_mm[0] * pixel_mm[1])
+    return n_ref >= floor and int(cur.sum()) < config.neighbour_ratio * n_ref
+
+
 def _follow_neighbour(ctx, fused, k, value, config, margin, pixel_mm, below: int | None = None, hu=None) -> None:
     """Where the organ on slice ``k`` is much smaller than on the drawn slice ``below`` (default
     ``k - 1``; the name is the upward sweep's, the descending pass gives the slice above; the U-Net
@@ -411,10 +417,9 @@ def _follow_neighbour(ctx, fused, k, value, config, margin, pixel_mm, below: int
     adds look like the organ (mean HU within ``extend_hu_sd`` SD: a liver box from the slice above
     its tapering tip otherwise pulls in bowel, fat and kidney, slice after slice)."""
     prev, cur = fused[k - 1 if below is None else below] == value, fused[k] == value
-    floor = config.min_piece_mm2 / (pixel_mm[0] * pixel_mm[1])
-    n_prev, n_cur = int(prev.sum()), int(cur.sum())
-    if n_prev < floor or n_cur >= config.neighbour_ratio * n_prev:
+    if not _much_smaller(cur, prev, config, pixel_mm):
         return
+    n_prev, n_cur = int(prev.sum()), int(cur.sum())
     below = k - 1 if below is None else below
     logits = _decode_regrow(ctx, prev | cur, margin, config.regrow if abs(k - below) > 1 else 0)
     radius = (config.keep_within_mm / pixel_mm[0], config.keep_within_mm / pixel_mm[1])

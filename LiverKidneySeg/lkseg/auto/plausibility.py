@@ -102,7 +102,7 @@ def refuse_implausible_positions(
         checks.append(("kidney", kidney_group))
     if "spleen" in value_of:
         checks.append(("spleen", [value_of["spleen"]]))
-    bone = _midline_bone(image, grid, mid_x, config) if kidney_group else None
+    bone = None  # the midline bone, read at the first kidney piece (a whole-image threshold)
     kidneys: list[tuple[np.ndarray, float, int]] = []  # (piece, RAS x - midline, organ voxels)
     organ_kidney = [value_of[n] for n in ("kidney_right", "kidney_left") if n in value_of]
     for organ, values in checks:
@@ -110,7 +110,10 @@ def refuse_implausible_positions(
             centre = _centre_ras(piece, grid)
             x, _, z = centre
             reason = None
-            behind = _behind_spine(piece, centre, bone, grid) if organ == "kidney" else None
+            behind = None
+            if organ == "kidney":
+                bone = _midline_bone(image, grid, mid_x, config) if bone is None else bone
+                behind = _behind_spine(piece, centre, bone, grid)
             if organ == "kidney" and abs(x - mid_x) < config.kidney_midline_mm:
                 reason = f"its centre is {abs(x - mid_x):.0f} mm from the body's midline (spine/aorta?)"
             elif organ == "kidney" and liver_z is not None and z < liver_z - config.kidney_below_liver_mm:

@@ -356,7 +356,8 @@ class AutoSegmenter:
             for key in ("probability", "uncertainty"):
                 if raw.extras.get(key) is not None:
                     raw.extras[key] = np.ascontiguousarray(raw.extras[key][crop])
-            extent = volume.shape[2 - head_foot_axis(volume.grid)] * volume.spacing[head_foot_axis(volume.grid)]
+            axis = head_foot_axis(volume.grid)
+            extent = volume.shape[2 - axis] * volume.spacing[axis]
             raw.notes.insert(
                 0,
                 f"context: the scan spans {extent:.0f} mm head-foot; its edge slices were repeated to "
