@@ -14,7 +14,13 @@ centroid of the voxels above -500 HU) and against the liver:
   spine does not move it): kidneys lie beside the vertebral bodies, never among the back muscles (a
   phantom-trained network called the right erector spinae a kidney on a real slab; its centre lay
   10 mm behind that line, the real kidneys 40-55 mm in front of it and phantom kidneys 20-27 mm);
-* a spleen whose centre lies on the patient's right of the midline (more than ``spleen_side_mm``).
+* a spleen whose centre lies on the patient's right of the midline (more than ``spleen_side_mm``);
+* any organ (liver, kidney, spleen) whose centre lies less than ``hip_clearance_mm`` above the top of
+  the hip joints, or at a level where air fills at least ``chest_air_fraction`` of the body's
+  cross-section (lungs), read by :func:`lkseg.auto.levels.body_levels`: a pelvis-only or chest-only
+  scan holds none of the four organs (a phantom-trained network drew all four on a real pelvis-only
+  cut; their centres lay 12-42 mm above the hip joints, the real kidneys' 159-183 mm). A
+  transplanted or pelvic kidney is refused too and must be drawn by hand (a box: ``lkseg refine``).
 
 Then each kidney that is left is named by the side of the midline it lies on (a right kidney on the
 patient's left is a mirrored organ, a clinical error; a phantom-trained network named the real left
@@ -32,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lkseg.auto.levels import BodyLevels, body_levels
 from lkseg.auto.postprocess import components
 from lkseg.labels import LabelTable
 from lkseg.volume import Grid
@@ -50,6 +57,8 @@ class PositionConfig:
     kidney_behind_spine_mm: float = 0.0
     spine_hu: float = 200.0
     spine_half_width_mm: float = 25.0
+    hip_clearance_mm: float = 110.0
+    chest_air_fraction: float = 0.4
 
 
 def _centre_ras(mask: np.ndarray, grid: Grid) -> np.ndarray:
@@ -91,6 +100,7 @@ def refuse_implausible_positions(
     kji = np.argwhere(body[:, ::4, ::4]) * np.array([1, 4, 4])
     mid_x = float(grid.index_to_ras(kji[:: max(1, len(kji) // 50000), ::-1].astype(np.float64)).mean(axis=0)[0])
     notes: list[str] = []
+    notes.extend(_refuse_by_level(labels, image, grid, value_of, config))
     liver_z = None
     if "liver" in value_of and (labels == value_of["liver"]).any():
         liver_z = float(_centre_ras(labels == value_of["liver"], grid)[2])
@@ -132,6 +142,45 @@ def refuse_implausible_positions(
                 kidneys.append((piece, x - mid_x, int(np.isin(labels[piece], organ_kidney).sum())))
     if len(organ_kidney) == 2:
         notes.extend(_name_kidneys_by_side(labels, kidneys, value_of, grid))
+    return notes
+
+
+def _level_reason(organ: str, z: float, levels: BodyLevels, config: PositionConfig) -> str | None:
+    if levels.hip_top_z is not None and z - levels.hip_top_z < config.hip_clearance_mm:
+        where = z - levels.hip_top_z
+        hand = "; a transplanted or pelvic kidney must be drawn by hand" if organ == "kidney" else ""
+        return (
+            f"its centre lies {abs(where):.0f} mm {'above' if where >= 0 else 'below'} the top of the hip joints "
+            f"(pelvis{hand})"
+        )
+    air = levels.air_fraction_at(z)
+    if air >= config.chest_air_fraction:
+        return f"air fills {100 * air:.0f} % of the body's cross-section at its centre (chest: lungs)"
+    return None
+
+
+def _refuse_by_level(
+    labels: np.ndarray, image: np.ndarray, grid: Grid, value_of: dict, config: PositionConfig
+) -> list[str]:
+    """Refuse (in place) organ components centred at the hip level or in the chest."""
+    groups = {
+        "liver": ("liver", "liver_tumor"),
+        "kidney": ("kidney_right", "kidney_left", "kidney_tumor", "kidney_cyst"),
+        "spleen": ("spleen",),
+    }
+    levels = None  # read once, at the first organ piece
+    notes = []
+    for organ, names in groups.items():
+        values = [value_of[n] for n in names if n in value_of]
+        if not values:
+            continue
+        for _, piece in components(np.isin(labels, values)):
+            levels = body_levels(image, grid) if levels is None else levels
+            reason = _level_reason(organ, float(_centre_ras(piece, grid)[2]), levels, config)
+            if reason:
+                ml = float(piece.sum()) * grid.voxel_volume_ml
+                labels[piece] = 0
+                notes.append(f"position check: refused a {ml:.0f} mL {organ} component: {reason}")
     return notes
 
 
