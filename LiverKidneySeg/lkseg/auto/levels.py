@@ -52,7 +52,7 @@ class LevelConfig:
     hip_min_run_mm: float = 10.0
     hip_max_run_mm: float = 80.0
     air_hu: float = -500.0
-    pixel_mm: float = 1.5
+    pixel_mm: float = 2.0
 
 
 @dataclass
@@ -133,8 +133,8 @@ def body_levels(image: np.ndarray, grid: Grid, config: LevelConfig | None = None
     canon = plan.apply_array(np.asarray(image))
     cgrid = plan.reoriented
     si, sj, sk = cgrid.spacing
-    step_i = max(1, int(config.pixel_mm / si))
-    step_j = max(1, int(config.pixel_mm / sj))
+    step_i = max(1, round(config.pixel_mm / si))
+    step_j = max(1, round(config.pixel_mm / sj))
     px = (sj * step_j, si * step_i)
     nk, nj, ni = canon.shape
     centre = np.array([[(ni - 1) / 2.0, (nj - 1) / 2.0, k] for k in range(nk)])
