@@ -291,3 +291,40 @@ def test_a_lesion_isodense_with_a_tube_is_not_followed_along_it():
     diameter_slices = 9  # the start slice's extent: 9 pixels of 2 mm = 18 mm = 9 slices of 2 mm
     assert slices.min() >= k - diameter_slices and slices.max() <= k + diameter_slices, slices
     assert lesion[sphere].all(), "the lesion's own voxels were not all reached"
+
+
+@pytest.mark.parametrize("keep", [0.5, None], ids=["contrast-rule", "rule-off"])
+def test_a_lesion_propagation_stops_where_its_contrast_with_the_organ_ends(keep):
+    """A hypodense lesion (0 HU, a cylinder of radius 5 voxels on slices 16-24) inside an organ
+    (120 HU) continues as a vessel of its size (70 HU) above and below. The vessel passes every
+    other rule here (the HU rules are off: a subtle lesion passes them), so without the contrast
+    rule the lesion runs on along the vessel to the extent bound; with it, it stops where its
+    contrast with the surroundings halves (120 -> 50 HU), at the lesion's own ends."""
+    shape, (cj, ci) = (40, 48, 48), (24, 24)
+    _, jj, ii = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    disc = np.broadcast_to((jj - cj) ** 2 + (ii - ci) ** 2 <= 5.0**2, shape)
+    on = (np.arange(shape[0]) >= 16) & (np.arange(shape[0]) <= 24)
+    lesion_truth = disc & on[:, None, None]
+    hu = np.full(shape, -100.0)
+    hu[:, :3, :] = -1000.0
+    hu[:, 6:42, 6:42] = 120.0  # the organ
+    hu[disc] = 70.0  # the vessel
+    hu[lesion_truth] = 0.0
+    image = Volume.from_array(hu.astype(np.int16), spacing=(2.0, 2.0, 2.0), origin=(0.0, 0.0, 0.0))
+    predictor = PromptPredictor.with_engine(ThresholdEngine(), PredictorConfig(prefetch=0, cache_slices=64))
+    predictor.config.propagation.lesion_contrast_keep = keep
+    predictor.config.propagation.max_median_shift_hu = None
+    predictor.config.propagation.min_intensity_fraction = 0.0
+    try:
+        predictor.set_volume(image)
+        k = 20
+        m2d = predictor.predict("axial", k, box=_box(lesion_truth[k], k), structure="liver_tumor")
+        lesion = predictor.propagate("axial", k, m2d, structure="liver_tumor")
+    finally:
+        predictor.close()
+    slices = np.flatnonzero(lesion.any(axis=(1, 2)))
+    if keep is None:
+        assert slices.min() < 14 and slices.max() > 26, slices  # ran on along the vessel
+    else:
+        assert slices.min() == 16 and slices.max() == 24, slices
+        assert dice(lesion, lesion_truth) > 0.95

@@ -75,6 +75,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", nargs="+", type=int, default=[3000, 3001, 3002, 3003])
     p.add_argument("--min-voxels", type=int, default=30)
+    p.add_argument(
+        "--contrast-keep", type=float, default=None, help="PropagationConfig.lesion_contrast_keep (0 = the rule off)"
+    )
     args = p.parse_args()
 
     from lkseg.phantom import PhantomConfig, generate_phantom
@@ -84,6 +87,9 @@ def main() -> int:
     print(f"# load average before: {os.getloadavg()[0]:.2f}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
     rows = {"bound": [], "no bound": []}
     predictor = PromptPredictor()
+    if args.contrast_keep is not None:
+        predictor.config.propagation.lesion_contrast_keep = args.contrast_keep or None
+    print(f"# lesion contrast rule: keep {predictor.config.propagation.lesion_contrast_keep}")
     try:
         print(f"# prompt model back end: {getattr(predictor.engine, 'backend', '?')}")
         print(

@@ -17,7 +17,16 @@ box can catch a neighbouring organ), and propagation stops where the structure e
 * where a probability map of the structure is given (the U-Net's), its mean over the new mask
   is below ``min_probability``;
 * the structure would exceed ``max_extent_mm`` from the start slice (a bounded result on
-  pathological input: never a leak through the whole volume).
+  pathological input: never a leak through the whole volume);
+* for a liver lesion (:func:`is_lesion`, a structure named after the liver) that stands out from its
+  surroundings on the start slice by at least ``lesion_min_contrast_hu`` (median HU of a ring ``lesion_ring_mm`` outside the mask, soft
+  tissue only, minus the median inside): its contrast on the new slice fell below
+  ``lesion_contrast_keep`` of the start slice's, or changed sign - a lesion is what differs from
+  the organ around it, and a mask that slid into plain parenchyma no longer does. Kidney lesions
+  are left out: their surroundings (cortex, medulla, sinus fat, the fat an exophytic tumour bulges
+  into) change from slice to slice, and on the selection phantoms (seeds 3004-3007) the rule cut two
+  kidney tumours from Dice 0.965 / 0.954 to 0.681 / 0.246 while it raised an arterial-phase liver
+  tumour from 0.633 to 0.675 and changed no other lesion.
 
 Before declaring the end, up to ``look_ahead`` further slices are tried with the last accepted
 mask's box: when one of them passes every rule, the structure continues (a vessel, a partial
@@ -48,6 +57,7 @@ __all__ = [
     "PropagationConfig",
     "intensity_band",
     "is_lesion",
+    "lesion_contrast",
     "propagate_from",
     "step_slice",
 ]
@@ -63,6 +73,11 @@ MAX_EXTENT_MM = {"liver": 330.0, "spleen": 250.0, "kidney_right": 220.0, "kidney
 #: ``LESION_MIN_EXTENT_MM``. Without it, a lesion nearly isodense with its organ was followed along
 #: the organ (an arterial-phase liver tumour 65 vs 76 HU: slices 7-24 for a tumour on 18-22).
 LESION_EXTENT_FACTOR, LESION_MIN_EXTENT_MM = 1.0, 10.0
+
+
+def _liver_lesion(structure: str | None) -> bool:
+    name = (structure or "").lower()
+    return is_lesion(structure) and ("liver" in name or "hepat" in name)
 
 
 def is_lesion(structure: str | None) -> bool:
@@ -88,6 +103,8 @@ class PropagationConfig:
         max_median_shift_hu: stop when the new mask's median HU differs from the median HU of all
             slices accepted so far (this direction, start slice included) by more than this
             (None: no limit).
+        lesion_contrast_keep, lesion_min_contrast_hu, lesion_ring_mm: the lesion contrast rule
+            (module docstring; ``lesion_contrast_keep=None`` turns it off).
     """
 
     margin_mm: float = 5.5
@@ -108,6 +125,9 @@ class PropagationConfig:
     max_growth_mm: float | None = None
     per_component: bool = True
     min_component_mm2: float = 30.0
+    lesion_contrast_keep: float | None = 0.5
+    lesion_min_contrast_hu: float = 10.0
+    lesion_ring_mm: tuple[float, float] = (1.5, 6.0)
 
 
 def intensity_band(
@@ -169,6 +189,21 @@ def predict_next(ctx, prev: np.ndarray, config: PropagationConfig) -> np.ndarray
     return mask
 
 
+def lesion_contrast(hu: np.ndarray, mask: np.ndarray, pixel_mm: tuple[float, float], config) -> float | None:
+    """Median HU of the soft tissue (-50..300 HU) in a ring ``config.lesion_ring_mm`` outside
+    ``mask`` minus the median HU inside it (a hypodense lesion: positive); None without a ring."""
+    from scipy import ndimage
+
+    if not mask.any():
+        return None
+    near, far = config.lesion_ring_mm
+    dist = ndimage.distance_transform_edt(~mask, sampling=pixel_mm)
+    ring = (dist > near) & (dist <= far) & (hu > -50.0) & (hu < 300.0)
+    if ring.sum() < 5:
+        return None
+    return float(np.median(hu[ring]) - np.median(hu[mask]))
+
+
 def stop_reason(
     ctx,
     mask: np.ndarray,
@@ -177,10 +212,12 @@ def stop_reason(
     config: PropagationConfig,
     probability: np.ndarray | None = None,
     anchor_hu: float | None = None,
+    start_contrast: float | None = None,
 ) -> str:
     """Why ``mask`` (display frame) is not the structure's continuation of ``prev`` ("" = it is).
 
-    ``anchor_hu``: median HU of the slices accepted so far (for ``max_median_shift_hu``)."""
+    ``anchor_hu``: median HU of the slices accepted so far (for ``max_median_shift_hu``);
+    ``start_contrast``: a lesion's contrast on its start slice (:func:`lesion_contrast`), or None."""
     row_mm, col_mm = ctx.pixel_mm
     pix_mm2 = row_mm * col_mm
     area = int(mask.sum())
@@ -211,6 +248,10 @@ def stop_reason(
         mean_p = float(np.mean(probability[mask]))
         if mean_p < config.min_probability:
             return f"structure ended (mean probability {mean_p:.2f} in the mask)"
+    if start_contrast is not None and config.lesion_contrast_keep is not None:
+        now = lesion_contrast(ctx.hu, mask, ctx.pixel_mm, config)
+        if now is not None and now * np.sign(start_contrast) < config.lesion_contrast_keep * abs(start_contrast):
+            return f"lesion ended (contrast with its surroundings {start_contrast:+.0f} -> {now:+.0f} HU)"
     return ""
 
 
@@ -221,16 +262,18 @@ def step_slice(
     config: PropagationConfig,
     probability: np.ndarray | None = None,
     anchor_hu: float | None = None,
+    start_contrast: float | None = None,
 ) -> tuple[np.ndarray | None, str]:
     """Predict the slice of ``ctx`` from the neighbouring slice mask ``prev`` (display frame).
 
     Returns the new mask, or None and the reason to stop. ``probability``: the structure's
-    probability on this slice (display frame), if known; ``anchor_hu``: see :func:`stop_reason`.
+    probability on this slice (display frame), if known; ``anchor_hu``, ``start_contrast``: see
+    :func:`stop_reason`.
     """
     if bbox(prev) is None:
         return None, "empty previous mask"
     mask = predict_next(ctx, prev, config)
-    reason = stop_reason(ctx, mask, prev, band, config, probability, anchor_hu)
+    reason = stop_reason(ctx, mask, prev, band, config, probability, anchor_hu, start_contrast)
     return (None, reason) if reason else (mask, "")
 
 
@@ -276,6 +319,11 @@ def propagate_from(
     n = slicer.n_slices(view)
     first = predictor.slice_context(view, c, structure)
     extent = _extent_limit(predictor, view, structure, config, start)
+    contrast = None
+    if _liver_lesion(structure) and config.lesion_contrast_keep is not None:
+        contrast = lesion_contrast(first.hu, start, first.pixel_mm, config)
+        if contrast is not None and abs(contrast) < config.lesion_min_contrast_hu:
+            contrast = None
     if extent is not None:
         max_slices = extent if max_slices is None else min(max_slices, extent)
     batch = max(1, predictor.engine.encode_batch)
@@ -299,10 +347,21 @@ def propagate_from(
                 predictor.precompute(view, ahead, first.window, cancel)
             band, anchor = history.band(), history.anchor()
             ctx = predictor.slice_context(view, s, structure)
-            mask, reason = step_slice(ctx, prev, band, config, prob2d(s), anchor)
+            mask, reason = step_slice(ctx, prev, band, config, prob2d(s), anchor, contrast)
             if mask is None:
                 resumed = _look_ahead(
-                    predictor, view, structure, s, d, prev, (band, anchor), config, prob2d, max_slices, steps, n
+                    predictor,
+                    view,
+                    structure,
+                    s,
+                    d,
+                    prev,
+                    (band, anchor, contrast),
+                    config,
+                    prob2d,
+                    max_slices,
+                    steps,
+                    n,
                 )
                 if resumed is None:
                     log.info(
@@ -357,13 +416,13 @@ class _History:
 def _look_ahead(predictor, view, structure, s, d, prev, band_anchor, config, prob2d, max_slices, steps, n):
     """After slice ``s`` failed: the first of the next ``look_ahead`` slices that passes every
     rule when prompted from ``prev``, as (slice, mask, [(skipped slice, bridge mask)]), or None."""
-    band, anchor = band_anchor
+    band, anchor, contrast = band_anchor
     for k in range(1, config.look_ahead + 1):
         t = s + d * k
         if not 0 <= t < n or (max_slices is not None and steps + k >= max_slices):
             return None
         ctx = predictor.slice_context(view, t, structure)
-        mask, _ = step_slice(ctx, prev, band, config, prob2d(t), anchor)
+        mask, _ = step_slice(ctx, prev, band, config, prob2d(t), anchor, contrast)
         if mask is None:
             continue
         bridges = []
