@@ -14,7 +14,8 @@ metastasis); in the kidneys 20 and 30 mm, a simple cyst (-15 HU, to ~0 HU) and a
 at the kidney's border (a kidney is about as thick as a 30 mm lesion). Positions come from ``--seed``.
 
 For each lesion a box is drawn around the truth on its widest axial slice (1 voxel margin) and
-the prompt model predicts and propagates it (``structure`` = liver_tumor / kidney_tumor / kidney_cyst,
+the prompt model predicts and propagates it (and, separately, from one positive click on the
+truth's deepest pixel of that slice) (``structure`` = liver_tumor / kidney_tumor / kidney_cyst,
 so the lesion extent bound applies); with ``--unet`` the demo U-Net's lesion output on the same
 scan is scored too (phantom-trained: how much of the inserted lesion it calls a lesion, and how
 much lesion it reports elsewhere in the organ). Prints per lesion Dice, volume error, slices
@@ -109,6 +110,8 @@ def main() -> int:
         print(f"no real CT at {REAL_CT}: nothing to measure")
         return 0
 
+    from scipy import ndimage
+
     from lkseg.io import read_image, read_label_map
     from lkseg.metrics import dice
     from lkseg.refine import PromptPredictor
@@ -132,10 +135,10 @@ def main() -> int:
     rows = []
     try:
         print(
-            "| organ | lesion | true mL | slices | box Dice | box mL | beyond | s |"
+            "| organ | lesion | true mL | slices | box Dice | box mL | beyond | s | click Dice |"
             + (" U-Net Dice | U-Net lesion mL elsewhere |" if seg else "")
         )
-        print("|---|---|---|---|---|---|---|---|" + ("---|---|" if seg else ""))
+        print("|---|---|---|---|---|---|---|---|---|" + ("---|---|" if seg else ""))
         for organ, structure, diameter, delta, what in LESIONS:
             inside = 1.0 if organ == "liver" else 0.5  # kidneys are thinner than a 30 mm lesion
             image, truth = insert_lesion(ct.array, ref == ORGAN_VALUE[organ], spacing_zyx, diameter, delta, rng, inside)
@@ -148,6 +151,13 @@ def main() -> int:
             m2d = predictor.predict("axial", k, box=box, structure=structure)
             m3d = predictor.propagate("axial", k, m2d, structure=structure)
             seconds = time.perf_counter() - t0
+            # one click instead: on the truth's deepest pixel of the same slice
+            depth = ndimage.distance_transform_edt(truth[k])
+            j, i = np.unravel_index(int(np.argmax(depth)), depth.shape)
+            c2d = predictor.predict("axial", k, points=[[i, j, k]], labels=[1], structure=structure)
+            c3d = (
+                predictor.propagate("axial", k, c2d, structure=structure) if c2d.any() else np.zeros(truth.shape, bool)
+            )
             own = np.flatnonzero(truth.any(axis=(1, 2)))
             got = np.flatnonzero(m3d.any(axis=(1, 2)))
             beyond = 0 if got.size == 0 else int(max(0, own.min() - got.min()) + max(0, got.max() - own.max()))
@@ -161,10 +171,11 @@ def main() -> int:
                 "ml": m3d.sum() * ml,
                 "beyond": beyond,
                 "seconds": seconds,
+                "click_dice": float(dice(c3d, truth)) if c3d.any() else 0.0,
             }
             line = (
                 f"| {organ} | {row['lesion']} | {row['true_ml']:.1f} | {row['slices']} | {row['dice']:.3f} | "
-                f"{row['ml']:.1f} | {beyond} | {seconds:.1f} |"
+                f"{row['ml']:.1f} | {beyond} | {seconds:.1f} | {row['click_dice']:.3f} |"
             )
             if seg is not None:
                 result = seg.predict(vol, options=AutoOptions(mode="unet"))
@@ -187,6 +198,7 @@ def main() -> int:
         d = [r["dice"] for r in sel]
         print(
             f"{group}: {len(d)} lesions, box median Dice {median(d):.3f} (min {min(d):.3f}), "
+            f"one click median Dice {median([r['click_dice'] for r in sel]):.3f}, "
             f"median volume error {median([100 * (r['ml'] - r['true_ml']) / r['true_ml'] for r in sel]):+.0f} %, "
             f"slices beyond the lesion max {max(r['beyond'] for r in sel)}"
         )
