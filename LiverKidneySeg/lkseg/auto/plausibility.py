@@ -19,7 +19,7 @@ centroid of the voxels above -500 HU) and against the liver:
   the hip joints, or at a level where air fills at least ``chest_air_fraction`` of the body's
   cross-section (lungs), read by :func:`lkseg.auto.levels.body_levels`: a pelvis-only or chest-only
   scan holds none of the four organs (a phantom-trained network drew all four on a real pelvis-only
-  cut; their centres lay 12-42 mm above the hip joints, the real kidneys' 159-183 mm). A
+  cut; their centres lay 22-70 mm above the hip joints, the real organs' 197-246 mm). A
   transplanted or pelvic kidney is refused too and must be drawn by hand (a box: ``lkseg refine``).
 
 Then each kidney that is left is named by the side of the midline it lies on (a right kidney on the

@@ -18,9 +18,10 @@ box can catch a neighbouring organ), and propagation stops where the structure e
   is below ``min_probability``;
 * the structure would exceed ``max_extent_mm`` from the start slice (a bounded result on
   pathological input: never a leak through the whole volume);
-* for a liver lesion (:func:`is_lesion`, a structure named after the liver) that stands out from its
-  surroundings on the start slice by at least ``lesion_min_contrast_hu`` (median HU of a ring ``lesion_ring_mm`` outside the mask, soft
-  tissue only, minus the median inside): its contrast on the new slice fell below
+* for a liver lesion (:func:`is_lesion`, a structure named after the liver) that stands out from
+  its surroundings on the start slice by at least ``lesion_min_contrast_hu`` (median HU of a ring
+  ``lesion_ring_mm`` outside the mask, soft tissue only, minus the median inside): its contrast on
+  the new slice fell below
   ``lesion_contrast_keep`` of the start slice's, or changed sign - a lesion is what differs from
   the organ around it, and a mask that slid into plain parenchyma no longer does. Kidney lesions
   are left out: their surroundings (cortex, medulla, sinus fat, the fat an exophytic tumour bulges
