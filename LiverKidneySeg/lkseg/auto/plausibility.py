@@ -100,39 +100,35 @@ def refuse_implausible_positions(
     kji = np.argwhere(body[:, ::4, ::4]) * np.array([1, 4, 4])
     mid_x = float(grid.index_to_ras(kji[:: max(1, len(kji) // 50000), ::-1].astype(np.float64)).mean(axis=0)[0])
     notes: list[str] = []
-    notes.extend(_refuse_by_level(labels, image, grid, value_of, config))
-    liver_z = None
-    if "liver" in value_of and (labels == value_of["liver"]).any():
-        liver_z = float(_centre_ras(labels == value_of["liver"], grid)[2])
-    kidney_group = [
-        value_of[n] for n in ("kidney_right", "kidney_left", "kidney_tumor", "kidney_cyst") if n in value_of
-    ]
-    checks = []
-    if kidney_group:
-        checks.append(("kidney", kidney_group))
-    if "spleen" in value_of:
-        checks.append(("spleen", [value_of["spleen"]]))
+    groups = {
+        "liver": ("liver", "liver_tumor"),
+        "kidney": ("kidney_right", "kidney_left", "kidney_tumor", "kidney_cyst"),
+        "spleen": ("spleen",),
+    }
+    levels = None  # hip joints and air, read at the first organ piece
+    liver_z = None  # the liver's centre, once its pieces are checked
     bone = None  # the midline bone, read at the first kidney piece (a whole-image threshold)
     kidneys: list[tuple[np.ndarray, float, int]] = []  # (piece, RAS x - midline, organ voxels)
     organ_kidney = [value_of[n] for n in ("kidney_right", "kidney_left") if n in value_of]
-    for organ, values in checks:
-        for _, piece in components(np.isin(labels, values)):
+    for organ, names in groups.items():
+        values = [value_of[n] for n in names if n in value_of]
+        for _, piece in components(np.isin(labels, values)) if values else ():
             centre = _centre_ras(piece, grid)
             x, _, z = centre
-            reason = None
-            behind = None
-            if organ == "kidney":
+            levels = body_levels(image, grid) if levels is None else levels
+            reason = _level_reason(organ, float(z), levels, config)
+            if reason is None and organ == "kidney":
                 bone = _midline_bone(image, grid, mid_x, config) if bone is None else bone
                 behind = _behind_spine(piece, centre, bone, grid)
-            if organ == "kidney" and abs(x - mid_x) < config.kidney_midline_mm:
-                reason = f"its centre is {abs(x - mid_x):.0f} mm from the body's midline (spine/aorta?)"
-            elif organ == "kidney" and liver_z is not None and z < liver_z - config.kidney_below_liver_mm:
-                reason = f"its centre is {liver_z - z:.0f} mm below the liver's (pelvis?)"
-            elif organ == "kidney" and liver_z is not None and z > liver_z + config.kidney_above_liver_mm:
-                reason = f"its centre is {z - liver_z:.0f} mm above the liver's (chest?)"
-            elif organ == "kidney" and behind is not None and behind > config.kidney_behind_spine_mm:
-                reason = f"its centre lies {behind:.0f} mm behind the back of the spine (back muscles?)"
-            elif organ == "spleen" and x - mid_x > config.spleen_side_mm:
+                if abs(x - mid_x) < config.kidney_midline_mm:
+                    reason = f"its centre is {abs(x - mid_x):.0f} mm from the body's midline (spine/aorta?)"
+                elif liver_z is not None and z < liver_z - config.kidney_below_liver_mm:
+                    reason = f"its centre is {liver_z - z:.0f} mm below the liver's (pelvis?)"
+                elif liver_z is not None and z > liver_z + config.kidney_above_liver_mm:
+                    reason = f"its centre is {z - liver_z:.0f} mm above the liver's (chest?)"
+                elif behind is not None and behind > config.kidney_behind_spine_mm:
+                    reason = f"its centre lies {behind:.0f} mm behind the back of the spine (back muscles?)"
+            elif reason is None and organ == "spleen" and x - mid_x > config.spleen_side_mm:
                 reason = f"its centre lies {x - mid_x:.0f} mm to the patient's right of the midline"
             if reason:
                 ml = float(piece.sum()) * grid.voxel_volume_ml
@@ -140,6 +136,8 @@ def refuse_implausible_positions(
                 notes.append(f"position check: refused a {ml:.0f} mL {organ} component: {reason}")
             elif organ == "kidney":
                 kidneys.append((piece, x - mid_x, int(np.isin(labels[piece], organ_kidney).sum())))
+        if organ == "liver" and "liver" in value_of and (labels == value_of["liver"]).any():
+            liver_z = float(_centre_ras(labels == value_of["liver"], grid)[2])
     if len(organ_kidney) == 2:
         notes.extend(_name_kidneys_by_side(labels, kidneys, value_of, grid))
     return notes
@@ -157,31 +155,6 @@ def _level_reason(organ: str, z: float, levels: BodyLevels, config: PositionConf
     if air >= config.chest_air_fraction:
         return f"air fills {100 * air:.0f} % of the body's cross-section at its centre (chest: lungs)"
     return None
-
-
-def _refuse_by_level(
-    labels: np.ndarray, image: np.ndarray, grid: Grid, value_of: dict, config: PositionConfig
-) -> list[str]:
-    """Refuse (in place) organ components centred at the hip level or in the chest."""
-    groups = {
-        "liver": ("liver", "liver_tumor"),
-        "kidney": ("kidney_right", "kidney_left", "kidney_tumor", "kidney_cyst"),
-        "spleen": ("spleen",),
-    }
-    levels = None  # read once, at the first organ piece
-    notes = []
-    for organ, names in groups.items():
-        values = [value_of[n] for n in names if n in value_of]
-        if not values:
-            continue
-        for _, piece in components(np.isin(labels, values)):
-            levels = body_levels(image, grid) if levels is None else levels
-            reason = _level_reason(organ, float(_centre_ras(piece, grid)[2]), levels, config)
-            if reason:
-                ml = float(piece.sum()) * grid.voxel_volume_ml
-                labels[piece] = 0
-                notes.append(f"position check: refused a {ml:.0f} mL {organ} component: {reason}")
-    return notes
 
 
 def _name_kidneys_by_side(
