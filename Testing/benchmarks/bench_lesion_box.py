@@ -54,21 +54,33 @@ def _lesions(phantom, min_voxels: int):
                 yield name, piece
 
 
-def _run(predictor, structure: str, lesion: np.ndarray, bound: bool) -> dict:
-    from lkseg.metrics import dice
-
+def box_on_widest_slice(predictor, structure: str, lesion: np.ndarray) -> tuple[np.ndarray, int, float]:
+    """A box around ``lesion`` (ZYX bool) on its widest axial slice (1 voxel margin), predicted and
+    propagated: ``(3D mask, slice k, seconds)``. Also used by ``bench_lesion_box_real.py``."""
     k = int(np.argmax(lesion.sum(axis=(1, 2))))
     jj, ii = np.nonzero(lesion[k])
     box = [[ii.min() - 1, jj.min() - 1, k], [ii.max() + 1, jj.max() + 1, k]]
-    predictor.config.propagation.max_extent_mm = None if bound else 1e6
     t0 = time.perf_counter()
     m2d = predictor.predict("axial", k, box=box, structure=structure)
     m3d = predictor.propagate("axial", k, m2d, structure=structure)
-    seconds = time.perf_counter() - t0
+    return m3d, k, time.perf_counter() - t0
+
+
+def slices_beyond(lesion: np.ndarray, mask: np.ndarray) -> int:
+    """Axial slices ``mask`` reaches below and above the lesion's own (ZYX bool arrays)."""
     own = np.flatnonzero(lesion.any(axis=(1, 2)))
-    got = np.flatnonzero(m3d.any(axis=(1, 2)))
-    beyond = 0 if got.size == 0 else int(max(0, own.min() - got.min()) + max(0, got.max() - own.max()))
-    return {"dice": float(dice(m3d, lesion)), "beyond": beyond, "seconds": seconds, "k": k, "slices": len(own)}
+    got = np.flatnonzero(mask.any(axis=(1, 2)))
+    return 0 if got.size == 0 else int(max(0, own.min() - got.min()) + max(0, got.max() - own.max()))
+
+
+def _run(predictor, structure: str, lesion: np.ndarray, bound: bool) -> dict:
+    from lkseg.metrics import dice
+
+    predictor.config.propagation.max_extent_mm = None if bound else 1e6
+    m3d, k, seconds = box_on_widest_slice(predictor, structure, lesion)
+    slices = int(lesion.any(axis=(1, 2)).sum())
+    beyond = slices_beyond(lesion, m3d)
+    return {"dice": float(dice(m3d, lesion)), "beyond": beyond, "seconds": seconds, "k": k, "slices": slices}
 
 
 def main() -> int:

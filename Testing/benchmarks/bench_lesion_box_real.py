@@ -31,13 +31,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+from bench_lesion_box import box_on_widest_slice, slices_beyond  # noqa: E402
 
 from benchutil import median, peak_rss_mb  # noqa: E402
 
@@ -144,13 +145,7 @@ def main() -> int:
             image, truth = insert_lesion(ct.array, ref == ORGAN_VALUE[organ], spacing_zyx, diameter, delta, rng, inside)
             vol = Volume(image, ct.grid, dict(ct.meta))
             predictor.set_volume(vol)
-            k = int(np.argmax(truth.sum(axis=(1, 2))))
-            jj, ii = np.nonzero(truth[k])
-            box = [[ii.min() - 1, jj.min() - 1, k], [ii.max() + 1, jj.max() + 1, k]]
-            t0 = time.perf_counter()
-            m2d = predictor.predict("axial", k, box=box, structure=structure)
-            m3d = predictor.propagate("axial", k, m2d, structure=structure)
-            seconds = time.perf_counter() - t0
+            m3d, k, seconds = box_on_widest_slice(predictor, structure, truth)
             # one click instead: on the truth's deepest pixel of the same slice
             depth = ndimage.distance_transform_edt(truth[k])
             j, i = np.unravel_index(int(np.argmax(depth)), depth.shape)
@@ -158,15 +153,13 @@ def main() -> int:
             c3d = (
                 predictor.propagate("axial", k, c2d, structure=structure) if c2d.any() else np.zeros(truth.shape, bool)
             )
-            own = np.flatnonzero(truth.any(axis=(1, 2)))
-            got = np.flatnonzero(m3d.any(axis=(1, 2)))
-            beyond = 0 if got.size == 0 else int(max(0, own.min() - got.min()) + max(0, got.max() - own.max()))
+            beyond = slices_beyond(truth, m3d)
             ml = ct.grid.voxel_volume_ml
             row = {
                 "organ": organ,
                 "lesion": f"{diameter} mm {what} ({delta:+d} HU)",
                 "true_ml": truth.sum() * ml,
-                "slices": len(own),
+                "slices": int(truth.any(axis=(1, 2)).sum()),
                 "dice": float(dice(m3d, truth)),
                 "ml": m3d.sum() * ml,
                 "beyond": beyond,
