@@ -24,6 +24,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -254,7 +255,9 @@ def chrome(width: int = 1400, height: int = 900, download_dir: str | Path | None
 
     ``--no-sandbox`` because CI runs as root; ``--disable-gpu`` and software WebGL (SwiftShader) so
     VTK's WebGL views render without a GPU. With ``download_dir``, downloads go there without a
-    prompt (see :func:`wait_for_download`). The caller quits it (``driver.quit()``).
+    prompt (see :func:`wait_for_download`). The caller quits it (``driver.quit()``), which also
+    removes the browser's profile and the socket folder Chromium makes in ``TMPDIR`` (both live in
+    one private temporary folder: chromedriver's kill on quit would leave them in /tmp otherwise).
 
     Raises:
         RuntimeError: chromium or chromedriver is missing (see :func:`browser_missing`).
@@ -287,8 +290,25 @@ def chrome(width: int = 1400, height: int = 900, download_dir: str | Path | None
         options.add_experimental_option(
             "prefs", {"download.default_directory": download_dir, "download.prompt_for_download": False}
         )
-    service = Service(executable_path=CHROMEDRIVER, log_output=subprocess.DEVNULL)
-    driver = webdriver.Chrome(service=service, options=options)
+    scratch = tempfile.mkdtemp(prefix="lkseg-chromium-")
+    options.add_argument(f"--user-data-dir={Path(scratch) / 'profile'}")
+    service = Service(
+        executable_path=CHROMEDRIVER, log_output=subprocess.DEVNULL, env={**os.environ, "TMPDIR": scratch}
+    )
+    try:
+        driver = webdriver.Chrome(service=service, options=options)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    quit_browser = driver.quit
+
+    def quit_and_clean() -> None:
+        try:
+            quit_browser()
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    driver.quit = quit_and_clean
     if download_dir is not None:
         driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": download_dir})
     return driver
