@@ -15,6 +15,12 @@ segmented (``--modes unet`` by default; ``hybrid`` too on request) and every org
 It is one patient: the variants test localisation failure modes (field of view, slice count, noise,
 orientation), not other anatomy. Variants were fixed before any rule was changed after them.
 
+``--pad MODE [--pad-mm W]`` is an experiment on the tight fields of view: before segmenting, each
+variant is padded in-plane (both index axes i and j, symmetrically) to at least ``W`` mm with
+``edge`` (the border voxels repeated, as the head-foot context does), ``reflect``, ``air``
+(-1024 HU) or ``fat`` (-100 HU), and the labels are cropped back to the variant's grid (origin
+moved so that every voxel keeps its LPS position). It assumes an axial scan (i, j in-plane).
+
 Usage::
 
     OMP_NUM_THREADS=2 python Testing/benchmarks/bench_localise_real.py [--modes unet hybrid]
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import tempfile
 import time
@@ -111,6 +118,42 @@ def variants(ct_path: Path, seg_path: Path):
         )
 
 
+def pad_inplane(volume, mode: str | None, extent_mm: float):
+    """``volume`` padded symmetrically along i and j to at least ``extent_mm`` (see the module
+    docstring); ``mode=None``: unchanged."""
+    import numpy as np
+
+    from lkseg.volume import Volume
+
+    if mode is None:
+        return volume
+    arr = volume.array
+    si, sj = volume.spacing[0], volume.spacing[1]
+    pi = max(0, math.ceil((extent_mm - arr.shape[2] * si) / si / 2))
+    pj = max(0, math.ceil((extent_mm - arr.shape[1] * sj) / sj / 2))
+    pad = [(0, 0), (pj, pj), (pi, pi)]
+    if mode in ("air", "fat"):
+        big = np.pad(arr, pad, constant_values=-1024 if mode == "air" else -100)
+    else:
+        big = np.pad(arr, pad, mode=mode)
+    direction = np.asarray(volume.grid.direction, dtype=np.float64)
+    origin = np.asarray(volume.grid.origin) - pi * si * direction[:, 0] - pj * sj * direction[:, 1]
+    return Volume.from_array(big, volume.spacing, origin, direction, dict(volume.meta))
+
+
+def crop_result(result, volume):
+    """``result`` (of a :func:`pad_inplane` volume) with its labels cut back to ``volume``'s grid."""
+    from dataclasses import replace
+
+    from lkseg.volume import Volume
+
+    _, y, x = volume.shape
+    pj, pi = (result.labels.shape[1] - y) // 2, (result.labels.shape[2] - x) // 2  # padded symmetrically
+    arr = result.labels.array[:, pj : pj + y, pi : pi + x]
+    labels = Volume.from_array(arr, volume.spacing, volume.grid.origin, volume.grid.direction, {})
+    return replace(result, labels=labels)
+
+
 def score(result, ref_arr, spacing, present_ml: float, invent_ml: float) -> dict:
     from lkseg.metrics import mask_metrics
 
@@ -143,6 +186,8 @@ def main() -> int:
     p.add_argument("--context-mm", type=float, default=None, help="AutoOptions.context_mm (default: the package's)")
     p.add_argument("--no-follow-down", action="store_true", help="HybridConfig(follow_down=False)")
     p.add_argument("--model", default=None)
+    p.add_argument("--pad", choices=["edge", "reflect", "air", "fat"], help="pad in-plane before segmenting")
+    p.add_argument("--pad-mm", type=float, default=380.0, help="in-plane extent to pad to (with --pad)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -176,7 +221,9 @@ def main() -> int:
 
                     extra["hybrid"] = HybridConfig(follow_down=False)
                 options = AutoOptions(mode=mode, relocate=not args.no_relocate, **extra)
-                result = seg.predict(volume, options=options)
+                result = seg.predict(pad_inplane(volume, args.pad, args.pad_mm), options=options)
+                if args.pad:
+                    result = crop_result(result, volume)
                 wall = time.perf_counter() - start
                 organs = score(result, ref_arr, volume.spacing, args.present_ml, args.invent_ml)
                 row = {"variant": name, "mode": mode, "shape": "x".join(map(str, volume.shape[::-1])), "wall_s": wall}
