@@ -362,6 +362,50 @@ def test_a_kidney_behind_the_spine_is_refused(direction):
 
 
 @pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0])], ids=["lps", "ras-stored"])
+def test_a_spleen_among_the_back_muscles_is_refused(direction):
+    """The spleen's centre lies level with the vertebral bodies: a "spleen" 10 mm in front of the
+    back of the spine (back muscles) is refused, one 45 mm in front of it is kept."""
+    from lkseg.auto.plausibility import refuse_implausible_positions
+
+    shape = (40, 60, 60)  # k, j, i at 5 mm
+    grid = Grid(shape, (5.0, 5.0, 5.0), (0.0, 0.0, 0.0), direction)
+    image = np.full(shape, -1000, np.int16)
+    image[:, 5:55, 5:55] = 40  # the body, centred on i = j = 29.5
+    posterior_is_high_j = grid.index_to_ras([0.0, 59, 0])[1] < grid.index_to_ras([0.0, 0, 0])[1]
+    right_is_low_i = grid.index_to_ras([0.0, 0, 0])[0] > grid.index_to_ras([59.0, 0, 0])[0]
+
+    def j_of(back):  # j index ``back`` voxels posterior of the body's centre
+        return round(29.5 + back) if posterior_is_high_j else round(29.5 - back)
+
+    def i_of(right):
+        return round(29.5 - right) if right_is_low_i else round(29.5 + right)
+
+    image[:, min(j_of(8), j_of(12)) : max(j_of(8), j_of(12)) + 1, 27:33] = 400  # the spine, 40-60 mm back
+    labels = np.zeros(shape, np.uint8)
+    labels[20:30, j_of(3) - 3 : j_of(3) + 3, i_of(-15) - 4 : i_of(-15) + 4] = 7  # spleen, 45 mm in front
+    labels[5:15, j_of(10) - 2 : j_of(10) + 2, i_of(-10) - 3 : i_of(-10) + 3] = 7  # "spleen", 10 mm in front
+    notes = refuse_implausible_positions(labels, image, grid, TABLE)
+    assert (labels == 7).sum() == 10 * 6 * 8 and not (labels[5:15] == 7).any(), notes
+    assert len(notes) == 1 and "in front of the back of the spine" in notes[0], notes
+
+
+def test_the_real_spleen_is_kept_and_the_real_back_muscles_refused_as_spleen(real_ct_dir):
+    """On example_ct, TotalSegmentator's spleen (label 1) passes the position check and its left
+    erector spinae (label 86, autochthon_left), called "spleen", is refused."""
+    from lkseg.auto.plausibility import refuse_implausible_positions
+    from lkseg.io import read_image
+
+    folder = real_ct_dir / "totalsegmentator"
+    ct = read_image(folder / "example_ct.nii.gz")
+    ref = read_image(folder / "example_seg_fast_force_split.nii.gz").array
+    for source, kept in ((1, True), (86, False)):
+        labels = np.where(ref == source, 7, 0).astype(np.uint8)
+        before = int((labels == 7).sum())
+        notes = refuse_implausible_positions(labels, ct.array, ct.grid, TABLE)
+        assert before > 1000 and int((labels == 7).sum()) == (before if kept else 0), (source, notes)
+
+
+@pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0])], ids=["lps", "ras-stored"])
 def test_kidneys_are_named_by_their_side_of_the_midline_one_a_side(direction):
     """A kidney on the patient's left is the left kidney whatever the network called it (a mirrored
     kidney is a clinical error); two pieces on one side: the larger is that kidney, the other refused."""
