@@ -346,8 +346,8 @@ def test_a_kidney_behind_the_spine_is_refused(direction):
     posterior_is_high_j = grid.index_to_ras([0.0, 59, 0])[1] < grid.index_to_ras([0.0, 0, 0])[1]
     right_is_low_i = grid.index_to_ras([0.0, 0, 0])[0] > grid.index_to_ras([59.0, 0, 0])[0]
 
-    def j_of(back):  # j index ``back`` voxels posterior of the body's centre
-        return round(29.5 + back) if posterior_is_high_j else round(29.5 - back)
+    def j_of(back):  # j index ``back`` voxels posterior of the body's centre (half a voxel posterior)
+        return int(30 + back) if posterior_is_high_j else int(29 - back)
 
     def i_of(right):
         return round(29.5 - right) if right_is_low_i else round(29.5 + right)
@@ -356,9 +356,12 @@ def test_a_kidney_behind_the_spine_is_refused(direction):
     labels = np.zeros(shape, np.uint8)
     labels[15:25, j_of(9) - 3 : j_of(9) + 3, i_of(12) - 3 : i_of(12) + 3] = 3  # right kidney beside it
     labels[15:25, j_of(20) - 2 : j_of(20) + 2, i_of(-10) - 3 : i_of(-10) + 3] = 4  # "left kidney": back muscles
+    # "left kidney" centred on the row in front of the spine's last (5 mm in front of its back)
+    labels[30:38, min(j_of(9), j_of(13)) : max(j_of(9), j_of(13)) + 1, i_of(-12) - 3 : i_of(-12) + 3] = 4
     notes = refuse_implausible_positions(labels, image, grid, TABLE)
     assert (labels == 3).sum() == 10 * 6 * 6 and not (labels == 4).any(), notes
-    assert len(notes) == 1 and "behind the back of the spine" in notes[0], notes
+    assert len(notes) == 2 and "behind the back of the spine" in notes[0], notes
+    assert "5 mm in front of the back of the spine" in notes[1], notes
 
 
 @pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0])], ids=["lps", "ras-stored"])
@@ -389,20 +392,29 @@ def test_a_spleen_among_the_back_muscles_is_refused(direction):
     assert len(notes) == 1 and "in front of the back of the spine" in notes[0], notes
 
 
-def test_the_real_spleen_is_kept_and_the_real_back_muscles_refused_as_spleen(real_ct_dir):
-    """On example_ct, TotalSegmentator's spleen (label 1) passes the position check and its left
-    erector spinae (label 86, autochthon_left), called "spleen", is refused."""
+def test_the_real_spleen_and_kidneys_are_kept_and_the_real_back_muscles_refused_as_either(real_ct_dir):
+    """On example_ct, TotalSegmentator's spleen (label 1) and kidneys (2 right, 3 left) pass the
+    position check, each alone and on 20-slice slabs; its erector spinae (86 left, 87 right), called
+    spleen or kidney, are refused."""
     from lkseg.auto.plausibility import refuse_implausible_positions
     from lkseg.io import read_image
+    from lkseg.volume import Volume
 
     folder = real_ct_dir / "totalsegmentator"
     ct = read_image(folder / "example_ct.nii.gz")
     ref = read_image(folder / "example_seg_fast_force_split.nii.gz").array
-    for source, kept in ((1, True), (86, False)):
-        labels = np.where(ref == source, 7, 0).astype(np.uint8)
-        before = int((labels == 7).sum())
-        notes = refuse_implausible_positions(labels, ct.array, ct.grid, TABLE)
-        assert before > 1000 and int((labels == 7).sum()) == (before if kept else 0), (source, notes)
+    cases = [(1, 7, True), (2, 3, True), (3, 4, True), (86, 7, False), (87, 3, False), (86, 4, False)]
+    for k0, k1 in ((0, ref.shape[0]), (62, 82), (72, 92), (82, 102)):
+        origin = ct.grid.index_to_lps([0.0, 0.0, float(k0)])  # ZYX array: k is axis 0
+        part = Volume.from_array(ct.array[k0:k1], ct.spacing, origin, ct.grid.direction)
+        for source, value, kept in cases:
+            labels = np.where(ref[k0:k1] == source, value, 0).astype(np.uint8)
+            before = int((labels == value).sum())
+            if before < 300:
+                continue
+            notes = refuse_implausible_positions(labels, part.array, part.grid, TABLE)
+            after = int((labels == value).sum())
+            assert after == (before if kept else 0), (k0, source, value, notes)
 
 
 @pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0])], ids=["lps", "ras-stored"])
