@@ -387,9 +387,17 @@ def test_a_spleen_among_the_back_muscles_is_refused(direction):
     labels = np.zeros(shape, np.uint8)
     labels[20:30, j_of(3) - 3 : j_of(3) + 3, i_of(-15) - 4 : i_of(-15) + 4] = 7  # spleen, 45 mm in front
     labels[5:15, j_of(10) - 2 : j_of(10) + 2, i_of(-10) - 3 : i_of(-10) + 3] = 7  # "spleen", 10 mm in front
+    labels[2, j_of(3), i_of(-20)] = 7  # a one-voxel fragment, 45 mm in front: kept with the spleen
     notes = refuse_implausible_positions(labels, image, grid, TABLE)
-    assert (labels == 7).sum() == 10 * 6 * 8 and not (labels[5:15] == 7).any(), notes
+    assert (labels == 7).sum() == 10 * 6 * 8 + 1 and not (labels[5:15] == 7).any(), notes
     assert len(notes) == 1 and "in front of the back of the spine" in notes[0], notes
+
+    # with no spleen kept, the fragment does not stand for one on its own
+    labels[20:30] = 0
+    labels[5:15, j_of(10) - 2 : j_of(10) + 2, i_of(-10) - 3 : i_of(-10) + 3] = 7
+    notes = refuse_implausible_positions(labels, image, grid, TABLE)
+    assert not (labels == 7).any(), notes
+    assert len(notes) == 2 and "fragments" in notes[1], notes
 
 
 def test_the_real_spleen_and_kidneys_are_kept_and_the_real_back_muscles_refused_as_either(real_ct_dir):

@@ -189,3 +189,28 @@ def test_the_demo_model_reports_no_organ_on_a_real_pelvis_only_scan(real_ct_dir,
     result = AutoSegmenter(DEFAULT_MODEL_ID, device="cpu", backend="torch").predict(read_image(path))
     assert result.empty, result.volumes_ml
     assert sum("hip joints" in n for n in result.notes) >= 3, result.notes
+
+
+def test_the_demo_model_draws_no_organ_in_the_back_muscles_of_a_real_slab(real_ct_dir, tmp_path):
+    """Slices 62-81 of example_ct lie below the spleen (TotalSegmentator: no spleen there). The
+    demo U-Net had called the left erector spinae a 19 mL spleen and the right one a 73 mL right
+    kidney; the position check now refuses both (centres 6 and 1 mm in front of the back of the
+    spine): no spleen, and no kidney voxel in the back muscles (TotalSegmentator 86/87)."""
+    import SimpleITK as sitk
+
+    from lkseg.auto import AutoSegmenter
+    from lkseg.io import read_image
+    from lkseg.models import DEFAULT_MODEL_ID, builtin_models_dir
+
+    if not (builtin_models_dir() / DEFAULT_MODEL_ID).is_dir():
+        pytest.skip("demo model not present")
+    folder = real_ct_dir / "totalsegmentator"
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "example_seg_fast_force_split.nii.gz")))[62:82]
+    assert not (ref == 1).any() and (ref == 2).sum() > 1000  # the truth: no spleen, a right kidney
+    path = tmp_path / "slab.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(folder / "example_ct.nii.gz"))[:, :, 62:82], str(path))
+    result = AutoSegmenter(DEFAULT_MODEL_ID, device="cpu", backend="torch").predict(read_image(path))
+    labels, table = result.labels.array, result.label_table
+    assert not (labels == table.value_of("spleen")).any(), result.notes
+    kidneys = np.isin(labels, [table.value_of("kidney_right"), table.value_of("kidney_left")])
+    assert kidneys.any() and (kidneys & np.isin(ref, [86, 87])).sum() < 0.05 * kidneys.sum(), result.notes

@@ -35,6 +35,10 @@ centroid of the voxels above -500 HU) and against the liver:
   cut; their centres lay 22-70 mm above the hip joints, the real organs' 197-246 mm). A
   transplanted or pelvic kidney is refused too and must be drawn by hand (a box: ``lkseg refine``).
 
+When every piece of an organ of at least ``fragment_ml`` was refused, its smaller pieces go too (a
+scan shorter than the networks' context is extended for them and its labels cropped back, which
+can cut an organ into a piece and fragments).
+
 Then each kidney that is left is named by the side of the midline it lies on (a right kidney on the
 patient's left is a mirrored organ, a clinical error; a phantom-trained network named the real left
 kidney "right" and a piece of the spleen "left" on a real 20-slice slab): one kidney a side, the
@@ -73,6 +77,7 @@ class PositionConfig:
     spine_half_width_mm: float = 25.0
     hip_clearance_mm: float = 110.0
     chest_air_fraction: float = 0.4
+    fragment_ml: float = 1.0
 
 
 def _centre_ras(mask: np.ndarray, grid: Grid) -> np.ndarray:
@@ -130,6 +135,7 @@ def refuse_implausible_positions(
     organ_kidney = [value_of[n] for n in ("kidney_right", "kidney_left") if n in value_of]
     for organ, names in groups.items():
         values = [value_of[n] for n in names if n in value_of]
+        refused, kept_large, kept_small = False, False, []
         for _, piece in components(np.isin(labels, values)) if values else ():
             centre = _centre_ras(piece, grid)
             x, _, z = centre
@@ -153,12 +159,28 @@ def refuse_implausible_positions(
                     reason = f"its centre lies {x - mid_x:.0f} mm to the patient's right of the midline"
                 elif behind is not None and -behind < config.spleen_front_of_spine_mm:
                     reason = f"its centre lies {_from_spine(behind)} the back of the spine (back muscles?)"
+            ml = float(piece.sum()) * grid.voxel_volume_ml
             if reason:
-                ml = float(piece.sum()) * grid.voxel_volume_ml
                 labels[piece] = 0
+                refused = True
                 notes.append(f"position check: refused a {ml:.0f} mL {organ} component: {reason}")
-            elif organ == "kidney":
+                continue
+            if ml >= config.fragment_ml:
+                kept_large = True
+            else:
+                kept_small.append(piece)
+            if organ == "kidney":
                 kidneys.append((piece, x - mid_x, int(np.isin(labels[piece], organ_kidney).sum())))
+        if refused and not kept_large and kept_small:
+            # fragments of a refused organ (e.g. pieces that joined it only in the slices a short scan
+            # was extended by for the networks) do not stand for the organ on their own
+            gone = np.logical_or.reduce(kept_small)
+            labels[gone] = 0
+            kidneys = [k for k in kidneys if not (k[0] & gone).any()]
+            notes.append(
+                f"position check: removed {gone.sum() * grid.voxel_volume_ml:.2f} mL of {organ} fragments "
+                f"under {config.fragment_ml:g} mL left after the refusal"
+            )
         if organ == "liver" and "liver" in value_of and (labels == value_of["liver"]).any():
             liver_z = float(_centre_ras(labels == value_of["liver"], grid)[2])
     if len(organ_kidney) == 2:
