@@ -131,6 +131,7 @@ def refuse_implausible_positions(
     levels = None  # hip joints and air, read at the first organ piece
     liver_z = None  # the liver's centre, once its pieces are checked
     bone = None  # the midline bone, read at the first kidney or spleen piece (a whole-image threshold)
+    front_of_spine = {"kidney": config.kidney_front_of_spine_mm, "spleen": config.spleen_front_of_spine_mm}
     kidneys: list[tuple[np.ndarray, float, int]] = []  # (piece, RAS x - midline, organ voxels)
     organ_kidney = [value_of[n] for n in ("kidney_right", "kidney_left") if n in value_of]
     for organ, names in groups.items():
@@ -142,22 +143,18 @@ def refuse_implausible_positions(
             levels = body_levels(image, grid) if levels is None else levels
             reason = _level_reason(organ, float(z), levels, config)
             if reason is None and organ == "kidney":
-                bone = _midline_bone(image, grid, mid_x, config) if bone is None else bone
-                behind = _behind_spine(piece, centre, bone, grid)
                 if abs(x - mid_x) < config.kidney_midline_mm:
                     reason = f"its centre is {abs(x - mid_x):.0f} mm from the body's midline (spine/aorta?)"
                 elif liver_z is not None and z < liver_z - config.kidney_below_liver_mm:
                     reason = f"its centre is {liver_z - z:.0f} mm below the liver's (pelvis?)"
                 elif liver_z is not None and z > liver_z + config.kidney_above_liver_mm:
                     reason = f"its centre is {z - liver_z:.0f} mm above the liver's (chest?)"
-                elif behind is not None and -behind < config.kidney_front_of_spine_mm:
-                    reason = f"its centre lies {_from_spine(behind)} the back of the spine (back muscles?)"
-            elif reason is None and organ == "spleen":
+            elif reason is None and organ == "spleen" and x - mid_x > config.spleen_side_mm:
+                reason = f"its centre lies {x - mid_x:.0f} mm to the patient's right of the midline"
+            if reason is None and organ in front_of_spine:
                 bone = _midline_bone(image, grid, mid_x, config) if bone is None else bone
                 behind = _behind_spine(piece, centre, bone, grid)
-                if x - mid_x > config.spleen_side_mm:
-                    reason = f"its centre lies {x - mid_x:.0f} mm to the patient's right of the midline"
-                elif behind is not None and -behind < config.spleen_front_of_spine_mm:
+                if behind is not None and -behind < front_of_spine[organ]:
                     reason = f"its centre lies {_from_spine(behind)} the back of the spine (back muscles?)"
             ml = float(piece.sum()) * grid.voxel_volume_ml
             if reason:
