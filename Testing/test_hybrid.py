@@ -333,27 +333,38 @@ def test_position_checks_refuse_a_midline_or_pelvic_kidney_and_a_right_sided_spl
     assert labels[30, 17, side(0)] == 0 and labels[5, 17, side(8)] == 0 and not (labels == 7).any()
 
 
-@pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0])], ids=["lps", "ras-stored"])
-def test_a_kidney_behind_the_spine_is_refused(direction):
-    """Kidneys lie beside the vertebral bodies: a "kidney" among the back muscles is refused, one
-    beside the spine is kept (positions read from the grid, so either storage order works)."""
-    from lkseg.auto.plausibility import refuse_implausible_positions
-
-    shape = (40, 60, 60)  # k, j, i at 5 mm
+def _torso_with_spine(direction, half_voxel_back: bool):
+    """A 300 x 300 x 200 mm box of soft tissue at 5 mm (k, j, i) with a spine 40-60 mm behind its
+    centre, stored by ``direction``; returns ``(grid, image, empty labels, j_of, i_of)`` where
+    ``j_of(back)`` is the j index ``back`` voxels posterior of the centre (``half_voxel_back``: the
+    centre taken half a voxel posterior, the same rows in either storage order; else rounded) and
+    ``i_of(right)`` the i index ``right`` voxels to the patient's right of it."""
+    shape = (40, 60, 60)
     grid = Grid(shape, (5.0, 5.0, 5.0), (0.0, 0.0, 0.0), direction)
     image = np.full(shape, -1000, np.int16)
     image[:, 5:55, 5:55] = 40  # the body, centred on i = j = 29.5
     posterior_is_high_j = grid.index_to_ras([0.0, 59, 0])[1] < grid.index_to_ras([0.0, 0, 0])[1]
     right_is_low_i = grid.index_to_ras([0.0, 0, 0])[0] > grid.index_to_ras([59.0, 0, 0])[0]
 
-    def j_of(back):  # j index ``back`` voxels posterior of the body's centre (half a voxel posterior)
-        return int(30 + back) if posterior_is_high_j else int(29 - back)
+    def j_of(back):
+        if half_voxel_back:
+            return int(30 + back) if posterior_is_high_j else int(29 - back)
+        return round(29.5 + back) if posterior_is_high_j else round(29.5 - back)
 
     def i_of(right):
         return round(29.5 - right) if right_is_low_i else round(29.5 + right)
 
     image[:, min(j_of(8), j_of(12)) : max(j_of(8), j_of(12)) + 1, 27:33] = 400  # the spine, 40-60 mm back
-    labels = np.zeros(shape, np.uint8)
+    return grid, image, np.zeros(shape, np.uint8), j_of, i_of
+
+
+@pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0])], ids=["lps", "ras-stored"])
+def test_a_kidney_behind_the_spine_is_refused(direction):
+    """Kidneys lie beside the vertebral bodies: a "kidney" among the back muscles is refused, one
+    beside the spine is kept (positions read from the grid, so either storage order works)."""
+    from lkseg.auto.plausibility import refuse_implausible_positions
+
+    grid, image, labels, j_of, i_of = _torso_with_spine(direction, half_voxel_back=True)
     labels[15:25, j_of(9) - 3 : j_of(9) + 3, i_of(12) - 3 : i_of(12) + 3] = 3  # right kidney beside it
     labels[15:25, j_of(20) - 2 : j_of(20) + 2, i_of(-10) - 3 : i_of(-10) + 3] = 4  # "left kidney": back muscles
     # "left kidney" centred on the row in front of the spine's last (5 mm in front of its back)
@@ -370,21 +381,7 @@ def test_a_spleen_among_the_back_muscles_is_refused(direction):
     back of the spine (back muscles) is refused, one 45 mm in front of it is kept."""
     from lkseg.auto.plausibility import refuse_implausible_positions
 
-    shape = (40, 60, 60)  # k, j, i at 5 mm
-    grid = Grid(shape, (5.0, 5.0, 5.0), (0.0, 0.0, 0.0), direction)
-    image = np.full(shape, -1000, np.int16)
-    image[:, 5:55, 5:55] = 40  # the body, centred on i = j = 29.5
-    posterior_is_high_j = grid.index_to_ras([0.0, 59, 0])[1] < grid.index_to_ras([0.0, 0, 0])[1]
-    right_is_low_i = grid.index_to_ras([0.0, 0, 0])[0] > grid.index_to_ras([59.0, 0, 0])[0]
-
-    def j_of(back):  # j index ``back`` voxels posterior of the body's centre
-        return round(29.5 + back) if posterior_is_high_j else round(29.5 - back)
-
-    def i_of(right):
-        return round(29.5 - right) if right_is_low_i else round(29.5 + right)
-
-    image[:, min(j_of(8), j_of(12)) : max(j_of(8), j_of(12)) + 1, 27:33] = 400  # the spine, 40-60 mm back
-    labels = np.zeros(shape, np.uint8)
+    grid, image, labels, j_of, i_of = _torso_with_spine(direction, half_voxel_back=False)
     labels[20:30, j_of(3) - 3 : j_of(3) + 3, i_of(-15) - 4 : i_of(-15) + 4] = 7  # spleen, 45 mm in front
     labels[5:15, j_of(10) - 2 : j_of(10) + 2, i_of(-10) - 3 : i_of(-10) + 3] = 7  # "spleen", 10 mm in front
     labels[2, j_of(3), i_of(-20)] = 7  # a one-voxel fragment, 45 mm in front: kept with the spleen
