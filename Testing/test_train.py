@@ -267,3 +267,21 @@ def test_train_cli_runs_and_reports(msd_dataset, tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["id"] == "cli-model" and set(manifest["stages"]) == {"coarse", "fine"}
     assert PRESETS["tiny"]()[1].name == "fine"
+
+
+def test_class_sampling_ratios_when_a_case_lacks_the_highest_label():
+    """A case without the highest label (a slab without the spleen, a kidney without a cyst) used to
+    break the class-balanced sampler's setup (a shape error); classes count as present when any case
+    holds them, and absent classes are never sampled."""
+    from lkseg.train.preprocess import PreparedCase
+    from lkseg.train.trainer import _class_ratios
+
+    grid = Grid((3, 3, 3), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    with_three = np.zeros((3, 3, 3), np.uint8)
+    with_three[0, 0, :3] = (1, 2, 3)
+    only_one = np.zeros((3, 3, 3), np.uint8)
+    only_one[1, 1, 1] = 1
+    cases = [PreparedCase("a", np.zeros((3, 3, 3), np.float32), only_one, grid)]
+    assert _class_ratios(cases, 5) == [0.5, 1.0, 0.0, 0.0, 0.0]
+    cases.append(PreparedCase("b", np.zeros((3, 3, 3), np.float32), with_three, grid))
+    assert _class_ratios(cases, 5) == [0.5, 1.0, 1.0, 1.0, 0.0]

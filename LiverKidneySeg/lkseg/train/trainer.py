@@ -143,9 +143,7 @@ def _items(cases: list[PreparedCase], num_classes: int) -> list[dict]:
 def _class_ratios(cases: list[PreparedCase], num_classes: int) -> list[float]:
     present = np.zeros(num_classes, dtype=bool)
     for case in cases:
-        present[: int(case.labels.max()) + 1] |= (
-            np.bincount(case.labels.reshape(-1), minlength=num_classes)[:num_classes] > 0
-        )
+        present |= np.bincount(case.labels.reshape(-1), minlength=num_classes)[:num_classes] > 0
     ratios = [1.0 if present[c] else 0.0 for c in range(num_classes)]
     ratios[0] = 0.5
     return ratios
