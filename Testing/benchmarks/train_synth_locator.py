@@ -8,7 +8,7 @@ on it on the CPU, and assembles a package with the new coarse stage and the demo
 (``merge_stages.py``), to be compared with ``bench_auto_accuracy.py --seeds 2000-2011 --no-real``
 (validation phantoms: the choice) and ``bench_localise_real.py`` (the real cuts: the report).
 
-The recipe was fixed before any real number was seen (nothing below was tuned on real CT):
+The recipe was fixed before its result was run on any real scan (nothing below was tuned on real CT):
 
 * anatomy: training phantoms (``--seeds``, default 0-79, the demo's training seeds), built at
   3 mm on an LPS grid over the same field of view and scan range as ``phantom_dataset.py`` draws;
