@@ -285,3 +285,27 @@ def test_class_sampling_ratios_when_a_case_lacks_the_highest_label():
     assert _class_ratios(cases, 5) == [0.5, 1.0, 0.0, 0.0, 0.0]
     cases.append(PreparedCase("b", np.zeros((3, 3, 3), np.float32), with_three, grid))
     assert _class_ratios(cases, 5) == [0.5, 1.0, 1.0, 1.0, 0.0]
+
+
+def test_training_runs_when_some_cases_lack_the_highest_label(tmp_path):
+    """End to end: a dataset whose 'cancer' (the highest label) is in only half the cases trains and
+    writes a package (it used to stop with a shape error before the first step)."""
+    root = tmp_path / "Task04_Partial"
+    rng = np.random.default_rng(1)
+    training = []
+    for n in range(4):
+        image, label = _toy_case(rng)
+        if n % 2:
+            label = label.with_array(np.where(label.array == 2, 1, label.array).astype(np.uint8))
+        write_image(image, root / "imagesTr" / f"toy_{n}.nii.gz")
+        write_label_map(label, root / "labelsTr" / f"toy_{n}.nii.gz")
+        training.append({"image": f"./imagesTr/toy_{n}.nii.gz", "label": f"./labelsTr/toy_{n}.nii.gz"})
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {"name": "partial", "labels": {"0": "background", "1": "liver", "2": "cancer"}, "training": training}
+        )
+    )
+    config = TrainConfig(stages=_fast_stages(epochs=1, iters=2), device="cpu", val_fraction=0.25, progress_bar=False)
+    manifest = train_model(root, tmp_path / "model", config)
+    assert set(manifest.stages) == {"coarse", "fine"}
+    assert (tmp_path / "model" / "manifest.json").is_file()
