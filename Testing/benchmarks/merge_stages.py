@@ -2,7 +2,8 @@
 existing coarse locator): ``python merge_stages.py FINE_PACKAGE COARSE_PACKAGE OUT``.
 
 Both packages must have the same labels and intensity normalisation; the weights are copied and
-their SHA-256 re-checked; the fine package's metadata is kept and the coarse stage's validation
+their SHA-256 re-checked; the fine package's metadata and inference settings (class weights,
+minimum organ size, margins) are kept, with the cascade on, and the coarse stage's validation
 accuracy carried over.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 
 def merge(fine_dir: str, coarse_dir: str, out_dir: str) -> Path:
-    from lkseg.models import InferenceSpec, check_weights, load_manifest
+    from lkseg.models import check_weights, load_manifest
 
     fine, coarse = load_manifest(fine_dir), load_manifest(coarse_dir)
     if fine.label_table != coarse.label_table:
@@ -43,7 +44,7 @@ def merge(fine_dir: str, coarse_dir: str, out_dir: str) -> Path:
             fine.fine.weights: fine.weights[fine.fine.weights],
             coarse.coarse.weights: coarse.weights[coarse.coarse.weights],
         },
-        inference=InferenceSpec(cascade=True),
+        inference=replace(fine.inference, cascade=True),
         accuracy=accuracy,
         training=training,
         folder=out,
