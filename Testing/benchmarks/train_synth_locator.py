@@ -32,7 +32,9 @@ Usage::
         [--epochs 20] [--minutes 25]
 
 writes ``WORK/data`` (MSD layout), ``WORK/coarse`` (the trained stage with a throw-away fine
-stage) and ``WORK/model`` (the package to benchmark with ``--model WORK/model``).
+stage) and ``WORK/model`` (the package to benchmark with ``--model WORK/model``; it keeps the
+demo's id, version, normalisation and inference settings, and its manifest's
+``training.coarse_stage_from`` names the new coarse stage).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from merge_stages import merge
 from phantom_dataset import parse_seeds, phantom_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,7 +123,8 @@ def synthesise(labels: np.ndarray, body: np.ndarray, rng: np.random.Generator) -
 
 
 def crop(image, labels, product, rng):
-    """Random field of view (see the module docstring); ZYX slices."""
+    """Random field of view (see the module docstring) of ``image`` and ``product`` (the body read
+    from the detailed ``labels``); returns both cut and the ZYX slices."""
     nz, ny, nx = labels.shape
     sl = [slice(0, nz), slice(0, ny), slice(0, nx)]
     body = np.argwhere((labels > 0).any(axis=0))
@@ -137,7 +141,7 @@ def crop(image, labels, product, rng):
         start = int(rng.integers(max(0, organ_z[0] - length // 2), max(1, organ_z[-1] - length // 2)))
         sl[0] = slice(start, min(nz, start + length))
     sl = tuple(sl)
-    return image[sl], labels[sl], product[sl], sl
+    return image[sl], product[sl], sl
 
 
 def write_dataset(out: Path, seeds: list[int], draws: int) -> None:
@@ -159,7 +163,7 @@ def write_dataset(out: Path, seeds: list[int], draws: int) -> None:
         for draw in range(draws):
             rng = np.random.default_rng([seed, draw, 515])
             image = synthesise(detailed, body, rng)
-            image, _, labels, sl = crop(image, detailed, product, rng)
+            image, labels, sl = crop(image, detailed, product, rng)
             origin = ph.image.grid.index_to_lps([sl[2].start, sl[1].start, sl[0].start])
             name = f"synth_{seed:04d}_{draw}"
             grid = (ph.image.spacing, origin, ph.image.grid.direction)
@@ -211,30 +215,6 @@ def train(data: Path, coarse_out: Path, epochs: int, minutes: float) -> None:
     api.train_model(data, coarse_out, config)
 
 
-def assemble(coarse_dir: Path, out: Path) -> None:
-    """The demo package (its fine stage, normalisation and inference settings) with the coarse
-    stage of ``coarse_dir``: the weights copied, the manifest's SHA-256 updated and re-checked."""
-    import shutil
-
-    from lkseg.models import check_weights, load_manifest
-
-    demo, new = load_manifest(str(DEMO)), load_manifest(str(coarse_dir))
-    if demo.coarse.network != new.coarse.network or dict(demo.label_table) != dict(new.label_table):
-        raise SystemExit("the new coarse stage's network or labels differ from the demo's")
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(DEMO, out)
-    shutil.copy2(coarse_dir / new.coarse.weights, out / demo.coarse.weights)
-    weights = dict(demo.weights)
-    weights[demo.coarse.weights] = new.weights[new.coarse.weights]
-    training = dict(demo.training)
-    training["coarse_stage_from"] = f"train_synth_locator.py ({len(new.training.get('cases_train', []))} cases)"
-    merged = replace(demo, version=demo.version + "+synth-locator", weights=weights, training=training, folder=out)
-    merged.save(out)
-    states = check_weights(out, merged.weights)
-    assert all(s == "ok" for s in states.values()), states
-    print(f"package written to {out}")
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("work", type=Path)
@@ -252,7 +232,7 @@ def main() -> int:
     coarse = args.work / "coarse"
     if not (coarse / "manifest.json").is_file():
         train(data, coarse, args.epochs, args.minutes)
-    assemble(coarse, args.work / "model")
+    merge(str(DEMO), str(coarse), str(args.work / "model"))
     print(f"package: {args.work / 'model'}")
     return 0
 
