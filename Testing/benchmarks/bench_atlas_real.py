@@ -44,17 +44,6 @@ from benchutil import environment, peak_rss_mb, print_table
 ORGANS = {"liver": (5, 1), "kidney_right": (2, 3), "kidney_left": (3, 4), "spleen": (1, 7)}
 
 
-def to_sitk(volume):
-    """A :class:`lkseg.volume.Volume` (numpy ZYX, LPS geometry) as a SimpleITK image (x = i)."""
-    import SimpleITK as sitk
-
-    img = sitk.GetImageFromArray(volume.array)
-    img.SetSpacing(tuple(float(s) for s in volume.spacing))
-    img.SetOrigin(tuple(float(o) for o in volume.grid.origin))
-    img.SetDirection(tuple(float(d) for d in np.asarray(volume.grid.direction, dtype=np.float64).ravel()))
-    return img
-
-
 def isotropic(img, mm: float, default: float):
     """``img`` resampled (linear) to ``mm`` isotropic over the same physical extent and direction."""
     import SimpleITK as sitk
@@ -161,8 +150,8 @@ def main() -> int:
     atlases = []
     for seed in parse_seeds(args.seeds):
         ph = generate_phantom(phantom_config(seed))
-        labels = to_sitk(ph.product_labels())
-        atlases.append((seed, to_sitk(ph.image), sitk.Cast(labels, sitk.sitkUInt8)))
+        labels = ph.product_labels().to_sitk()
+        atlases.append((seed, ph.image.to_sitk(), sitk.Cast(labels, sitk.sitkUInt8)))
         print(f"atlas phantom {seed}: {ph.image.shape[::-1]} voxels, stored {ph.image.grid.orientation}", flush=True)
     rows, times = [], []
     tally = {"atlas": [0, 0, 0], "vote": [0, 0, 0]}  # found, missed, invented
