@@ -38,19 +38,23 @@ def _toy_case(rng, shape=(24, 40, 40), spacing=(5.0, 5.0, 6.0)):
     return volume, volume.with_array(lab)
 
 
-@pytest.fixture(scope="module")
-def msd_dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("msd") / "Task03_Toy"
-    rng = np.random.default_rng(0)
+def _write_msd(root, name: str, cases) -> None:
+    """An MSD task folder at ``root``: ``cases`` are (image, label) volumes, labels liver 1, cancer 2."""
     training = []
-    for n in range(6):
-        image, label = _toy_case(rng)
+    for n, (image, label) in enumerate(cases):
         write_image(image, root / "imagesTr" / f"toy_{n}.nii.gz")
         write_label_map(label, root / "labelsTr" / f"toy_{n}.nii.gz")
         training.append({"image": f"./imagesTr/toy_{n}.nii.gz", "label": f"./labelsTr/toy_{n}.nii.gz"})
     (root / "dataset.json").write_text(
-        json.dumps({"name": "toy", "labels": {"0": "background", "1": "liver", "2": "cancer"}, "training": training})
+        json.dumps({"name": name, "labels": {"0": "background", "1": "liver", "2": "cancer"}, "training": training})
     )
+
+
+@pytest.fixture(scope="module")
+def msd_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("msd") / "Task03_Toy"
+    rng = np.random.default_rng(0)
+    _write_msd(root, "toy", [_toy_case(rng) for _ in range(6)])
     return root
 
 
@@ -292,19 +296,13 @@ def test_training_runs_when_some_cases_lack_the_highest_label(tmp_path):
     writes a package (it used to stop with a shape error before the first step)."""
     root = tmp_path / "Task04_Partial"
     rng = np.random.default_rng(1)
-    training = []
+    cases = []
     for n in range(4):
         image, label = _toy_case(rng)
         if n % 2:
             label = label.with_array(np.where(label.array == 2, 1, label.array).astype(np.uint8))
-        write_image(image, root / "imagesTr" / f"toy_{n}.nii.gz")
-        write_label_map(label, root / "labelsTr" / f"toy_{n}.nii.gz")
-        training.append({"image": f"./imagesTr/toy_{n}.nii.gz", "label": f"./labelsTr/toy_{n}.nii.gz"})
-    (root / "dataset.json").write_text(
-        json.dumps(
-            {"name": "partial", "labels": {"0": "background", "1": "liver", "2": "cancer"}, "training": training}
-        )
-    )
+        cases.append((image, label))
+    _write_msd(root, "partial", cases)
     config = TrainConfig(stages=_fast_stages(epochs=1, iters=2), device="cpu", val_fraction=0.25, progress_bar=False)
     manifest = train_model(root, tmp_path / "model", config)
     assert set(manifest.stages) == {"coarse", "fine"}
