@@ -553,3 +553,127 @@ def test_key_slice_sampling_maps_back_to_the_right_slices_on_a_non_axial_flipped
     if sample_mm > 0:
         assert len(set(oracle.encodes)) <= 0.65 * organ_slices, (len(set(oracle.encodes)), organ_slices)
     assert out.extended_slices.get("liver", 0) == 4
+
+
+# -- corticomedullary phase: the U-Net's kidney tumours left out --------------------------------
+def _layered_kidney(shape, spacing_zyx, centre, radii_mm, cortex_mm):
+    """An ellipsoidal kidney (radii in mm, numpy ZYX) and its inner part deeper than ``cortex_mm``
+    (an analytic truth: the inner ellipsoid with every radius shortened by ``cortex_mm``)."""
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    mm = [(g - c) * s for g, c, s in zip(grids, centre, spacing_zyx)]
+    outer = sum((a / r) ** 2 for a, r in zip(mm, radii_mm)) <= 1.0
+    inner = sum((a / (r - cortex_mm)) ** 2 for a, r in zip(mm, radii_mm)) <= 1.0
+    return outer, inner
+
+
+@pytest.mark.parametrize("spacing_zyx", [(3.0, 0.8, 0.8), (3.0, 3.0, 3.0)], ids=["0.8mm", "3mm"])
+def test_corticomedullary_contrast_of_analytic_kidneys(spacing_zyx):
+    from lkseg.auto.hybrid import corticomedullary_contrast
+
+    shape = tuple(round(120 / s) for s in spacing_zyx)
+    centre = tuple(n / 2 for n in shape)
+    kidney, medulla = _layered_kidney(shape, spacing_zyx, centre, (45.0, 28.0, 22.0), 8.0)
+    assert kidney.sum() * np.prod(spacing_zyx) / 1000 > 60  # ~116 mL
+    hu = np.full(shape, -100.0, np.float32)
+    hu[kidney] = 190.0
+    hu[medulla] = 80.0  # corticomedullary phase: cortex 190, medulla 80 HU
+    assert 90.0 <= corticomedullary_contrast(hu, kidney, spacing_zyx) <= 110.0
+    hu[kidney] = 150.0  # nephrographic / portal-venous: homogeneous parenchyma
+    assert corticomedullary_contrast(hu, kidney, spacing_zyx) == pytest.approx(0.0)
+    sinus = _layered_kidney(shape, spacing_zyx, centre, (20.0, 10.0, 8.0), 0.0)[0]
+    hu[sinus] = -90.0  # renal sinus fat in the core is not soft tissue: not read as medulla
+    assert corticomedullary_contrast(hu, kidney, spacing_zyx) == pytest.approx(0.0)
+    small, _ = _layered_kidney(shape, spacing_zyx, centre, (15.0, 12.0, 12.0), 5.0)  # ~9 mL
+    assert corticomedullary_contrast(hu, small, spacing_zyx) is None
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["lps", "ras-stored"])
+@pytest.mark.parametrize("phase", ["corticomedullary", "portal", "corticomedullary-real-model"])
+def test_kidney_tumour_output_is_left_out_as_kidney_in_the_corticomedullary_phase(phase, flip):
+    """Two kidneys whose inner part the "U-Net" calls kidney tumour: in the corticomedullary phase
+    (cortex 190, medulla 80 HU) the tumour label is not put back (the voxels stay kidney) and a
+    warning says so; with homogeneous parenchyma, or from a model not trained on phantoms, the
+    same tumour label is kept."""
+    shape, spacing_zyx = (40, 90, 120), (3.0, 1.5, 1.5)
+    direction = np.diag([-1.0, -1.0, 1.0]) if flip else np.eye(3)
+    grid = Grid(shape, tuple(reversed(spacing_zyx)), (0.0, 0.0, 0.0), direction)
+    hu = np.full(shape, -100, np.int16)
+    truth = np.zeros(shape, np.uint8)
+    unet = np.zeros(shape, np.uint8)
+    for value, col in ((3, 30), (4, 90)):
+        kidney, medulla = _layered_kidney(shape, spacing_zyx, (20, 45, col), (50.0, 30.0, 25.0), 6.0)
+        hu[kidney] = 190 if phase.startswith("corticomedullary") else 150
+        hu[medulla] = 80 if phase.startswith("corticomedullary") else 150
+        truth[kidney] = value
+        unet[kidney] = value
+        unet[medulla] = 5  # kidney_tumor
+    volume = Volume(hu, grid)
+    config = HybridConfig(sample_mm=0.0, extend_mm=0.0)
+    phantom = phase != "corticomedullary-real-model"
+    out = hybrid_refine(OraclePredictor(truth), volume, unet, TABLE, config, phantom_lesions=phantom)
+    tumour = int((out.labels == 5).sum())
+    kidneys = np.isin(out.labels, [3, 4])
+    warned = [w for w in out.warnings if "corticomedullary" in w]
+    if phase == "corticomedullary":
+        assert tumour == 0
+        assert 2 * (kidneys & (truth > 0)).sum() / (kidneys.sum() + (truth > 0).sum()) > 0.98
+        assert len(warned) == 1 and "mL" in warned[0]
+    else:
+        assert tumour > 0.8 * int((unet == 5).sum())
+        assert not warned and not any("corticomedullary" in n for n in out.notes)
+
+
+def test_real_kidneys_with_arterial_enhancement_lose_the_unet_medulla_tumours(real_ct_dir):
+    """The real example_ct with arterial (corticomedullary) or portal-venous enhancement painted
+    on by TotalSegmentator's masks (``Testing/benchmarks/make_phase_real.py``), slices 82-111: the
+    demo U-Net calls the arterial medulla kidney tumour; the hybrid stage (its prompt model stood
+    in by an oracle answering with the reference organs) leaves it out in that phase only."""
+    import sys
+    from pathlib import Path
+
+    import SimpleITK as sitk
+
+    from lkseg.auto import AutoOptions, AutoSegmenter
+    from lkseg.models import DEFAULT_MODEL_ID
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
+    from make_phase_real import SLAB, enhance
+
+    folder = real_ct_dir / "totalsegmentator"
+    ct_img = sitk.ReadImage(str(folder / "example_ct.nii.gz"))
+    ct = sitk.GetArrayFromImage(ct_img).astype(np.float32)
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "example_seg_fast_force_split.nii.gz")))
+    spacing_zyx = tuple(reversed(ct_img.GetSpacing()))
+    z0, z1 = SLAB
+    origin = ct_img.TransformIndexToPhysicalPoint((0, 0, z0))
+    lps_origin = (origin[0], origin[1], origin[2])  # ITK's physical space is LPS
+    direction = np.asarray(ct_img.GetDirection()).reshape(3, 3)
+    truth = np.zeros(seg[z0:z1].shape, np.uint8)
+    for src, dst in {5: 1, 2: 3, 3: 4, 1: 7}.items():  # liver, kidneys, spleen -> the demo's values
+        truth[seg[z0:z1] == src] = dst
+    table = LabelTable(
+        {1: "liver", 2: "liver_tumor", 3: "kidney_right", 4: "kidney_left", 5: "kidney_tumor", 7: "spleen"}
+    )
+    segmenter = AutoSegmenter(DEFAULT_MODEL_ID, device="cpu")
+    for phase in ("arterial", "portal"):
+        painted = enhance(ct, seg, spacing_zyx, phase, 1.5, 0)[z0:z1]
+        volume = Volume(np.ascontiguousarray(painted), Grid(painted.shape, ct_img.GetSpacing(), lps_origin, direction))
+        result = segmenter.predict(volume, options=AutoOptions(mode="unet"))
+        value_of = {n: v for v, n in result.label_table.items()}
+        unet = np.zeros(truth.shape, np.uint8)  # the U-Net's labels in the table above
+        for value, name in table.items():
+            if name in value_of:
+                unet[result.labels.array == value_of[name]] = value
+        in_kidneys = int(((unet == 5) & np.isin(truth, [3, 4])).sum())
+        out = hybrid_refine(OraclePredictor(truth), volume, unet, table)
+        warned = [w for w in out.warnings if "corticomedullary" in w]
+        if phase == "arterial":
+            assert in_kidneys * np.prod(spacing_zyx) / 1000 > 10  # the failure this rule is for
+            assert int((out.labels == 5).sum()) == 0 and len(warned) == 1
+            for value in (3, 4):
+                got, ref = out.labels == value, truth == value
+                assert 2 * (got & ref).sum() / (got.sum() + ref.sum()) > 0.9
+        else:
+            assert not warned
+            kept = int(((unet == 5) & np.isin(out.labels, [3, 4, 5])).sum())  # within the drawn kidneys
+            assert kept > 0 and int((out.labels == 5).sum()) >= 0.95 * kept  # (postprocessing drops specks)

@@ -19,7 +19,13 @@ Given the U-Net's label map (:class:`~lkseg.auto.AutoResult`), :func:`hybrid_ref
 4. extends each component up to ``extend_mm`` beyond the U-Net's first and last slice while the
    prompt model still sees the organ (area, overlap and HU checks against the previous slice);
 5. puts the U-Net's tumours and cysts back inside their (new) organ only, then runs the usual
-   postprocessing (:func:`~lkseg.auto.postprocess.postprocess_labels`).
+   postprocessing (:func:`~lkseg.auto.postprocess.postprocess_labels`). In the corticomedullary
+   (late arterial) phase, recognised by the drawn kidneys' cortex being much brighter than their
+   core (:func:`corticomedullary_contrast`), the U-Net's kidney tumours are not put back: the
+   phantom-trained U-Net calls the renal medulla of that phase tumour (on the real scan with
+   arterial enhancement painted on, ~77 mL in two healthy kidneys), and a hypo-enhancing tumour
+   looks like medulla then; the drawn kidney keeps those voxels and a warning gives their volume.
+   Kidney cysts (their own label) are still put back.
 
 Defaults were chosen on ``real-ct/totalsegmentator/example_ct_sm`` (see README "Automatic
 segmentation" for which data chose what and which data reports what).
@@ -42,12 +48,32 @@ from lkseg.labels import LabelTable
 from lkseg.progress import CancelToken, ProgressCallback, report
 from lkseg.volume import Volume
 
-__all__ = ["HybridConfig", "HybridOutcome", "OrganPiece", "fuse_slice", "hybrid_refine", "organ_components"]
+__all__ = [
+    "HybridConfig",
+    "HybridOutcome",
+    "OrganPiece",
+    "corticomedullary_contrast",
+    "fuse_slice",
+    "hybrid_refine",
+    "organ_components",
+]
 
 log = logging.getLogger(__name__)
 
 ORGANS = ("liver", "kidney_right", "kidney_left", "spleen")
 _LESIONS = {"liver": ("liver_tumor",), "kidney": ("kidney_tumor", "kidney_cyst")}
+#: Corticomedullary phase: in every kidney of at least ``CM_MIN_ML``, the median HU of its outer
+#: ``CM_RIM_MM`` exceeds that of its core (deeper than ``CM_CORE_MM``) by ``CM_CONTRAST_HU`` or more
+#: (soft-tissue voxels, HU >= 0, only: the renal sinus fat stays out). Physiology: cortex 150-230
+#: vs medulla 70-110 HU in that phase, cortex ~ medulla in the unenhanced, nephrographic and
+#: portal-venous phases. Measured rim - core: the real example_ct -5 / -8 HU (unenhanced), with
+#: painted portal-venous enhancement -19 / -21, with painted arterial enhancement +76 / +72
+#: (``Testing/benchmarks/make_phase_real.py``); validation phantoms 2000-2011 (exact kidneys):
+#: portal-venous / nephrographic / unenhanced -6 to +11, arterial +68 to +87.
+CM_RIM_MM = 4.5
+CM_CORE_MM = 7.0
+CM_CONTRAST_HU = 40.0
+CM_MIN_ML = 20.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +146,62 @@ class HybridOutcome:
     slices_encoded: int = 0
     fallback_slices: dict[str, int] = field(default_factory=dict)
     extended_slices: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def corticomedullary_contrast(
+    hu: np.ndarray, kidney: np.ndarray, spacing_zyx: tuple[float, float, float]
+) -> float | None:
+    """Median HU of the outer ``CM_RIM_MM`` of ``kidney`` minus the median HU of its core (deeper
+    than ``CM_CORE_MM``), soft-tissue voxels (HU >= 0) only; ``None`` when the kidney is under
+    ``CM_MIN_ML`` or either part is empty.
+
+    ``hu`` and ``kidney`` are (k, j, i) arrays of one grid (numpy ZYX order), ``spacing_zyx`` its
+    voxel size in that order (mm). The distance map is computed on the kidney's bounding box.
+    """
+    if float(kidney.sum()) * float(np.prod(spacing_zyx)) / 1000.0 < CM_MIN_ML:
+        return None
+    sl = _bbox(kidney)
+    sl = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in sl)
+    k, h = kidney[sl], hu[sl]
+    depth = ndimage.distance_transform_edt(np.pad(k, 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
+    soft = k & (h >= 0)
+    rim, core = h[soft & (depth <= CM_RIM_MM)], h[soft & (depth >= CM_CORE_MM)]
+    if rim.size == 0 or core.size == 0:
+        return None
+    return float(np.median(rim)) - float(np.median(core))
+
+
+def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of ``mask`` (None when empty), without a full-size label array."""
+    found = ndimage.find_objects(mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8))
+    return found[0] if found and found[0] is not None else None
+
+
+def _kidneys(hu: np.ndarray, fused: np.ndarray, table: LabelTable) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(hu, mask)`` crops of the largest drawn piece of each kidney (right, left) in ``fused``."""
+    value_of = {n: v for v, n in table.items()}
+    out = []
+    for side in ("kidney_right", "kidney_left"):
+        if side not in value_of:
+            continue
+        box = _bbox(fused == value_of[side])
+        if box is None:
+            continue
+        lab, _ = ndimage.label(fused[box] == value_of[side])
+        out.append((hu[box], lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))))
+    return out
+
+
+def _corticomedullary(hu, fused, table: LabelTable, spacing_zyx) -> list[float] | None:
+    """Rim-minus-core contrast of every drawn kidney (largest piece per side) when each is at least
+    ``CM_CONTRAST_HU`` (the scan is in the corticomedullary phase); None otherwise, or when no
+    kidney is large enough to tell."""
+    contrasts = [corticomedullary_contrast(h, k, spacing_zyx) for h, k in _kidneys(hu, fused, table)]
+    contrasts = [c for c in contrasts if c is not None]
+    if not contrasts or min(contrasts) < CM_CONTRAST_HU:
+        return None
+    return contrasts
 
 
 def organ_components(canon: np.ndarray, table: LabelTable, min_voxels: int = 1) -> list[OrganPiece]:
@@ -223,6 +305,7 @@ def hybrid_refine(
     post: PostprocessConfig | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    phantom_lesions: bool = True,
 ) -> HybridOutcome:
     """Redraw the U-Net's organs with the prompt model; see the module docstring.
 
@@ -233,6 +316,9 @@ def hybrid_refine(
         table: label value -> structure name.
         config, post: hybrid rules and the final postprocessing.
         progress, cancel: callback and token (checked before every slice: ~1 s on a CPU).
+        phantom_lesions: the U-Net's lesions come from a phantom-trained model: in the
+            corticomedullary phase its kidney tumours are left out (module docstring). False for
+            a model trained on real CT, whose lesions are always put back.
 
     Returns:
         :class:`HybridOutcome` whose ``labels`` lie on ``volume``'s grid.
@@ -372,7 +458,33 @@ def hybrid_refine(
                 outcome.extended_slices[p.organ] = outcome.extended_slices.get(p.organ, 0) + added[0]
             done += max(1, ext_n // ext_step)
             report(progress, done / max(total, 1), f"extending {p.organ}")
-    _restore_lesions(fused, lesion_canon, table)
+    spacing_zyx = tuple(float(v) for v in reversed(slicer.canonical.spacing))
+    contrasts = _corticomedullary(slicer.array, fused, table, spacing_zyx) if phantom_lesions else None
+    withhold = ()
+    value_of = {n: v for v, n in table.items()}
+    if contrasts is not None and "kidney_tumor" in value_of:
+        withhold = ("kidney_tumor",)
+        kidneys = [value_of[o] for o in ("kidney_right", "kidney_left") if o in value_of]
+        left_out = (lesion_canon == value_of["kidney_tumor"]) & np.isin(fused, kidneys)
+        held = int(np.count_nonzero(left_out))
+        voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
+        ml = held * voxel_ml
+        box = _bbox(left_out)
+        pieces = ndimage.label(left_out[box])[0] if box is not None else np.zeros(1, np.int32)
+        sizes = np.sort(np.bincount(pieces.ravel())[1:])[::-1] * voxel_ml
+        shown = " / ".join(f"{c:+.0f}" for c in contrasts)
+        outcome.notes.append(
+            f"hybrid: corticomedullary phase (kidney rim minus core {shown} HU): the U-Net's kidney tumour "
+            f"output ({ml:.1f} mL) left out as kidney"
+        )
+        if held:
+            outcome.warnings.append(
+                f"corticomedullary (arterial) phase: the kidneys' cortex is {shown} HU brighter than their core; "
+                f"in this phase the phantom-trained model calls renal medulla tumour, so its {ml:.1f} mL of kidney "
+                f"tumour ({len(sizes)} piece(s), the largest {sizes[0]:.1f} mL) were left out as kidney, a real "
+                "tumour among them if there is one. Check the kidneys and mark a lesion with a box (lkseg refine)"
+            )
+    _restore_lesions(fused, lesion_canon, table, skip=withhold)
     grid = slicer.canonical.grid
     outcome.notes.extend(postprocess_labels(fused, grid, table, post or PostprocessConfig()))
     outcome.labels = slicer.canonical_volume_to_user(fused)
@@ -575,13 +687,13 @@ def _fill_between(fused: np.ndarray, pieces, drawn: list[int], config: HybridCon
         fused[k][free & (out > 0)] = out[free & (out > 0)]
 
 
-def _restore_lesions(fused: np.ndarray, unet: np.ndarray, table: LabelTable) -> None:
-    """U-Net tumours/cysts kept only where the fused map holds their organ."""
+def _restore_lesions(fused: np.ndarray, unet: np.ndarray, table: LabelTable, skip: tuple[str, ...] = ()) -> None:
+    """U-Net tumours/cysts kept only where the fused map holds their organ (lesions in ``skip`` not at all)."""
     value_of = {n: v for v, n in table.items()}
     for organ_group, lesions in _LESIONS.items():
         organ_vals = [value_of[o] for o in ORGANS if o.startswith(organ_group) and o in value_of]
         for lesion in lesions:
-            if lesion not in value_of:
+            if lesion not in value_of or lesion in skip:
                 continue
             where = (unet == value_of[lesion]) & np.isin(fused, organ_vals)
             fused[where] = value_of[lesion]

@@ -491,9 +491,11 @@ class AutoSegmenter:
                 post,
                 SubProgress(progress, share, 0.98, "drawing organs: "),
                 cancel,
+                phantom_lesions=self.phantom_trained,
             )
             raw.labels = np.ascontiguousarray(out.labels)
             raw.notes.extend(out.notes)
+            raw.warnings.extend(out.warnings)
             raw.timer.timings.update(out.timings)
         result = self._result(volume, raw.labels, keep, raw.timer, raw.warnings, raw.notes, raw.cascade, raw.extras)
         result.mode = mode
