@@ -488,6 +488,35 @@ def test_a_slice_the_unet_saw_only_partly_is_redrawn_from_the_slice_below():
     assert np.array_equal(fused[1] == 7, organ)
 
 
+def test_an_organ_seen_a_little_less_on_each_slice_upwards_is_followed_whole():
+    """The top of a spleen that the U-Net sees a little less of on each slice going up (each slice's
+    piece 0.85x the one below, i.e. above the descending pass's 0.8 and below the upward sweep's 0.9):
+    the upward sweep follows the whole organ from the slice below; at the old 0.8 it stayed partial."""
+    shape = (12, 64, 64)
+    grid = Grid(shape, (1.5, 1.5, 3.0), (0.0, 0.0, 0.0), np.eye(3))
+    volume = Volume(np.full(shape, 40, np.int16), grid)
+    slicer = VolumeSlicer(volume)
+    truth_c = np.zeros(slicer.user_volume_to_canonical(np.zeros(shape, np.uint8)).shape, np.uint8)
+    truth_c[1:11, 12:52, 12:52] = 7  # a 40 x 40 pixel organ over slices 1-10
+    unet_c = truth_c.copy()
+    width = 40.0
+    for k in range(5, 11):  # from slice 5 up, each U-Net piece 0.85x as wide as the one below
+        width *= 0.85
+        unet_c[k, :, 12 + round(width) :] = 0
+    truth, unet = slicer.canonical_volume_to_user(truth_c), slicer.canonical_volume_to_user(unet_c)
+    scores = {}
+    for ratio in (0.8, 0.9):
+        config = HybridConfig(sample_mm=0.0, extend_mm=0.0, box_margin_mm=0.0, neighbour_ratio=ratio)
+        out = hybrid_refine(OraclePredictor(truth), volume, unet, TABLE, config)
+        got = slicer.user_volume_to_canonical(out.labels) == 7
+        scores[ratio] = [
+            2 * (got[k] & (truth_c[k] == 7)).sum() / (got[k].sum() + (truth_c[k] == 7).sum()) for k in range(5, 11)
+        ]
+    assert max(scores[0.8][2:]) < 0.8, scores  # the chain escapes the old ratio
+    assert min(scores[0.9]) > 0.99, scores
+    assert HybridConfig().neighbour_ratio == 0.9  # the default is the ratio that follows it
+
+
 # -- key slices on thin-slice CT: geometry and the stand-in prompt model -------------------------------
 def test_key_slices_share_one_grid_and_keep_every_piece_end():
     from lkseg.auto.keyslices import key_slices, slice_step
