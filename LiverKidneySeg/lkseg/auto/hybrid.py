@@ -535,8 +535,8 @@ def hybrid_refine(
 
 
 def _much_smaller(cur: np.ndarray, ref: np.ndarray, config: HybridConfig, pixel_mm, ratio: float | None = None) -> bool:
-    """Whether the organ's mask ``cur`` is under ``neighbour_ratio`` of ``ref`` (a neighbouring
-    drawn slice's), ``ref`` being at least a ``min_piece_mm2`` piece."""
+    """Whether the organ's mask ``cur`` is under ``ratio`` (default ``neighbour_ratio``) of ``ref``
+    (a neighbouring drawn slice's), ``ref`` being at least a ``min_piece_mm2`` piece."""
     n_ref = int(ref.sum())
     floor = config.min_piece_mm2 / (pixel_mm[0] * pixel_mm[1])
     return n_ref >= floor and int(cur.sum()) < (config.neighbour_ratio if ratio is None else ratio) * n_ref
