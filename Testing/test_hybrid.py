@@ -674,8 +674,7 @@ def test_real_kidneys_with_arterial_enhancement_lose_the_unet_medulla_tumours(re
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "example_seg_fast_force_split.nii.gz")))
     spacing_zyx = tuple(reversed(ct_img.GetSpacing()))
     z0, z1 = SLAB
-    origin = ct_img.TransformIndexToPhysicalPoint((0, 0, z0))
-    lps_origin = (origin[0], origin[1], origin[2])  # ITK's physical space is LPS
+    origin = ct_img.TransformIndexToPhysicalPoint((0, 0, z0))  # ITK's physical space is LPS
     direction = np.asarray(ct_img.GetDirection()).reshape(3, 3)
     truth = np.zeros(seg[z0:z1].shape, np.uint8)
     for src, dst in {5: 1, 2: 3, 3: 4, 1: 7}.items():  # liver, kidneys, spleen -> the demo's values
@@ -686,7 +685,7 @@ def test_real_kidneys_with_arterial_enhancement_lose_the_unet_medulla_tumours(re
     segmenter = AutoSegmenter(DEFAULT_MODEL_ID, device="cpu")
     for phase in ("arterial", "portal"):
         painted = enhance(ct, seg, spacing_zyx, phase, 1.5, 0)[z0:z1]
-        volume = Volume(np.ascontiguousarray(painted), Grid(painted.shape, ct_img.GetSpacing(), lps_origin, direction))
+        volume = Volume(np.ascontiguousarray(painted), Grid(painted.shape, ct_img.GetSpacing(), origin, direction))
         result = segmenter.predict(volume, options=AutoOptions(mode="unet"))
         value_of = {n: v for v, n in result.label_table.items()}
         unet = np.zeros(truth.shape, np.uint8)  # the U-Net's labels in the table above

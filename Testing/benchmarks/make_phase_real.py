@@ -35,6 +35,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from lkseg.io.atomic import atomic_path
+
 ROOT = Path(__file__).resolve().parents[2]
 TOTALSEG = ROOT.parent / "shared" / "data" / "real-ct" / "totalsegmentator"
 SLAB = (82, 112)  # example_ct_sm = slices 82-111 of example_ct (the data README)
@@ -118,13 +120,13 @@ def enhance(
 
 
 def write(array: np.ndarray, like: sitk.Image, path: Path, z0: int = 0) -> None:
+    """``array`` on ``like``'s grid from its slice ``z0`` on, written atomically."""
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(like.GetSpacing())
     image.SetDirection(like.GetDirection())
     image.SetOrigin(like.TransformIndexToPhysicalPoint((0, 0, z0)))
-    tmp = path.with_name(path.name + ".tmp.nii.gz")
-    sitk.WriteImage(image, str(tmp), True)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), True)
 
 
 def main() -> int:

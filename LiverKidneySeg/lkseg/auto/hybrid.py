@@ -174,9 +174,8 @@ def corticomedullary_contrast(
     if float(kidney.sum()) * float(np.prod(spacing_zyx)) / 1000.0 < CM_MIN_ML:
         return None
     sl = _bbox(kidney)
-    sl = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in sl)
     k, h = kidney[sl], hu[sl]
-    depth = ndimage.distance_transform_edt(np.pad(k, 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
+    depth = ndimage.distance_transform_edt(np.pad(k, 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]  # background all round
     soft = k & (h >= 0)
     rim, core = h[soft & (depth <= CM_RIM_MM)], h[soft & (depth >= CM_CORE_MM)]
     if rim.size == 0 or core.size == 0:
