@@ -369,6 +369,38 @@ def test_fit_roi_and_window_count_match_monai():
     assert len(calls) == count_windows((50, 70, 90), (32, 32, 32), 0.25)
 
 
+@pytest.mark.parametrize(
+    "shape, roi, overlap, batch",
+    [
+        ((40, 50, 33), (16, 32, 32), 0.25, 1),
+        ((10, 70, 20), (16, 32, 32), (0.0, 0.3, 0.5), 3),  # padded on two axes, per-axis overlap
+        ((96, 100, 120), (64, 48, 48), (0.1, 0.27, 0.61), 2),
+        ((5, 6, 7), (16, 16, 16), 0.25, 1),  # smaller than one window on every axis
+    ],
+)
+def test_blend_windows_matches_monai(shape, roi, overlap, batch):
+    """The project's own Gaussian sliding window against MONAI's ``sliding_window_inference``
+    (mode gaussian), which it replaces so that ONNX inference needs no MONAI import: same window
+    placement, weights, padding and crop, to float rounding."""
+    from monai.inferers import sliding_window_inference
+
+    from lkseg.auto.window import blend_windows
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 3, 3, padding=1), torch.nn.Conv3d(3, 3, 3, padding=1))
+
+    def predict(x):
+        return torch.softmax(net(x), 1)
+
+    x = torch.randn(1, 1, *shape)
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        want = sliding_window_inference(x, roi, batch, predict, overlap=overlap, mode="gaussian")
+        got = blend_windows(x, roi, overlap, batch, predict, cpu, cpu)
+    assert tuple(got.shape) == tuple(want.shape) == (1, 3, *shape)
+    assert float((got - want).abs().max()) < 1e-6
+
+
 def test_oom_falls_back_to_smaller_batches(monkeypatch):
     from lkseg.auto import window
 

@@ -115,6 +115,67 @@ def test_export_is_checked_against_pytorch_once(tiny_package, cache, monkeypatch
         assert _segmenter(tiny_package, "auto").backend == "torch"
 
 
+def test_cached_export_runs_without_building_the_pytorch_network(tiny_package, cache, monkeypatch):
+    """Second construction with a valid cached export: no PyTorch network is built (so MONAI is not
+    imported, the point of it), the logits are the first export's; the weights are still checked
+    against the manifest (a tampered file is refused although the export would not read it)."""
+    import shutil
+
+    import lkseg.models.loading as loading
+    from lkseg.errors import ChecksumError
+
+    first = _segmenter(tiny_package, "onnx")
+    x = torch.randn(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1))
+    want = first.nets["fine"](x).numpy()
+
+    def no_build(spec):
+        raise AssertionError("the PyTorch network was built although a valid export is cached")
+
+    with monkeypatch.context() as m:
+        m.setattr(loading, "build_network", no_build)
+        again = _segmenter(tiny_package, "onnx")
+        assert again.backend == "onnx"
+        np.testing.assert_array_equal(again.nets["fine"](x).numpy(), want)
+        # an outdated record (another torch version) means exporting again, which needs the network
+        (path,) = sorted((cache / "onnx").glob("auto-tiny-onnx-fine-*.onnx"))
+        record = json.loads(path.with_suffix(".json").read_text())
+        path.with_suffix(".json").write_text(json.dumps({**record, "torch": "0.0"}))
+        with pytest.raises(AssertionError, match="was built"):
+            _segmenter(tiny_package, "onnx")
+    assert _segmenter(tiny_package, "onnx").backend == "onnx"  # exported again, record renewed
+    assert json.loads(path.with_suffix(".json").read_text())["torch"] == torch.__version__
+
+    tampered = cache.parent / "tampered"
+    shutil.copytree(tiny_package.folder, tampered)
+    weights = tampered / next(iter(tiny_package.weights))
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(ChecksumError):
+        _segmenter(tampered, "onnx")
+
+
+def test_cached_export_does_not_import_monai(tiny_package, cache):
+    """In a fresh process whose export is cached, constructing the segmenter and predicting never
+    imports MONAI (4-4.5 s of a 2-core CPU's start-up)."""
+    import os
+    import subprocess
+    import sys
+
+    _segmenter(tiny_package, "onnx")  # exports into ``cache``
+    code = (
+        "import sys, numpy as np\n"
+        "from lkseg.auto import AutoSegmenter, AutoOptions\n"
+        "from lkseg.volume import Volume\n"
+        f"seg = AutoSegmenter({str(tiny_package.folder)!r}, device='cpu', threads=1, backend='onnx')\n"
+        "vol = Volume.from_array(np.full((40, 48, 48), 40, np.int16), spacing=(6.0, 6.0, 6.0))\n"
+        "r = seg.predict(vol, options=AutoOptions(mode='unet', check_input=False, context_mm=0))\n"
+        "print(seg.backend, r.labels.shape, 'monai' in sys.modules)\n"
+    )
+    env = {**os.environ, "LKSEG_CACHE": str(cache)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "False", out.stdout
+
+
 # -- the prompt model (LiteMedSAM): fallback and export cache key ------------------------------------------
 @pytest.fixture(scope="module")
 def prompt_model():

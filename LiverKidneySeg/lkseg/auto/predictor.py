@@ -52,6 +52,7 @@ from lkseg.auto.window import WindowConfig, plan_windows, run_sliding_window
 from lkseg.errors import InputError, LKSegError
 from lkseg.labels import PRODUCT_LABELS, LabelTable
 from lkseg.models import ModelManifest, StageSpec, configure_threads, find_model, load_stage_network, resolve_device
+from lkseg.models.checksum import verify_file
 from lkseg.orientation import reorient_grid
 from lkseg.progress import CancelToken, ProgressCallback, SubProgress, report
 from lkseg.resample import grid_for_spacing
@@ -270,38 +271,56 @@ class AutoSegmenter:
         self.device = resolve_device(device)
         self.threads = configure_threads(threads)
         self.options = options or AutoOptions()
-        self.nets = {
-            name: load_stage_network(self.manifest, stage, self.device) for name, stage in self.manifest.stages.items()
-        }
-        self.backend = self._select_backend(backend)
+        self.nets: dict = {}
+        self.backend = self._load_networks(backend)
         self.output_table, self._channel_map = _output_mapping(self.manifest)
         self.load_seconds = time.perf_counter() - t0
         log.info(
             "model %s@%s ready on %s in %.2f s", self.manifest.id, self.manifest.version, self.device, self.load_seconds
         )
 
-    def _select_backend(self, backend: str) -> str:
-        """``torch`` (eager), or ``onnx`` (ONNX Runtime; CPU only). ``auto``: ONNX Runtime on the
-        CPU when it is installed, eager PyTorch on CUDA."""
+    def _load_networks(self, backend: str) -> str:
+        """Fill ``self.nets`` and return the back end: ``torch`` (eager), or ``onnx`` (ONNX Runtime;
+        CPU only). ``auto``: ONNX Runtime on the CPU when it is installed, eager PyTorch on CUDA.
+
+        The weights' SHA-256 is checked against the manifest first, whatever the back end. With a
+        valid cached ONNX export of an lkseg package's stage, the PyTorch network is not built
+        (nor MONAI imported): :func:`lkseg.models.onnx.onnx_network`.
+        """
         from lkseg.models.onnx import onnx_available, onnx_network
 
         if backend not in ("auto", "torch", "onnx"):
             raise InputError(f"unknown back end {backend!r}; use auto, torch or onnx")
-        if backend == "torch" or self.device.type != "cpu" or (backend == "auto" and not onnx_available()):
-            if backend == "onnx" and self.device.type != "cpu":
-                log.warning("the ONNX back end runs on the CPU only; using PyTorch on %s", self.device)
-            return "torch"
-        try:
-            self.nets = {
-                name: onnx_network(self.manifest, self.manifest.stages[name], net, self.threads)
-                for name, net in self.nets.items()
-            }
-        except LKSegError as exc:
-            if backend == "onnx":
-                raise
-            log.warning("ONNX Runtime back end unavailable (%s); using PyTorch", exc)
-            return "torch"
-        return "onnx"
+        stages = self.manifest.stages
+        if backend == "onnx" and self.device.type != "cpu":
+            log.warning("the ONNX back end runs on the CPU only; using PyTorch on %s", self.device)
+        use_onnx = self.device.type == "cpu" and (backend == "onnx" or (backend == "auto" and onnx_available()))
+        built: dict = {}
+
+        def network(name: str):
+            if name not in built:
+                built[name] = load_stage_network(self.manifest, stages[name], self.device)
+            return built[name]
+
+        if use_onnx and self.manifest.framework == "lkseg" and self.manifest.folder is not None:
+            for stage in stages.values():  # what load_stage_network checks before building
+                verify_file(self.manifest.folder / stage.weights, self.manifest.weights[stage.weights])
+        else:
+            for name in stages:
+                network(name)
+        if use_onnx:
+            try:
+                self.nets = {
+                    name: onnx_network(self.manifest, stage, lambda name=name: network(name), self.threads)
+                    for name, stage in stages.items()
+                }
+                return "onnx"
+            except LKSegError as exc:
+                if backend == "onnx":
+                    raise
+                log.warning("ONNX Runtime back end unavailable (%s); using PyTorch", exc)
+        self.nets = {name: network(name) for name in stages}
+        return "torch"
 
     # -- public ------------------------------------------------------------------------------
     @property

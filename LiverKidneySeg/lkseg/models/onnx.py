@@ -96,62 +96,89 @@ def _export(net, stage: StageSpec, path: Path) -> None:
         )
 
 
-def onnx_network(manifest: ModelManifest, stage: StageSpec, net, threads: int, cache_dir: str | Path | None = None):
-    """An ONNX Runtime version of ``net`` (the verified PyTorch network of ``stage``), exported
-    and cached on first use.
-
-    Raises:
-        ModelError: onnxruntime is missing or the export fails.
-    """
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ModelError("the ONNX back end needs the 'onnxruntime' package") from None
+def _cache_files(manifest: ModelManifest, stage: StageSpec, cache_dir: str | Path | None) -> tuple[Path, Path, dict]:
+    """The export's path, its JSON sidecar and what the sidecar must record for the export to be used."""
     import torch
 
     source = manifest.weights[stage.weights]
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     path = root / "onnx" / f"auto-{manifest.id}-{stage.name}-{source[:16]}.onnx"
-    sidecar = path.with_suffix(".json")
     expected = {
         "source_sha256": source,
         "torch": torch.__version__,
         "onnx": _onnx_version(),
         "export_version": _EXPORT_VERSION,
     }
-    valid = False
-    if path.is_file() and sidecar.is_file():
-        try:
-            info = json.loads(sidecar.read_text())
-            valid = all(info.get(k) == v for k, v in expected.items()) and info.get("sha256") == sha256_file(path)
-        except (OSError, ValueError):
-            valid = False
-        if not valid:
-            log.warning("%s: cached ONNX export does not match its record; exporting again", path)
-    what = f"{manifest.id} stage {stage.name!r}"
+    return path, path.with_suffix(".json"), expected
+
+
+def _cache_valid(path: Path, sidecar: Path, expected: dict) -> bool:
+    """Whether the cached export exists, its sidecar records ``expected`` and its SHA-256 matches."""
+    if not (path.is_file() and sidecar.is_file()):
+        return False
+    try:
+        info = json.loads(sidecar.read_text())
+        valid = all(info.get(k) == v for k, v in expected.items()) and info.get("sha256") == sha256_file(path)
+    except (OSError, ValueError):
+        valid = False
     if not valid:
-        log.info("exporting %s stage %r to ONNX (first use; cached in %s)", manifest.id, stage.name, path.parent)
-        try:
-            _export(net, stage, path)
-        except Exception as exc:
-            raise ModelError(f"ONNX export of {what} failed: {exc}") from exc
+        log.warning("%s: cached ONNX export does not match its record; exporting again", path)
+    return valid
+
+
+def _session(path: Path, threads: int, what: str):
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, int(threads))
     options.inter_op_num_threads = 1
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own (pybind) types for invalid or unsupported graphs
         raise ModelError(f"ONNX Runtime cannot build a session for {what} from {path}: {exc}") from exc
-    if not valid:
-        try:
-            check = _check_against_torch(net, session, stage, what)
-        except ModelError:
-            path.unlink(missing_ok=True)
-            sidecar.unlink(missing_ok=True)
-            raise
-        from lkseg.io.atomic import atomic_write_text
 
-        atomic_write_text(sidecar, json.dumps({**expected, "sha256": sha256_file(path), "check": check}, indent=2))
+
+def onnx_network(
+    manifest: ModelManifest,
+    stage: StageSpec,
+    net,
+    threads: int,
+    cache_dir: str | Path | None = None,
+):
+    """An ONNX Runtime version of the verified PyTorch network of ``stage``, exported and cached
+    on first use.
+
+    ``net`` is that network, or a function without arguments that builds it: it is then called
+    only when the cache holds no valid export (building a MONAI network means importing MONAI,
+    4-4.5 s on a 2-core CPU, and reading the weights), so a cached export runs without either.
+    The caller verifies the weights' SHA-256 against the manifest either way.
+
+    Raises:
+        ModelError: onnxruntime is missing, or the export fails or disagrees with PyTorch.
+    """
+    if not onnx_available():
+        raise ModelError("the ONNX back end needs the 'onnxruntime' package")
+    path, sidecar, expected = _cache_files(manifest, stage, cache_dir)
+    what = f"{manifest.id} stage {stage.name!r}"
+    if _cache_valid(path, sidecar, expected):
+        return OnnxNetwork(_session(path, threads, what), path)
+    if callable(net) and not hasattr(net, "parameters"):
+        net = net()
+    log.info("exporting %s stage %r to ONNX (first use; cached in %s)", manifest.id, stage.name, path.parent)
+    try:
+        _export(net, stage, path)
+    except Exception as exc:
+        raise ModelError(f"ONNX export of {what} failed: {exc}") from exc
+    session = _session(path, threads, what)
+    try:
+        check = _check_against_torch(net, session, stage, what)
+    except ModelError:
+        path.unlink(missing_ok=True)
+        sidecar.unlink(missing_ok=True)
+        raise
+    from lkseg.io.atomic import atomic_write_text
+
+    atomic_write_text(sidecar, json.dumps({**expected, "sha256": sha256_file(path), "check": check}, indent=2))
     return OnnxNetwork(session, path)
 
 
