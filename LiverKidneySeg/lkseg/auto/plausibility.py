@@ -52,15 +52,16 @@ direction, so any storage orientation works. The label array is ZYX on ``grid``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
+from scipy import ndimage
 
 from lkseg.auto.levels import BodyLevels, body_levels
-from lkseg.auto.postprocess import components
 from lkseg.labels import LabelTable
 from lkseg.volume import Grid
 
-__all__ = ["PositionConfig", "refuse_implausible_positions"]
+__all__ = ["BodyFacts", "PositionConfig", "refuse_implausible_positions"]
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,9 @@ class PositionConfig:
     fragment_ml: float = 1.0
 
 
-def _centre_ras(mask: np.ndarray, grid: Grid) -> np.ndarray:
-    kji = np.argwhere(mask)
+def _centre_ras(mask: np.ndarray, grid: Grid, offset=(0, 0, 0)) -> np.ndarray:
+    """RAS centre of ``mask``, a (k, j, i) crop whose first voxel is ``offset`` of ``grid``."""
+    kji = np.argwhere(mask) + np.asarray(offset)
     step = max(1, len(kji) // 50000)
     return grid.index_to_ras(kji[::step, ::-1].astype(np.float64)).mean(axis=0)
 
@@ -95,11 +97,11 @@ def _midline_bone(image: np.ndarray, grid: Grid, mid_x: float, config: PositionC
     return ras[np.abs(ras[:, 0] - mid_x) < config.spine_half_width_mm]
 
 
-def _behind_spine(piece: np.ndarray, centre: np.ndarray, bone: np.ndarray, grid: Grid) -> float | None:
+def _behind_spine(piece: np.ndarray, offset, centre: np.ndarray, bone: np.ndarray, grid: Grid) -> float | None:
     """How far (mm) the piece's centre lies behind the back of the spine (the posterior tenth of the
     midline bone) over its head-foot range (RAS y: anterior positive); None without enough spine
-    there (1 mL)."""
-    kji = np.argwhere(piece)
+    there (1 mL). ``piece`` is a (k, j, i) crop whose first voxel is ``offset``."""
+    kji = np.argwhere(piece) + np.asarray(offset)
     z = grid.index_to_ras(kji[:: max(1, len(kji) // 20000), ::-1].astype(np.float64))[:, 2]
     spine = bone[(bone[:, 2] >= z.min()) & (bone[:, 2] <= z.max())]
     if len(spine) * grid.voxel_volume_ml < 1.0:
@@ -111,37 +113,111 @@ def _from_spine(behind: float) -> str:
     return f"{-behind:.0f} mm in front of" if behind <= 0 else f"{behind:.0f} mm behind"
 
 
-def refuse_implausible_positions(
-    labels: np.ndarray, image: np.ndarray, grid: Grid, table: LabelTable, config: PositionConfig | None = None
-) -> list[str]:
-    """Remove (in place) organ components at impossible positions; returns one note per refusal."""
-    config = config or PositionConfig()
-    value_of = {n: v for v, n in table.items()}
-    body = image > -500
-    if not body.any():
+class BodyFacts:
+    """What the position checks read from the image alone, each computed on first use: the body's
+    midline (RAS x), its levels (:func:`~lkseg.auto.levels.body_levels`) and the midline bone.
+    One instance can serve several calls of :func:`refuse_implausible_positions` on the same image
+    (the U-Net's two passes), which then read the image once.
+
+    Args:
+        image: ZYX HU array on ``grid``.
+        grid: its grid.
+        config: thresholds (the bone's HU and half-width).
+    """
+
+    def __init__(self, image: np.ndarray, grid: Grid, config: PositionConfig | None = None):
+        self.image, self.grid, self.config = image, grid, config or PositionConfig()
+
+    @cached_property
+    def mid_x(self) -> float | None:
+        """RAS x of the centroid of the voxels above -500 HU (every 4th row and column); None
+        without any."""
+        if not (self.image > -500).any():
+            return None
+        kji = np.argwhere(self.image[:, ::4, ::4] > -500) * np.array([1, 4, 4])
+        return float(self.grid.index_to_ras(kji[:: max(1, len(kji) // 50000), ::-1].astype(np.float64)).mean(axis=0)[0])
+
+    @cached_property
+    def levels(self) -> BodyLevels:
+        return body_levels(self.image, self.grid)
+
+    @cached_property
+    def bone(self) -> np.ndarray:
+        return _midline_bone(self.image, self.grid, self.mid_x, self.config)
+
+
+@dataclass
+class _Piece:
+    """A connected component: ``where`` its box in the label array, ``mask`` the component inside it."""
+
+    where: tuple[slice, ...]
+    mask: np.ndarray
+
+    @property
+    def offset(self) -> tuple[int, int, int]:
+        return tuple(s.start for s in self.where)  # type: ignore[return-value]
+
+
+def _box_of(objects: list, values: list[int]) -> tuple[slice, ...] | None:
+    """The bounding box of the voxels holding ``values`` (``objects``: ``find_objects`` of the labels)."""
+    found = [objects[v - 1] for v in values if 0 < v <= len(objects) and objects[v - 1] is not None]
+    if not found:
+        return None
+    return tuple(slice(min(f[d].start for f in found), max(f[d].stop for f in found)) for d in range(3))
+
+
+def _pieces(labels: np.ndarray, values: list[int], objects: list) -> list[_Piece]:
+    """Face-connected components of the voxels holding ``values``, in the order
+    :func:`scipy.ndimage.label` numbers them over the whole array (labelled inside the values'
+    bounding box, from ``objects = ndimage.find_objects(labels)``, not over the whole scan)."""
+    box = _box_of(objects, values)
+    if box is None:
         return []
-    kji = np.argwhere(body[:, ::4, ::4]) * np.array([1, 4, 4])
-    mid_x = float(grid.index_to_ras(kji[:: max(1, len(kji) // 50000), ::-1].astype(np.float64)).mean(axis=0)[0])
+    comp, _ = ndimage.label(np.isin(labels[box], values))
+    out = []
+    for idx, sl in enumerate(ndimage.find_objects(comp), start=1):
+        if sl is not None:
+            where = tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, sl))
+            out.append(_Piece(where, comp[sl] == idx))
+    return out
+
+
+def refuse_implausible_positions(
+    labels: np.ndarray,
+    image: np.ndarray,
+    grid: Grid,
+    table: LabelTable,
+    config: PositionConfig | None = None,
+    body: BodyFacts | None = None,
+) -> list[str]:
+    """Remove (in place) organ components at impossible positions; returns one note per refusal.
+
+    ``labels`` and ``image`` are ZYX arrays on ``grid``; ``body`` (optional) holds what was already
+    read from ``image`` by an earlier call (same image and config)."""
+    config = config or PositionConfig()
+    body = body if body is not None else BodyFacts(image, grid, config)
+    mid_x = body.mid_x
+    if mid_x is None:
+        return []
+    value_of = {n: v for v, n in table.items()}
     notes: list[str] = []
     groups = {
         "liver": ("liver", "liver_tumor"),
         "kidney": ("kidney_right", "kidney_left", "kidney_tumor", "kidney_cyst"),
         "spleen": ("spleen",),
     }
-    levels = None  # hip joints and air, read at the first organ piece
+    objects = ndimage.find_objects(labels) if labels.dtype.kind in "ui" and labels.any() else []
     liver_z = None  # the liver's centre, once its pieces are checked
-    bone = None  # the midline bone, read at the first kidney or spleen piece (a whole-image threshold)
     front_of_spine = {"kidney": config.kidney_front_of_spine_mm, "spleen": config.spleen_front_of_spine_mm}
-    kidneys: list[tuple[np.ndarray, float, int]] = []  # (piece, RAS x - midline, organ voxels)
+    kidneys: list[tuple[_Piece, float, int]] = []  # (piece, RAS x - midline, organ voxels)
     organ_kidney = [value_of[n] for n in ("kidney_right", "kidney_left") if n in value_of]
     for organ, names in groups.items():
         values = [value_of[n] for n in names if n in value_of]
         refused, kept_large, kept_small = False, False, []
-        for _, piece in components(np.isin(labels, values)) if values else ():
-            centre = _centre_ras(piece, grid)
+        for piece in _pieces(labels, values, objects) if values else ():
+            centre = _centre_ras(piece.mask, grid, piece.offset)
             x, _, z = centre
-            levels = body_levels(image, grid) if levels is None else levels
-            reason = _level_reason(organ, float(z), levels, config)
+            reason = _level_reason(organ, float(z), body.levels, config)
             if reason is None and organ == "kidney":
                 if abs(x - mid_x) < config.kidney_midline_mm:
                     reason = f"its centre is {abs(x - mid_x):.0f} mm from the body's midline (spine/aorta?)"
@@ -152,13 +228,12 @@ def refuse_implausible_positions(
             elif reason is None and organ == "spleen" and x - mid_x > config.spleen_side_mm:
                 reason = f"its centre lies {x - mid_x:.0f} mm to the patient's right of the midline"
             if reason is None and organ in front_of_spine:
-                bone = _midline_bone(image, grid, mid_x, config) if bone is None else bone
-                behind = _behind_spine(piece, centre, bone, grid)
+                behind = _behind_spine(piece.mask, piece.offset, centre, body.bone, grid)
                 if behind is not None and -behind < front_of_spine[organ]:
                     reason = f"its centre lies {_from_spine(behind)} the back of the spine (back muscles?)"
-            ml = float(piece.sum()) * grid.voxel_volume_ml
+            ml = float(piece.mask.sum()) * grid.voxel_volume_ml
             if reason:
-                labels[piece] = 0
+                labels[piece.where][piece.mask] = 0
                 refused = True
                 notes.append(f"position check: refused a {ml:.0f} mL {organ} component: {reason}")
                 continue
@@ -167,19 +242,23 @@ def refuse_implausible_positions(
             else:
                 kept_small.append(piece)
             if organ == "kidney":
-                kidneys.append((piece, x - mid_x, int(np.isin(labels[piece], organ_kidney).sum())))
+                kidneys.append((piece, x - mid_x, int(np.isin(labels[piece.where][piece.mask], organ_kidney).sum())))
         if refused and not kept_large and kept_small:
             # fragments of a refused organ (e.g. pieces that joined it only in the slices a short scan
             # was extended by for the networks) do not stand for the organ on their own
-            gone = np.logical_or.reduce(kept_small)
-            labels[gone] = 0
-            kidneys = [k for k in kidneys if not (k[0] & gone).any()]
+            gone_ml = 0.0
+            for piece in kept_small:
+                labels[piece.where][piece.mask] = 0
+                gone_ml += float(piece.mask.sum()) * grid.voxel_volume_ml
+            kidneys = [k for k in kidneys if not any(k[0] is g for g in kept_small)]
             notes.append(
-                f"position check: removed {gone.sum() * grid.voxel_volume_ml:.2f} mL of {organ} fragments "
+                f"position check: removed {gone_ml:.2f} mL of {organ} fragments "
                 f"under {config.fragment_ml:g} mL left after the refusal"
             )
-        if organ == "liver" and "liver" in value_of and (labels == value_of["liver"]).any():
-            liver_z = float(_centre_ras(labels == value_of["liver"], grid)[2])
+        if organ == "liver" and "liver" in value_of:
+            box = _box_of(objects, [value_of["liver"]])  # refusals only removed voxels from it
+            if box is not None and (left := labels[box] == value_of["liver"]).any():
+                liver_z = float(_centre_ras(left, grid, [b.start for b in box])[2])
     if len(organ_kidney) == 2:
         notes.extend(_name_kidneys_by_side(labels, kidneys, value_of, grid))
     return notes
@@ -200,7 +279,7 @@ def _level_reason(organ: str, z: float, levels: BodyLevels, config: PositionConf
 
 
 def _name_kidneys_by_side(
-    labels: np.ndarray, kidneys: list[tuple[np.ndarray, float, int]], value_of: dict, grid: Grid
+    labels: np.ndarray, kidneys: list[tuple[_Piece, float, int]], value_of: dict, grid: Grid
 ) -> list[str]:
     """One kidney a side of the midline (RAS x > midline: the patient's right), renamed in place."""
     notes: list[str] = []
@@ -210,17 +289,18 @@ def _name_kidneys_by_side(
             continue
         piece, offset, _ = here[0]
         own, other = value_of[f"kidney_{side}"], value_of[f"kidney_{'left' if side == 'right' else 'right'}"]
-        wrong = piece & (labels == other)
+        view = labels[piece.where]
+        wrong = piece.mask & (view == other)
         if wrong.any():
-            labels[wrong] = own
+            view[wrong] = own
             notes.append(
                 f"position check: {int(wrong.sum()) * grid.voxel_volume_ml:.0f} mL called the "
                 f"{'left' if side == 'right' else 'right'} kidney lie {abs(offset):.0f} mm to the patient's {side} "
                 f"of the midline: renamed the {side} kidney"
             )
         for extra, _, _ in here[1:]:
-            ml = float(extra.sum()) * grid.voxel_volume_ml
-            labels[extra] = 0
+            ml = float(extra.mask.sum()) * grid.voxel_volume_ml
+            labels[extra.where][extra.mask] = 0
             notes.append(
                 f"position check: refused a {ml:.0f} mL kidney component: a second piece on the patient's {side} "
                 f"(the {side} kidney is the larger one)"

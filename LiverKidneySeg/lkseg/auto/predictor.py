@@ -45,7 +45,7 @@ from lkseg.auto.cascade import (
 )
 from lkseg.auto.checks import check_ct_volume
 from lkseg.auto.hybrid import HybridConfig
-from lkseg.auto.plausibility import refuse_implausible_positions
+from lkseg.auto.plausibility import BodyFacts, refuse_implausible_positions
 from lkseg.auto.postprocess import PostprocessConfig, organ_groups, postprocess_labels
 from lkseg.auto.sampling import ImageSampler, ProbabilityField
 from lkseg.auto.window import WindowConfig, plan_windows, run_sliding_window
@@ -468,12 +468,17 @@ class AutoSegmenter:
         # the U-Net's pass, and a second whole-scan pass when the locator misses an organ
         first, second = SubProgress(progress, 0.0, 0.6 * share), SubProgress(progress, 0.6 * share, share)
         raw = self._predict_unet(volume, keep, opts, first, cancel)
-        raw.notes.extend(refuse_implausible_positions(raw.labels, volume.array, volume.grid, self.output_table))
+        body = BodyFacts(volume.array, volume.grid)  # read once for both passes
+        raw.notes.extend(
+            refuse_implausible_positions(raw.labels, volume.array, volume.grid, self.output_table, body=body)
+        )
         ml = volume.grid.voxel_volume_ml
         weak = _weak_organs(self._volumes(raw.labels, ml), keep)
         if raw.cascade and opts.relocate and opts.cascade is None and weak:
             full = self._predict_unet(volume, keep, replace(opts, cascade=False), second, cancel)
-            full.notes.extend(refuse_implausible_positions(full.labels, volume.array, volume.grid, self.output_table))
+            full.notes.extend(
+                refuse_implausible_positions(full.labels, volume.array, volume.grid, self.output_table, body=body)
+            )
             before = _plausibility(self._volumes(raw.labels, ml))
             after = _plausibility(self._volumes(full.labels, ml))
             if after > before + 0.2:
