@@ -187,8 +187,14 @@ def _absorb_specks(
     min_mm3 = np.pi / 6.0 * min_mm**3
     voxel_mm3 = float(np.prod(grid.spacing))
     structure = ndimage.generate_binary_structure(3, 1)
+    objects = ndimage.find_objects(view)
     for value in lesion_values:
-        comp, n = ndimage.label(view == value, structure=np.ones((3, 3, 3), bool))
+        if value > len(objects) or objects[value - 1] is None:
+            continue
+        # the lesion's bounding box, one voxel wider (the shell around a speck at its edge)
+        box = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in objects[value - 1])
+        sub = view[box]
+        comp, n = ndimage.label(sub == value, structure=np.ones((3, 3, 3), bool))
         if n == 0:
             continue
         sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
@@ -200,9 +206,9 @@ def _absorb_specks(
             sl = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in slices[idx - 1])
             piece = comp[sl] == idx
             shell = ndimage.binary_dilation(piece, structure) & ~piece
-            around = view[sl][shell]
+            around = sub[sl][shell]
             organ_around = around[np.isin(around, organ_values)]
-            view[sl][piece] = np.bincount(organ_around).argmax() if organ_around.size else 0
+            sub[sl][piece] = np.bincount(organ_around).argmax() if organ_around.size else 0
         notes.append(
             f"{organ}: {small.size} {table[value]} speck(s) under {min_mm:g} mm "
             f"({sizes[small - 1].sum() * voxel_mm3 / 1000.0:.2f} mL) given to the organ"
@@ -219,10 +225,10 @@ def _fill_holes(
     voxel_ml: float,
 ) -> None:
     filled_total = 0
+    boxes = ndimage.find_objects(comp)
     for c in keep:
-        piece = comp == c
-        sl = ndimage.find_objects(piece.astype(np.uint8))[0]
-        sub = piece[sl]
+        sl = boxes[c - 1]
+        sub = comp[sl] == c
         holes = ndimage.binary_fill_holes(sub) & ~sub & (view[sl] == 0)
         if holes.any():
             sub_view = view[sl]
