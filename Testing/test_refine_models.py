@@ -56,8 +56,9 @@ def test_weights_that_do_not_fit_are_refused(tmp_path, monkeypatch):
     manifest["weights"]["lite_medsam.pth"]["sha256"] = models.file_sha256(fake)
     monkeypatch.setattr(models, "litemedsam_weights_path", lambda: fake)
     monkeypatch.setattr(models, "litemedsam_manifest", lambda: manifest)
+    loaded = models.load_prompt_model("litemedsam")  # digest checked; the network is built on first use
     with pytest.raises(ModelError, match="do not fit"):
-        models.load_prompt_model("litemedsam")
+        loaded.network  # noqa: B018
 
 
 def test_unknown_or_tampered_checkpoints_are_refused(tmp_path):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -236,13 +237,28 @@ def build_litemedsam_network():
     return LiteMedSAM()
 
 
-@dataclass
 class LoadedModel:
-    """A loaded prompt network (in eval mode, on CPU) and its :class:`ModelSpec`."""
+    """A verified prompt model: its :class:`ModelSpec`, weight file and network (a
+    ``torch.nn.Module`` with ``image_encoder`` / ``prompt_encoder`` / ``mask_decoder``, in eval mode,
+    on the CPU).
 
-    network: object  # torch.nn.Module with image_encoder / prompt_encoder / mask_decoder
-    spec: ModelSpec
-    weights: Path
+    ``network`` may be given as None with ``build`` (no arguments -> the network): it is then built
+    on first use. The ONNX engine with cached exports never uses it, so reading the weights and
+    building the network (about 1 s for LiteMedSAM on a 2-core CPU) is skipped there; the file's
+    SHA-256 has been checked against the manifest before either way.
+    """
+
+    def __init__(self, network, spec: ModelSpec, weights: Path, build: Callable[[], object] | None = None):
+        if network is None and build is None:
+            raise ValueError("LoadedModel needs a network or a function that builds it")
+        self._network, self._build = network, build
+        self.spec, self.weights = spec, weights
+
+    @property
+    def network(self):
+        if self._network is None:
+            self._network = self._build()
+        return self._network
 
 
 def _load_litemedsam() -> LoadedModel:
@@ -251,15 +267,19 @@ def _load_litemedsam() -> LoadedModel:
     digest = _verify(
         path, manifest["weights"]["lite_medsam.pth"]["sha256"], "LiteMedSAM (models/litemedsam/prompt-manifest.json)"
     )
-    state = _load_state(path)
-    net = build_litemedsam_network()
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ModelError(f"{path}: weights do not fit the LiteMedSAM network ({str(exc)[:300]})") from exc
-    net.eval()  # after loading: TinyViT caches its attention biases in eval()
+
+    def build():
+        state = _load_state(path)
+        net = build_litemedsam_network()
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ModelError(f"{path}: weights do not fit the LiteMedSAM network ({str(exc)[:300]})") from exc
+        net.eval()  # after loading: TinyViT caches its attention biases in eval()
+        return net
+
     spec = ModelSpec("litemedsam", int(manifest.get("input_size", 256)), "minmax", False, digest)
-    return LoadedModel(net, spec, path)
+    return LoadedModel(None, spec, path, build=build)
 
 
 def _load_checkpoint(path: Path, kind: str | None, expected_sha256: str | None) -> LoadedModel:
@@ -323,7 +343,9 @@ def load_prompt_model(
 
     Raises:
         ChecksumError: the file's digest is unknown or differs from the pinned one.
-        ModelError: missing file or package, not a state dict, or the weights do not fit.
+        ModelError: missing file or package; for a checkpoint file also not a state dict or weights that
+            do not fit (LiteMedSAM's own weights are read when its network is first used: an
+            ONNX export, the eager engine).
     """
     if str(model) == "litemedsam":
         return _load_litemedsam()
