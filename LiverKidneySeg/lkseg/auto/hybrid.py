@@ -18,6 +18,9 @@ Given the U-Net's label map (:class:`~lkseg.auto.AutoResult`), :func:`hybrid_ref
    organs goes to the higher logit (no voxel in two organs);
 4. extends each component up to ``extend_mm`` beyond the U-Net's first and last slice while the
    prompt model still sees the organ (area, overlap and HU checks against the previous slice);
+   from the end of the upward sweep on, pixels held by organ pieces that the final postprocessing
+   removes may be taken by another organ (``HybridConfig.free_strays``: a kidney pole the U-Net
+   called liver);
 5. puts the U-Net's tumours and cysts back inside their (new) organ only, then runs the usual
    postprocessing (:func:`~lkseg.auto.postprocess.postprocess_labels`). In the corticomedullary
    (late arterial) phase, recognised by the drawn kidneys' cortex being much brighter than their
@@ -37,7 +40,7 @@ import bisect
 import itertools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
@@ -46,7 +49,7 @@ from lkseg.auto.keyslices import interpolate_slices, key_slices, mask_dice, slic
 from lkseg.auto.postprocess import PostprocessConfig, components, postprocess_labels
 from lkseg.labels import LabelTable
 from lkseg.progress import CancelToken, ProgressCallback, report
-from lkseg.volume import Volume
+from lkseg.volume import Grid, Volume
 
 __all__ = [
     "HybridConfig",
@@ -116,6 +119,13 @@ class HybridConfig:
             between are interpolated).
         follow_down: the slice-below rule also runs from above, in a descending pass over the
             drawn slices (lower poles the U-Net saw only partly).
+        free_strays: after the upward sweep, pixels held by organ pieces that the final
+            postprocessing removes (all but the liver's and the spleen's largest piece, the two
+            largest kidney pieces; over the drawn slices) may be taken by another organ in the
+            later passes (descending pass, interpolation, extension). On example_ct the U-Net called
+            the right kidney's lower pole liver, a piece apart from the liver: its pixels, which
+            the prompt model drew for the kidney, were held by that piece and then removed with it
+            (right kidney 0.884 -> 0.933 with this on; README, *The right kidney's lower pole*).
     """
 
     box_margin_mm: float = 6.0
@@ -136,6 +146,7 @@ class HybridConfig:
     down_ratio: float = 0.8
     extend_step_mm: float = 3.0
     follow_down: bool = True
+    free_strays: bool = True
 
 
 @dataclass
@@ -437,6 +448,9 @@ def hybrid_refine(
         else:
             keep(counts)
         prev_key = kb
+    # pixels of organ pieces that the final postprocessing will remove (a kidney pole the U-Net
+    # called liver) may go to another organ from here on
+    stray = _stray_pixels(fused, drawn, table, post) if config.free_strays else None
     # the same rule from above, in one descending pass over the drawn slices: the sweep follows an
     # organ upwards only, so a lower pole that the U-Net saw only partly (while it saw the slice
     # above whole) was left as the U-Net's part; each slice is compared with the drawn one above
@@ -464,16 +478,28 @@ def hybrid_refine(
                     below=above,
                     hu=hu_of(k, value),
                     ratio=config.down_ratio,
+                    stray=stray,
                 )
     log.debug("hybrid: key step %d, drawn slices %s", step, drawn)
     if step > 1:
-        _fill_between(fused, pieces, drawn, config, pixel_mm)
+        _fill_between(fused, pieces, drawn, config, pixel_mm, stray)
     t_enc = state["t_enc"]
     done = state["done"]
     for p in pieces:
         for direction in (1, -1):
             added = _extend(
-                predictor, slicer, fused, p, direction, (ext_n, ext_step), config, margin, pixel_mm, hu_stats, cancel
+                predictor,
+                slicer,
+                fused,
+                p,
+                direction,
+                (ext_n, ext_step),
+                config,
+                margin,
+                pixel_mm,
+                hu_stats,
+                cancel,
+                stray,
             )
             seen.update(added[1])
             if added[0]:
@@ -533,6 +559,40 @@ def hybrid_refine(
     return outcome
 
 
+def _stray_pixels(fused: np.ndarray, drawn: list[int], table: LabelTable, post: PostprocessConfig | None) -> np.ndarray:
+    """Pixels of the drawn slices held by organ pieces that the final postprocessing removes (all but
+    the largest piece of the liver and of the spleen, the two largest kidney pieces; connectivity
+    over the drawn slices, consecutive ones counting as adjacent), as a bool (k, j, i) array. Another
+    organ may take them in the passes after the sweep (:func:`_free`); the organ holding them keeps
+    them until the final postprocessing."""
+    out = np.zeros(fused.shape, dtype=bool)
+    if not drawn:
+        return out
+    stack = fused[drawn]
+    before = stack.copy()
+    config = replace(
+        post or PostprocessConfig(), min_organ_ml=0.0, fill_holes=False, laterality=False, min_lesion_mm=0.0
+    )
+    postprocess_labels(stack, Grid(stack.shape, (1.0, 1.0, 1.0)), table, config)
+    out[drawn] = stack != before
+    return out
+
+
+def _free(fused: np.ndarray, k: int, value: int, stray: np.ndarray | None) -> np.ndarray:
+    """Pixels of slice ``k`` that organ ``value`` may take: background, and (with ``stray``) pixels
+    of another organ's stray piece."""
+    free = fused[k] == 0
+    if stray is not None:
+        free |= stray[k] & (fused[k] != value)
+    return free
+
+
+def _take(fused: np.ndarray, k: int, mask: np.ndarray, value: int, stray: np.ndarray | None) -> None:
+    fused[k][mask] = value
+    if stray is not None:
+        stray[k][mask] = False
+
+
 def _much_smaller(cur: np.ndarray, ref: np.ndarray, config: HybridConfig, pixel_mm, ratio: float | None = None) -> bool:
     """Whether the organ's mask ``cur`` is under ``ratio`` (default ``neighbour_ratio``) of ``ref``
     (a neighbouring drawn slice's), ``ref`` being at least a ``min_piece_mm2`` piece."""
@@ -542,7 +602,17 @@ def _much_smaller(cur: np.ndarray, ref: np.ndarray, config: HybridConfig, pixel_
 
 
 def _follow_neighbour(
-    ctx, fused, k, value, config, margin, pixel_mm, below: int | None = None, hu=None, ratio: float | None = None
+    ctx,
+    fused,
+    k,
+    value,
+    config,
+    margin,
+    pixel_mm,
+    below: int | None = None,
+    hu=None,
+    ratio: float | None = None,
+    stray: np.ndarray | None = None,
 ) -> None:
     """Where the organ on slice ``k`` is much smaller than on the drawn slice ``below`` (default
     ``k - 1``; the name is the upward sweep's, the descending pass gives the slice above; the U-Net
@@ -559,7 +629,7 @@ def _follow_neighbour(
     below = k - 1 if below is None else below
     logits = _decode_regrow(ctx, prev | cur, margin, config.regrow if abs(k - below) > 1 else 0)
     radius = (config.keep_within_mm / pixel_mm[0], config.keep_within_mm / pixel_mm[1])
-    cand = (logits > 0) & _dilate(prev | cur, radius) & ((fused[k] == 0) | cur)
+    cand = (logits > 0) & _dilate(prev | cur, radius) & (_free(fused, k, value, stray) | cur)
     area = int(cand.sum())
     if n_cur < area <= config.extend_max_ratio * n_prev and (cand & prev).sum() >= 0.5 * area:
         if hu is not None:
@@ -567,7 +637,7 @@ def _follow_neighbour(
             new = cand & ~cur
             if new.any() and abs(float(np.mean(image[new])) - mu) > config.extend_hu_sd * sd:
                 return
-        fused[k][cand] = value
+        _take(fused, k, cand, value, stray)
 
 
 def _touches(mask: np.ndarray, box: tuple[int, int, int, int]) -> bool:
@@ -613,7 +683,20 @@ def _organ_hu(hu: np.ndarray, canon: np.ndarray, values: set[int]) -> dict[int, 
     return out
 
 
-def _extend(predictor, slicer, fused, piece: OrganPiece, direction, n_max, config, margin, pixel_mm, hu_stats, cancel):
+def _extend(
+    predictor,
+    slicer,
+    fused,
+    piece: OrganPiece,
+    direction,
+    n_max,
+    config,
+    margin,
+    pixel_mm,
+    hu_stats,
+    cancel,
+    stray=None,
+):
     """Grow ``piece`` towards its end in ``direction`` and up to ``n_max = (slices, step)`` slices
     beyond it, ``step`` slices at a time (skipped slices get the interpolation of the two drawn
     ones; where a step fails, the slices it skipped are tried one by one), starting from its last slice with a box-sized mask (the U-Net's end slices are often
@@ -642,7 +725,7 @@ def _extend(predictor, slicer, fused, piece: OrganPiece, direction, n_max, confi
         encoded.add(k)
         logits, _ = ctx.decode(box_rc=_box(prev, margin))
         current = fused[k] == piece.value
-        sam = ((logits > 0) & _dilate(prev, radius) & (fused[k] == 0)) | current
+        sam = ((logits > 0) & _dilate(prev, radius) & _free(fused, k, piece.value, stray)) | current
         area, before = int(sam.sum()), int(prev.sum())
         ok = config.extend_min_ratio * before <= area <= config.extend_max_ratio * before
         ok = ok and float((sam & prev).sum()) >= 0.5 * area
@@ -652,13 +735,13 @@ def _extend(predictor, slicer, fused, piece: OrganPiece, direction, n_max, confi
                 break
             k, step = k_prev, 1  # the organ ends within the step: walk the skipped slices
             continue
-        fused[k][sam] = piece.value
+        _take(fused, k, sam, piece.value, stray)
         gap = abs(k - k_prev)
         if gap > 1:
             weights = [d / gap for d in range(1, gap)]
             for d, (m, _) in zip(range(1, gap), interpolate_slices(prev, sam, weights, pixel_mm)):
                 kk = k_prev + direction * d
-                fused[kk][m & (fused[kk] == 0)] = piece.value
+                _take(fused, kk, m & _free(fused, kk, piece.value, stray), piece.value, stray)
                 added += (kk - end) * direction > 0
         prev = sam
         added += beyond > 0
@@ -681,7 +764,7 @@ def _changes(pieces, ka: int, kb: int, fused: np.ndarray, config: HybridConfig) 
     return False
 
 
-def _fill_between(fused: np.ndarray, pieces, drawn: list[int], config: HybridConfig, pixel_mm) -> None:
+def _fill_between(fused: np.ndarray, pieces, drawn: list[int], config: HybridConfig, pixel_mm, stray=None) -> None:
     """Every slice of a piece between two drawn slices gets the signed-distance interpolation of
     the organ on those two slices (the U-Net piece there when both ends hold none of the
     organ); free voxels only, a pixel two organs claim goes to the one it lies deeper in."""
@@ -701,14 +784,17 @@ def _fill_between(fused: np.ndarray, pieces, drawn: list[int], config: HybridCon
                     m, dist = unet, np.zeros(unet.shape, np.float32)
                 claims.setdefault(k, []).append((p.value, m, dist))
     for k, items in claims.items():
-        free = fused[k] == 0
+        free = fused[k] == 0 if stray is None else (fused[k] == 0) | stray[k]
         best = np.full(free.shape, np.inf, dtype=np.float32)
         out = np.zeros(free.shape, dtype=np.uint8)
         for value, m, dist in items:
             take = m & (dist < best)
             out[take] = value
             best[take] = dist[take]
-        fused[k][free & (out > 0)] = out[free & (out > 0)]
+        won = free & (out > 0) & (out != fused[k])
+        fused[k][won] = out[won]
+        if stray is not None:
+            stray[k][won] = False
 
 
 def _restore_lesions(fused: np.ndarray, unet: np.ndarray, table: LabelTable, skip: tuple[str, ...] = ()) -> None:
