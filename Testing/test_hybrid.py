@@ -127,6 +127,10 @@ class OraclePredictor:
         return _Ctx(self, k)
 
 
+def _dice(a, b):
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
 def _ellipsoid(shape, centre, radii):
     zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
     return sum(((a - c) / r) ** 2 for a, c, r in zip((zz, yy, xx), centre, radii)) <= 1.0
@@ -194,15 +198,12 @@ def test_a_lower_pole_the_unet_saw_only_partly_is_followed_down_from_the_slice_a
     unet_c[2:6, :, 20:] = 0  # on its first four slices the U-Net saw a 6-pixel strip of it
     truth, unet = slicer.canonical_volume_to_user(truth_c), slicer.canonical_volume_to_user(unet_c)
 
-    def dice(a, b):
-        return 2 * (a & b).sum() / (a.sum() + b.sum())
-
     scores = {}
     for follow_down in (False, True):
         config = HybridConfig(sample_mm=0.0, extend_mm=0.0, follow_down=follow_down)
         out = hybrid_refine(OraclePredictor(truth), volume, unet, TABLE, config)
         got = slicer.user_volume_to_canonical(out.labels) == 4
-        scores[follow_down] = [dice(got[k], truth_c[k] == 4) for k in range(2, 6)]
+        scores[follow_down] = [_dice(got[k], truth_c[k] == 4) for k in range(2, 6)]
     assert max(scores[False]) < 0.8, scores  # without the pass the pole stays partial
     assert min(scores[True]) > 0.99, scores
 
@@ -228,17 +229,14 @@ def test_a_kidney_pole_the_unet_called_liver_goes_to_the_kidney(flip):
     unet_c[2:6, 36:60, 34:37] = 4  # ...but for a 3-pixel strip of kidney
     truth, unet = slicer.canonical_volume_to_user(truth_c), slicer.canonical_volume_to_user(unet_c)
 
-    def dice(a, b):
-        return 2 * (a & b).sum() / (a.sum() + b.sum())
-
     scores = {}
     for free in (False, True):
         config = HybridConfig(sample_mm=0.0, extend_mm=0.0, free_strays=free)
         out = hybrid_refine(OraclePredictor(truth), volume, unet, TABLE, config)
         got = slicer.user_volume_to_canonical(out.labels)
         scores[free] = (
-            [dice(got[k] == 4, truth_c[k] == 4) for k in range(2, 6)],
-            dice(got == 1, truth_c == 1),
+            [_dice(got[k] == 4, truth_c[k] == 4) for k in range(2, 6)],
+            _dice(got == 1, truth_c == 1),
         )
     assert max(scores[False][0]) < 0.5, scores  # the pole: lost with the stray liver
     assert min(scores[True][0]) > 0.99, scores
