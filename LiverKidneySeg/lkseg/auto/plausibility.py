@@ -58,6 +58,7 @@ import numpy as np
 from scipy import ndimage
 
 from lkseg.auto.levels import BodyLevels, body_levels
+from lkseg.auto.postprocess import values_box
 from lkseg.labels import LabelTable
 from lkseg.volume import Grid
 
@@ -158,19 +159,11 @@ class _Piece:
         return tuple(s.start for s in self.where)  # type: ignore[return-value]
 
 
-def _box_of(objects: list, values: list[int]) -> tuple[slice, ...] | None:
-    """The bounding box of the voxels holding ``values`` (``objects``: ``find_objects`` of the labels)."""
-    found = [objects[v - 1] for v in values if 0 < v <= len(objects) and objects[v - 1] is not None]
-    if not found:
-        return None
-    return tuple(slice(min(f[d].start for f in found), max(f[d].stop for f in found)) for d in range(3))
-
-
 def _pieces(labels: np.ndarray, values: list[int], objects: list) -> list[_Piece]:
     """Face-connected components of the voxels holding ``values``, in the order
     :func:`scipy.ndimage.label` numbers them over the whole array (labelled inside the values'
     bounding box, from ``objects = ndimage.find_objects(labels)``, not over the whole scan)."""
-    box = _box_of(objects, values)
+    box = values_box(objects, values, labels.shape)
     if box is None:
         return []
     comp, _ = ndimage.label(np.isin(labels[box], values))
@@ -256,7 +249,7 @@ def refuse_implausible_positions(
                 f"under {config.fragment_ml:g} mL left after the refusal"
             )
         if organ == "liver" and "liver" in value_of:
-            box = _box_of(objects, [value_of["liver"]])  # refusals only removed voxels from it
+            box = values_box(objects, [value_of["liver"]], labels.shape)  # refusals only removed voxels
             if box is not None and (left := labels[box] == value_of["liver"]).any():
                 liver_z = float(_centre_ras(left, grid, [b.start for b in box])[2])
     if len(organ_kidney) == 2:

@@ -33,7 +33,7 @@ from scipy import ndimage
 from lkseg.labels import LabelTable, get_structure
 from lkseg.volume import Grid
 
-__all__ = ["ORGAN_GROUPS", "PostprocessConfig", "components", "organ_groups", "postprocess_labels"]
+__all__ = ["ORGAN_GROUPS", "PostprocessConfig", "components", "organ_groups", "postprocess_labels", "values_box"]
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,10 @@ def components(mask: np.ndarray):
         yield sl, piece
 
 
-def _bbox(mask_slices: list, shape: tuple[int, ...]) -> tuple[slice, ...] | None:
-    found = [s for s in mask_slices if s is not None]
+def values_box(objects: list, values: list[int], shape: tuple[int, ...]) -> tuple[slice, ...] | None:
+    """The bounding box, one voxel wider on each side (within ``shape``), of the voxels holding
+    ``values`` in a label array whose ``ndimage.find_objects`` is ``objects``; None without any."""
+    found = [objects[v - 1] for v in values if 0 < v <= len(objects) and objects[v - 1] is not None]
     if not found:
         return None
     lo = [min(s[d].start for s in found) for d in range(3)]
@@ -130,7 +132,7 @@ def postprocess_labels(
     voxel_ml = grid.voxel_volume_ml
     for organ, (organ_values, lesion_values) in organ_groups(table).items():
         values = organ_values + lesion_values
-        box = _bbox([objects[v - 1] if v - 1 < len(objects) else None for v in values], labels.shape)
+        box = values_box(objects, values, labels.shape)
         if box is None:
             continue
         view = labels[box]

@@ -167,6 +167,7 @@ def blend_windows(image, roi, overlap, batch: int, predict, window_device, out_d
     starts = [_window_starts(n, r, o) for n, r, o in zip(padded, roi, overlaps)]
     corners = list(itertools.product(*starts))
     weight = gaussian_importance(roi, device=window_device)
+    w_out = weight.to(out_device)
     out = count = None
     for first in range(0, len(corners), batch):
         group = corners[first : first + batch]
@@ -177,7 +178,6 @@ def blend_windows(image, roi, overlap, batch: int, predict, window_device, out_d
             out = torch.zeros((1, prob.shape[1], *padded), dtype=torch.float32, device=out_device)
             count = torch.zeros((1, 1, *padded), dtype=torch.float32, device=out_device)
         weighted = (prob.float() * weight).to(out_device)
-        w_out = weight.to(out_device)
         for n, w in enumerate(windows):
             out[(slice(None), slice(None), *w)] += weighted[n : n + 1]
             count[(slice(None), slice(None), *w)] += w_out
