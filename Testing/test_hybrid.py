@@ -182,17 +182,22 @@ def test_hybrid_recovers_the_true_organ_from_a_shrunken_unet_on_any_storage_orde
     assert sum(k not in inside for k in enc[n_sweep:]) <= 4 * 8
 
 
+def _flat_scene(flip: bool):
+    """A uniform 16x64x64 volume at 1.5x1.5x3 mm, stored LPS or flipped to RAS: (volume, its
+    slicer, an empty uint8 label array in the canonical (k, j, i) frame)."""
+    shape = (16, 64, 64)
+    direction = np.diag([-1.0, -1.0, 1.0]) if flip else np.eye(3)
+    volume = Volume(np.full(shape, 40, np.int16), Grid(shape, (1.5, 1.5, 3.0), (0.0, 0.0, 0.0), direction))
+    slicer = VolumeSlicer(volume)
+    return volume, slicer, np.zeros(slicer.user_volume_to_canonical(np.zeros(shape, np.uint8)).shape, np.uint8)
+
+
 @pytest.mark.parametrize("flip", [False, True], ids=["lps", "ras-stored"])
 def test_a_lower_pole_the_unet_saw_only_partly_is_followed_down_from_the_slice_above(flip):
     """The upward sweep cannot mend an organ's first slices (nothing below them is whole); the
     descending pass follows the organ down from the whole slice above, slice by slice."""
-    shape = (16, 64, 64)
-    direction = np.diag([-1.0, -1.0, 1.0]) if flip else np.eye(3)
-    grid = Grid(shape, (1.5, 1.5, 3.0), (0.0, 0.0, 0.0), direction)
-    volume = Volume(np.full(shape, 40, np.int16), grid)
-    slicer = VolumeSlicer(volume)
+    volume, slicer, truth_c = _flat_scene(flip)
     # in the canonical frame the sweeps run along k: a kidney-like cylinder over slices 2-13
-    truth_c = np.zeros(slicer.user_volume_to_canonical(np.zeros(shape, np.uint8)).shape, np.uint8)
     truth_c[2:14, 12:52, 14:50] = 4
     unet_c = truth_c.copy()
     unet_c[2:6, :, 20:] = 0  # on its first four slices the U-Net saw a 6-pixel strip of it
@@ -215,12 +220,7 @@ def test_a_kidney_pole_the_unet_called_liver_goes_to_the_kidney(flip):
     prompt model draws for the kidney, and the final postprocessing removed it, leaving background.
     Pixels of such a stray piece may be taken by another organ in the passes after the sweep
     (``free_strays``); the true liver is untouched. Truth: the phantom's exact organs."""
-    shape = (16, 64, 64)
-    direction = np.diag([-1.0, -1.0, 1.0]) if flip else np.eye(3)
-    grid = Grid(shape, (1.5, 1.5, 3.0), (0.0, 0.0, 0.0), direction)
-    volume = Volume(np.full(shape, 40, np.int16), grid)
-    slicer = VolumeSlicer(volume)
-    truth_c = np.zeros(slicer.user_volume_to_canonical(np.zeros(shape, np.uint8)).shape, np.uint8)
+    volume, slicer, truth_c = _flat_scene(flip)
     truth_c[6:16, 4:30, 4:30] = 1  # liver, slices 6-15
     truth_c[2:14, 36:60, 34:58] = 4  # kidney, slices 2-13, apart from the liver
     unet_c = truth_c.copy()
