@@ -111,13 +111,7 @@ def plan_windows(
 def count_windows(shape: Sequence[int], roi: Sequence[int], overlap: float | Sequence[float]) -> int:
     """Number of windows MONAI's sliding window places over ``shape`` (same rule as MONAI)."""
     overlaps = [overlap] * len(shape) if isinstance(overlap, (int, float)) else list(overlap)
-    total = 1
-    for n, r, o in zip(shape, roi, overlaps):
-        if r >= n:
-            continue
-        interval = max(1, int(r * (1 - o)))
-        total *= math.ceil((n - r) / interval) + 1
-    return total
+    return math.prod(len(_window_starts(max(n, r), r, o)) for n, r, o in zip(shape, roi, overlaps))
 
 
 def _window_starts(n: int, roi: int, overlap: float) -> list[int]:
