@@ -226,10 +226,14 @@ def corticomedullary_contrast(
     return float(np.median(rim)) - float(np.median(core))
 
 
-def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The bounding box of ``mask`` (None when empty), without a full-size label array."""
+def _bbox(mask: np.ndarray, pad=0) -> tuple[slice, ...] | None:
+    """The bounding box of ``mask`` (None when empty), without a full-size label array, widened by
+    ``pad`` voxels on each side (one number, or one per axis) within the array."""
     found = ndimage.find_objects(mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8))
-    return found[0] if found and found[0] is not None else None
+    if not found or found[0] is None:
+        return None
+    pads = [pad] * mask.ndim if isinstance(pad, int) else list(pad)
+    return tuple(slice(max(s.start - p, 0), min(s.stop + p, n)) for s, p, n in zip(found[0], pads, mask.shape))
 
 
 def _kidneys(hu: np.ndarray, fused: np.ndarray, table: LabelTable) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -615,9 +619,8 @@ def _withhold_isodense(hu, fused, lesion_canon, table: LabelTable, spacing_zyx, 
     if box is None:
         return
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
-    region = _bbox(lesions | np.isin(fused, kidneys))  # the kidneys and their lesions, plus the margin
     reach = [int(np.ceil(ISO_MARGIN_MM / s)) + 1 for s in spacing_zyx]
-    region = tuple(slice(max(r.start - n, 0), r.stop + n) for r, n in zip(region, reach))
+    region = _bbox(lesions | np.isin(fused, kidneys), reach)  # the kidneys and their lesions, plus the margin
     near = ndimage.distance_transform_edt(~lesions[region], sampling=spacing_zyx) <= ISO_MARGIN_MM
     parenchyma = {}
     for v in kidneys:
@@ -906,9 +909,8 @@ def _restore_lesions(
                 continue
             lesion_mask = unet == value_of[lesion]
             put = lesion_mask & np.isin(fused, organ_vals)
-            box = _bbox(lesion_mask) if whole else None
+            box = _bbox(lesion_mask, 1) if whole else None  # one voxel of room for the organ's touch
             if box is not None:
-                box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)  # room for the organ's touch
                 pieces, _ = ndimage.label(lesion_mask[box])
                 organ_near = ndimage.binary_dilation(np.isin(fused[box], organ_vals))
                 touching = np.unique(pieces[organ_near])
