@@ -35,9 +35,12 @@ def test_fuse_keeps_sam_inside_dilated_unet_and_cuts_the_rest():
     truth = square(shape, 18, 18, 42, 42)  # the organ is a bit larger than the U-Net saw
     far = square(shape, 0, 50, 10, 60)  # something else the prompt model also lit up
     logits = np.where(truth | far, 4.0, -4.0)
-    out, fallbacks = fuse_slice({1: [(unet, logits)]}, HybridConfig(keep_within_mm=4.0), (1.0, 1.0))
+    out, fallbacks = fuse_slice({1: [(unet, logits, None)]}, HybridConfig(keep_within_mm=4.0), (1.0, 1.0))
     assert np.array_equal(out == 1, truth)
     assert fallbacks == {}
+    # where the box grew (the U-Net cut the organ short), the area it gained is the mask's too
+    out, _ = fuse_slice({1: [(unet, logits, far)]}, HybridConfig(keep_within_mm=4.0), (1.0, 1.0))
+    assert np.array_equal(out == 1, truth | far)
 
 
 @pytest.mark.parametrize(
@@ -48,7 +51,7 @@ def test_fuse_keeps_sam_inside_dilated_unet_and_cuts_the_rest():
 def test_fuse_falls_back_to_the_unet_when_sam_is_implausible(sam):
     unet = square((60, 60), 20, 20, 40, 40)
     logits = np.where(sam, 4.0, -4.0)
-    out, fallbacks = fuse_slice({1: [(unet, logits)]}, HybridConfig(keep_within_mm=30.0), (1.0, 1.0))
+    out, fallbacks = fuse_slice({1: [(unet, logits, None)]}, HybridConfig(keep_within_mm=30.0), (1.0, 1.0))
     assert np.array_equal(out == 1, unet)
     assert fallbacks == {1: 1}
 
@@ -59,7 +62,9 @@ def test_fuse_gives_each_pixel_to_one_organ_by_the_higher_logit():
     liver_logit = np.where(square(shape, 5, 5, 27, 27), 2.0, -3.0)
     kidney_logit = np.where(square(shape, 18, 18, 35, 35), 6.0, -3.0)
     out, _ = fuse_slice(
-        {1: [(liver_unet, liver_logit)], 3: [(kidney_unet, kidney_logit)]}, HybridConfig(keep_within_mm=5), (1, 1)
+        {1: [(liver_unet, liver_logit, None)], 3: [(kidney_unet, kidney_logit, None)]},
+        HybridConfig(keep_within_mm=5),
+        (1, 1),
     )
     both = square(shape, 5, 5, 27, 27) & square(shape, 18, 18, 35, 35)
     assert np.all(out[both] == 3)  # the kidney's logit is higher where both claim a pixel
@@ -92,7 +97,8 @@ class _Ctx:
         r0, c0, r1, c1 = box_rc
         truth = self.owner.truth_canon[self.k]
         inside = np.zeros(truth.shape, dtype=bool)
-        inside[r0 : r1 + 1, c0 : c1 + 1] = True
+        inset = self.owner.inset
+        inside[r0 + inset : r1 + 1 - inset, c0 + inset : c1 + 1 - inset] = True
         counts = np.bincount(truth[inside].ravel(), minlength=256)
         counts[0] = 0
         organ = (truth == int(np.argmax(counts))) if counts.any() else np.zeros_like(inside)
@@ -101,10 +107,12 @@ class _Ctx:
 
 class OraclePredictor:
     """Answers every box with the true organ that fills most of it, cut to the box (an
-    independent truth, not the code under test); counts encodes and decodes."""
+    independent truth, not the code under test); counts encodes and decodes. With ``inset``, the
+    answer stops that many pixels inside the box, as LiteMedSAM's masks do where a box cuts an
+    organ (2-4 pixels on example_ct's liver)."""
 
-    def __init__(self, truth_user: np.ndarray, delay: float = 0.0):
-        self.truth_user, self.delay = truth_user, delay
+    def __init__(self, truth_user: np.ndarray, delay: float = 0.0, inset: int = 0):
+        self.truth_user, self.delay, self.inset = truth_user, delay, inset
         self.encodes: list[int] = []
         self.decodes = 0
         self._slicer = None
@@ -180,6 +188,39 @@ def test_hybrid_recovers_the_true_organ_from_a_shrunken_unet_on_any_storage_orde
     inside = range(min(sweep), max(sweep) + 1)
     assert all(k in sweep for k in enc[n_sweep:] if k in inside)
     assert sum(k not in inside for k in enc[n_sweep:]) <= 4 * 8
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["lps", "ras-stored"])
+def test_a_liver_the_unet_cut_short_is_drawn_whole_without_taking_the_spleen_beside_it(flip):
+    """The "U-Net" misses the liver's last 54 mm towards the patient's left, where the spleen lies
+    beside it, and its spleen is whole; the prompt model (an oracle whose mask stops a pixel
+    inside the box, as LiteMedSAM's does where a box cuts an organ) never runs into the box side,
+    so only the box growing towards the cut finds the rest of the liver (analytic truth)."""
+    shape = (20, 96, 128)
+    direction = np.diag([-1.0, -1.0, 1.0]) if flip else np.eye(3)
+    volume_grid = Grid(shape, (1.5, 1.5, 3.0), (0.0, 0.0, 0.0), direction)
+    liver = _ellipsoid(shape, (10, 48, 58), (8, 30, 45))
+    spleen = _ellipsoid(shape, (10, 52, 114), (6, 14, 9)) & ~liver
+    hu = np.full(shape, -900, dtype=np.int16)
+    hu[_ellipsoid(shape, (10, 48, 64), (30, 46, 63))] = 20
+    hu[liver], hu[spleen] = 60, 50
+    truth = np.zeros(shape, np.uint8)
+    truth[liver], truth[spleen] = 1, 7
+    slicer = VolumeSlicer(Volume(hu, volume_grid))
+    truth_c = slicer.user_volume_to_canonical(truth)
+    unet_c = truth_c.copy()
+    cut = np.nonzero((truth_c == 1).any(axis=(0, 1)))[0]  # canonical columns: patient right -> left
+    unet_c[:, :, cut[-1] - 35 :][unet_c[:, :, cut[-1] - 35 :] == 1] = 0  # the liver's left 36 columns (54 mm)
+    unet = slicer.canonical_volume_to_user(unet_c)
+    scores = {}
+    for grow in (("liver",), ()):
+        out = hybrid_refine(
+            OraclePredictor(truth, inset=1), Volume(hu, volume_grid), unet, TABLE, HybridConfig(grow_organs=grow)
+        )
+        scores[grow] = [_dice(out.labels == v, truth == v) for v in (1, 7)]
+    assert _dice(unet == 1, truth == 1) < 0.85
+    assert scores[("liver",)][0] > 0.97 and scores[("liver",)][1] > 0.97, scores
+    assert scores[()][0] < 0.9, scores  # without the growth the cut stays
 
 
 def _flat_scene(flip: bool):

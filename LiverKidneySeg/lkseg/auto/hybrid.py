@@ -11,7 +11,8 @@ Given the U-Net's label map (:class:`~lkseg.auto.AutoResult`), :func:`hybrid_ref
    slice of an interval where an organ changes fast), boxes each 2D piece of it (plus
    ``box_margin_mm``) and decodes the box with the prompt model; each slice is encoded ONCE for
    all organs (they share the soft-tissue window); the slices in between get the
-   signed-distance interpolation of the drawn ones;
+   signed-distance interpolation of the drawn ones; where the mask reaches along a side of the
+   box that cuts the liver or the spleen, that side moves out (``HybridConfig.grow_organs``);
 3. fuses: the prompt model's mask is kept inside the U-Net piece dilated by ``keep_within_mm``;
    where it is empty or its area is implausible next to the U-Net's (outside
    ``[min_area_ratio, max_area_ratio]``), the U-Net's piece is kept; a pixel claimed by two
@@ -157,6 +158,27 @@ class HybridConfig:
             organ are. On the real scan with portal-venous enhancement and a 166 mL hypodense
             tumour painted at the liver's edge, liver + tumour Dice 0.962 -> 0.970 (README,
             *Lesions in the hybrid*).
+        grow_organs: organs whose box grows towards a side where the U-Net cut them short. On a
+            real scan the U-Net may miss part of the liver or the spleen, and LiteMedSAM draws
+            only inside the box it is given, stopping 2-4 pixels short of a side that cuts the
+            organ, so the ``regrow`` rule (the mask running into the side) does not fire there.
+            When the mask comes within one box margin of a side (it reaches the U-Net's own
+            extent) along at least ``grow_fraction`` of that side, the side moves out by
+            ``grow_step`` margins and the slice is decoded again, up to ``grow_times`` times
+            (~0.03 s a decode; same embedding). The grown answer only adds to the first: the
+            box's gained area is the mask's beyond ``keep_within_mm``, it takes nothing within a
+            margin of another organ's U-Net piece that the first answer did not hold, and it is
+            kept only when it adds at least ``grow_min_gain`` of the first mask's area and the
+            pixels it adds have a mean HU within ``extend_hu_sd`` SD of the organ's. Only the
+            organ's main 2D piece on the slice (half its area there or more, and at least
+            ``grow_min_area`` of the organ's largest U-Net slice: at a tapering end a grown box
+            reaches into the bowel) grows. ``grow_fraction``, ``grow_step`` and ``grow_times`` were
+            set before measuring; the main-piece, area and gain conditions were added after
+            looking at over-growth (a liver fragment on the painted portal-venous slab, the cut
+            left lobe's tip into the colon on example_ct). README, *Where the U-Net cut an organ
+            short*: what it does on cut versions of the real scan's U-Net output (the same
+            patient, not new data).
+        grow_fraction, grow_step, grow_times, grow_min_gain, grow_min_area: see ``grow_organs``.
     """
 
     box_margin_mm: float = 6.0
@@ -179,6 +201,12 @@ class HybridConfig:
     follow_down: bool = True
     free_strays: bool = True
     whole_lesions: bool = True
+    grow_organs: tuple[str, ...] = ("liver", "spleen")
+    grow_fraction: float = 0.25
+    grow_step: float = 2.0
+    grow_times: int = 6
+    grow_min_gain: float = 0.05
+    grow_min_area: float = 0.25
 
 
 @dataclass
@@ -318,14 +346,15 @@ def _box(mask: np.ndarray, margin_px: tuple[float, float]) -> tuple[int, int, in
 
 
 def fuse_slice(
-    candidates: dict[int, list[tuple[np.ndarray, np.ndarray | None]]],
+    candidates: dict[int, list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]],
     config: HybridConfig,
     pixel_mm: tuple[float, float],
 ) -> tuple[np.ndarray, dict[int, int]]:
-    """Fuse one slice: organ value -> list of ``(unet_piece, logits or None)``.
+    """Fuse one slice: organ value -> list of ``(unet_piece, logits or None, gained or None)``.
 
     For each piece: the prompt model's mask (``logits > 0``) cut to the piece dilated by
-    ``keep_within_mm``; if it is empty or its area ratio to the piece lies outside
+    ``keep_within_mm``, plus ``gained`` (the area its box gained by growing, see
+    ``HybridConfig.grow_organs``); if it is empty or its area ratio to the piece lies outside
     ``[min_area_ratio, max_area_ratio]`` (or ``logits`` is None), the U-Net piece is used.
     A pixel claimed by several organs goes to the highest score (logit; U-Net fallback pixels
     score 0.5). Returns the fused 2D label slice and the number of fallback pieces per organ.
@@ -336,11 +365,14 @@ def fuse_slice(
     fallbacks: dict[int, int] = {}
     radius = (config.keep_within_mm / pixel_mm[0], config.keep_within_mm / pixel_mm[1])
     for value, items in candidates.items():
-        for piece, logits in items:
+        for piece, logits, reach in items:
             area = int(piece.sum())
             use_unet = logits is None
             if not use_unet:
-                sam = (logits > 0) & _dilate(piece, radius)
+                allowed = _dilate(piece, radius)
+                if reach is not None:
+                    allowed |= reach
+                sam = (logits > 0) & allowed
                 ratio = float(sam.sum()) / max(area, 1)
                 use_unet = not (config.min_area_ratio <= ratio <= config.max_area_ratio)
             if use_unet:
@@ -418,6 +450,8 @@ def hybrid_refine(
     seen: set[int] = set()  # slices encoded
     state = {"t_enc": 0.0, "done": 0}
     hu_stats = _organ_hu(slicer.array, canon, organ_values)
+    own_values = {v: [v, *_lesion_values(table, v)] for v in organ_values}
+    largest = {v: int((canon == v).sum(axis=(1, 2)).max()) for v in organ_values if table[v] in config.grow_organs}
 
     def hu_of(k: int, value: int):
         return (slicer.array[k], *hu_stats[value]) if value in hu_stats else None
@@ -432,7 +466,7 @@ def hybrid_refine(
         bisect.insort(drawn, k)
         ctx = None
         counts: dict[str, list[int]] = {}
-        candidates: dict[int, list[tuple[np.ndarray, np.ndarray | None]]] = {}
+        candidates: dict[int, list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]] = {}
         for p in per_slice[k]:
             m2 = p.mask[k]
             if not m2.any():
@@ -442,15 +476,19 @@ def hybrid_refine(
             floor = max(min_piece_px, config.min_piece_fraction * float(sizes.max()))
             for idx in range(1, n + 1):
                 piece = lab == idx
-                logits = None
+                logits = reach = None
                 if sizes[idx - 1] >= floor:
                     if ctx is None:
                         s = time.perf_counter()
                         ctx = predictor.slice_context("axial", k, p.organ)
                         state["t_enc"] += time.perf_counter() - s
                         seen.add(k)
-                    logits = _decode_regrow(ctx, piece, margin, config.regrow)
-                candidates.setdefault(p.value, []).append((piece, logits))
+                    if p.organ in config.grow_organs and _may_grow(sizes[idx - 1], canon[k], p.value, largest, config):
+                        others = (canon[k] > 0) & ~np.isin(canon[k], own_values[p.value])
+                        logits, reach = _decode_grow(ctx, piece, margin, config, others, hu_of(k, p.value))
+                    else:
+                        logits, reach = _decode_regrow(ctx, piece, margin, config.regrow), None
+                candidates.setdefault(p.value, []).append((piece, logits, reach))
             counts.setdefault(p.organ, [0, 0])[0] += 1
         if candidates:
             out2d, fb = fuse_slice(candidates, config, pixel_mm)
@@ -756,6 +794,11 @@ def _touches(mask: np.ndarray, box: tuple[int, int, int, int]) -> bool:
 def _decode_regrow(ctx, piece: np.ndarray, margin, regrow: int) -> np.ndarray:
     """Decode the piece's box; while the mask runs into the box's side (the U-Net saw only part
     of the organ), decode again with the box of mask and piece (same embedding, ~0.1 s)."""
+    return _regrow_box(ctx, piece, margin, regrow)[0]
+
+
+def _regrow_box(ctx, piece: np.ndarray, margin, regrow: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """:func:`_decode_regrow`'s logits and the box they were decoded with."""
     box = _box(piece, margin)
     logits, _ = ctx.decode(box_rc=box)
     for _ in range(regrow):
@@ -767,7 +810,88 @@ def _decode_regrow(ctx, piece: np.ndarray, margin, regrow: int) -> np.ndarray:
             break
         box = grown
         logits, _ = ctx.decode(box_rc=box)
-    return logits
+    return logits, box
+
+
+def _sides_reached(mask: np.ndarray, box, reach_px: tuple[int, int], fraction: float) -> list[str]:
+    """The sides of ``box`` (not on the image border) that ``mask`` comes within ``reach_px``
+    (rows, cols) of along at least ``fraction`` of the side's length."""
+    r0, c0, r1, c1 = box
+    h, w = mask.shape
+    ry, rx = reach_px
+    out = []
+    if r0 > 0 and mask[r0 : r0 + ry + 1, c0 : c1 + 1].any(axis=0).mean() >= fraction:
+        out.append("top")
+    if r1 < h - 1 and mask[max(r1 - ry, r0) : r1 + 1, c0 : c1 + 1].any(axis=0).mean() >= fraction:
+        out.append("bottom")
+    if c0 > 0 and mask[r0 : r1 + 1, c0 : c0 + rx + 1].any(axis=1).mean() >= fraction:
+        out.append("left")
+    if c1 < w - 1 and mask[r0 : r1 + 1, max(c1 - rx, c0) : c1 + 1].any(axis=1).mean() >= fraction:
+        out.append("right")
+    return out
+
+
+def _lesion_values(table: LabelTable, organ_value: int) -> list[int]:
+    """Label values of the lesions that belong to the organ ``organ_value``."""
+    value_of = {n: v for v, n in table.items()}
+    group = "liver" if table[organ_value] == "liver" else "kidney" if table[organ_value].startswith("kidney") else ""
+    return [value_of[n] for n in _LESIONS.get(group, ()) if n in value_of]
+
+
+def _may_grow(area: int, unet_slice: np.ndarray, value: int, largest: dict[int, int], config: HybridConfig) -> bool:
+    """Whether a 2D U-Net piece of ``area`` pixels may have its box grown: it is the organ's main
+    piece on the slice (half its area there or more) and at least ``grow_min_area`` of the organ's
+    largest slice (not a tapering end, where a grown box reaches into the bowel)."""
+    return 2 * area >= np.count_nonzero(unet_slice == value) and area >= config.grow_min_area * largest.get(value, 0)
+
+
+def _decode_grow(
+    ctx, piece: np.ndarray, margin, config: HybridConfig, others: np.ndarray, hu=None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode the piece's box; while the mask reaches the U-Net piece's own extent (the box side
+    less the margin) along much of a side, that side moves out by ``grow_step`` margins and the
+    box is decoded again (the U-Net saw only part of the organ). Returns the logits and the
+    area the box gained (None when it did not grow), where the mask may reach beyond
+    ``keep_within_mm``."""
+    logits, box = _regrow_box(ctx, piece, margin, config.regrow)
+    box0, first = box, logits
+    h, w = piece.shape
+    reach = (max(1, round(margin[0])), max(1, round(margin[1])))
+    for _ in range(config.grow_times):
+        mask = logits > 0
+        if not mask.any():
+            break
+        sides = _sides_reached(mask, box, reach, config.grow_fraction)
+        if not sides:
+            break
+        r0, c0, r1, c1 = box
+        gy, gx = round(config.grow_step * margin[0]), round(config.grow_step * margin[1])
+        r0 = max(0, r0 - gy) if "top" in sides else r0
+        r1 = min(h - 1, r1 + gy) if "bottom" in sides else r1
+        c0 = max(0, c0 - gx) if "left" in sides else c0
+        c1 = min(w - 1, c1 + gx) if "right" in sides else c1
+        if (r0, c0, r1, c1) == box:
+            break
+        box = (r0, c0, r1, c1)
+        logits, _ = ctx.decode(box_rc=box)
+    if box == box0:
+        return logits, None
+    gained = np.zeros(piece.shape, dtype=bool)
+    gained[box[0] : box[2] + 1, box[1] : box[3] + 1] = True
+    gained[box0[0] : box0[2] + 1, box0[1] : box0[3] + 1] = False
+    near_others = _dilate(others, margin) & ~(first > 0)
+    gained &= ~near_others
+    # the grown answer only adds to the first one: it keeps all that one drew and adds nothing near another organ
+    logits = np.where(near_others, first, np.maximum(logits, first))
+    new = (logits > 0) & gained
+    if int(new.sum()) < config.grow_min_gain * int((first > 0).sum()):
+        return first, None  # a sliver beyond the first box: not an organ the U-Net cut short
+    if hu is not None:
+        image, mu, sd = hu
+        if abs(float(np.mean(image[new])) - mu) > config.extend_hu_sd * sd:
+            return first, None
+    log.debug("grow accepted: %d new px (first %d), box %s -> %s", int(new.sum()), int((first > 0).sum()), box0, box)
+    return logits, gained
 
 
 def _organ_hu(hu: np.ndarray, canon: np.ndarray, values: set[int]) -> dict[int, tuple[float, float]]:
