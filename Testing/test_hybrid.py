@@ -223,6 +223,48 @@ def test_a_liver_the_unet_cut_short_is_drawn_whole_without_taking_the_spleen_bes
     assert scores[()][0] < 0.9, scores  # without the growth the cut stays
 
 
+class _LeakyCtx:
+    """A prompt model that answers a box with everything bright inside it (liver and kidney alike),
+    stopping ``inset`` pixels inside the box."""
+
+    def __init__(self, bright: np.ndarray, inset: int = 1):
+        self.bright, self.inset = bright, inset
+
+    def decode(self, box_rc=None, **_):
+        r0, c0, r1, c1 = box_rc
+        inside = np.zeros(self.bright.shape, dtype=bool)
+        inside[r0 + self.inset : r1 + 1 - self.inset, c0 + self.inset : c1 + 1 - self.inset] = True
+        return np.where(self.bright & inside, 5.0, -5.0).astype(np.float32), 0.9
+
+
+def test_a_grown_box_adds_the_cut_organ_but_not_a_neighbour_the_first_answer_spared():
+    """``_decode_grow`` on one slice: the U-Net saw the liver's left 38 columns of 70; a kidney lies
+    3 pixels past the liver's far end and the prompt model would take it too. The grown answer holds the
+    whole liver, keeps all of the first answer, and none of the kidney (within a margin of its U-Net
+    piece); a piece the U-Net saw whole does not grow."""
+    from lkseg.auto.hybrid import _decode_grow
+
+    shape = (80, 120)
+    liver = square(shape, 10, 10, 60, 80)
+    kidney = square(shape, 30, 83, 50, 100)  # square() ends are exclusive: 3 pixels past the liver
+    bright = liver | kidney
+    piece = square(shape, 12, 12, 58, 50)  # the U-Net's liver: its left part only
+    margin = (4.0, 4.0)
+    config = HybridConfig()
+    logits, gained = _decode_grow(_LeakyCtx(bright), piece, margin, config, others=kidney)
+    got = logits > 0
+    first = _LeakyCtx(bright).decode(box_rc=(8, 8, 61, 53))[0] > 0  # the U-Net piece's box
+    assert gained is not None
+    assert np.all(got[first])  # nothing of the first answer lost
+    assert _dice(got & ~kidney, liver) > 0.95
+    assert not np.any(got & kidney)
+    # the whole liver: the mask reaches the box's far side only through the kidney, which the
+    # grown box may not take, so nothing is gained and the first box's answer stands
+    whole, none_gained = _decode_grow(_LeakyCtx(bright), liver, margin, config, others=kidney)
+    assert none_gained is None
+    assert np.array_equal(whole > 0, liver)
+
+
 def _flat_scene(flip: bool):
     """A uniform 16x64x64 volume at 1.5x1.5x3 mm, stored LPS or flipped to RAS: (volume, its
     slicer, an empty uint8 label array in the canonical (k, j, i) frame)."""
