@@ -164,8 +164,8 @@ class HybridConfig:
             organ, so the ``regrow`` rule (the mask running into the side) does not fire there.
             When the mask comes within one box margin of a side (it reaches the U-Net's own
             extent; ``grow_reach`` margins for the organs listed there) along at least
-            ``grow_fraction`` of that side, the side moves out by
-            ``grow_step`` margins and the slice is decoded again, up to ``grow_times`` times
+            ``grow_fraction`` of that side, the side moves out by ``grow_step`` margins and the
+            slice is decoded again, up to ``grow_times`` times
             (~0.03 s a decode; same embedding). The grown answer only adds to the first: the
             box's gained area is the mask's beyond ``keep_within_mm``, it takes nothing within a
             margin of another organ's U-Net piece that the first answer did not hold, and it is
@@ -374,13 +374,13 @@ def fuse_slice(
     fallbacks: dict[int, int] = {}
     radius = (config.keep_within_mm / pixel_mm[0], config.keep_within_mm / pixel_mm[1])
     for value, items in candidates.items():
-        for piece, logits, reach in items:
+        for piece, logits, gained in items:
             area = int(piece.sum())
             use_unet = logits is None
             if not use_unet:
                 allowed = _dilate(piece, radius)
-                if reach is not None:
-                    allowed |= reach
+                if gained is not None:
+                    allowed |= gained
                 sam = (logits > 0) & allowed
                 ratio = float(sam.sum()) / max(area, 1)
                 use_unet = not (config.min_area_ratio <= ratio <= config.max_area_ratio)
@@ -485,7 +485,7 @@ def hybrid_refine(
             floor = max(min_piece_px, config.min_piece_fraction * float(sizes.max()))
             for idx in range(1, n + 1):
                 piece = lab == idx
-                logits = reach = None
+                logits = gained = None
                 if sizes[idx - 1] >= floor:
                     if ctx is None:
                         s = time.perf_counter()
@@ -495,10 +495,10 @@ def hybrid_refine(
                     if p.organ in config.grow_organs and _may_grow(sizes[idx - 1], canon[k], p.value, largest, config):
                         others = (canon[k] > 0) & ~np.isin(canon[k], own_values[p.value])
                         near = dict(config.grow_reach).get(p.organ, 1.0)
-                        logits, reach = _decode_grow(ctx, piece, margin, config, others, hu_of(k, p.value), near)
+                        logits, gained = _decode_grow(ctx, piece, margin, config, others, hu_of(k, p.value), near)
                     else:
-                        logits, reach = _decode_regrow(ctx, piece, margin, config.regrow), None
-                candidates.setdefault(p.value, []).append((piece, logits, reach))
+                        logits, gained = _decode_regrow(ctx, piece, margin, config.regrow), None
+                candidates.setdefault(p.value, []).append((piece, logits, gained))
             counts.setdefault(p.organ, [0, 0])[0] += 1
         if candidates:
             out2d, fb = fuse_slice(candidates, config, pixel_mm)
@@ -859,10 +859,10 @@ def _decode_grow(
     ctx, piece: np.ndarray, margin, config: HybridConfig, others: np.ndarray, hu=None, reach_margins: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Decode the piece's box; while the mask comes within ``reach_margins`` box margins of a
-    side along much of it (one margin: it reaches the U-Net piece's own extent), that side moves out by ``grow_step`` margins and the
-    box is decoded again (the U-Net saw only part of the organ). Returns the logits and the
-    area the box gained (None when it did not grow), where the mask may reach beyond
-    ``keep_within_mm``."""
+    side along ``grow_fraction`` of it (one margin: it reaches the U-Net piece's own extent), that
+    side moves out by ``grow_step`` margins and the box is decoded again (the U-Net saw only part
+    of the organ). Returns the logits and the area the box gained (None when it did not grow),
+    where the mask may reach beyond ``keep_within_mm``; the guards are ``HybridConfig.grow_organs``'s."""
     logits, box = _regrow_box(ctx, piece, margin, config.regrow)
     box0, first = box, logits
     h, w = piece.shape
