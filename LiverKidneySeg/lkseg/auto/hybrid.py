@@ -461,6 +461,7 @@ def hybrid_refine(
     hu_stats = _organ_hu(slicer.array, canon, organ_values)
     own_values = {v: [v, *_lesion_values(table, v)] for v in organ_values}
     largest = {v: int((canon == v).sum(axis=(1, 2)).max()) for v in organ_values if table[v] in config.grow_organs}
+    reach_of = dict(config.grow_reach)
 
     def hu_of(k: int, value: int):
         return (slicer.array[k], *hu_stats[value]) if value in hu_stats else None
@@ -494,7 +495,7 @@ def hybrid_refine(
                         seen.add(k)
                     if p.organ in config.grow_organs and _may_grow(sizes[idx - 1], canon[k], p.value, largest, config):
                         others = (canon[k] > 0) & ~np.isin(canon[k], own_values[p.value])
-                        near = dict(config.grow_reach).get(p.organ, 1.0)
+                        near = reach_of.get(p.organ, 1.0)
                         logits, gained = _decode_grow(ctx, piece, margin, config, others, hu_of(k, p.value), near)
                     else:
                         logits, gained = _decode_regrow(ctx, piece, margin, config.regrow), None
@@ -844,8 +845,8 @@ def _sides_reached(mask: np.ndarray, box, reach_px: tuple[int, int], fraction: f
 def _lesion_values(table: LabelTable, organ_value: int) -> list[int]:
     """Label values of the lesions that belong to the organ ``organ_value``."""
     value_of = {n: v for v, n in table.items()}
-    group = "liver" if table[organ_value] == "liver" else "kidney" if table[organ_value].startswith("kidney") else ""
-    return [value_of[n] for n in _LESIONS.get(group, ()) if n in value_of]
+    groups = [g for g in _LESIONS if table[organ_value].startswith(g)]  # the grouping _restore_lesions uses
+    return [value_of[n] for g in groups for n in _LESIONS[g] if n in value_of]
 
 
 def _may_grow(area: int, unet_slice: np.ndarray, value: int, largest: dict[int, int], config: HybridConfig) -> bool:
