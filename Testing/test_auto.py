@@ -569,3 +569,107 @@ def test_a_short_scan_is_extended_head_foot_with_every_voxel_kept_in_place(name)
         return np.ptp(v.grid.index_to_lps(np.argwhere(np.ones(v.shape, bool))[:, ::-1].astype(float))[:, 2])
 
     assert z_span(big) > z_span(vol) + 9 * vol.spacing[axis] * abs(direction[2, axis]) - 1e-6
+
+
+# -- the second locator ----------------------------------------------------------------------------
+class BrightAs(torch.nn.Module):
+    """Fake 6-class network: every bright voxel (> 80 HU after the tiny package's normalisation)
+    is class ``channel``; ``channel=0`` finds nothing."""
+
+    def __init__(self, channel: int):
+        super().__init__()
+        self.channel = channel
+
+    def forward(self, x):
+        logits = torch.zeros(x.shape[0], 6, *x.shape[2:])
+        logits[:, 0] = 5.0
+        if self.channel:
+            logits[:, self.channel] = (x[:, 0] > 0.3).float() * 10
+        return logits
+
+
+def _with_second_locator(segmenter, monkeypatch, coarse, coarse2):
+    """The tiny segmenter with a ``coarse2`` stage; its fine network labels bright voxels spleen,
+    and its whole-scan pass (the fine network without a cascade) is made to find nothing, as on
+    the real tight fields of view where the second locator is needed."""
+    from dataclasses import replace
+
+    from lkseg.auto import predictor
+
+    seg = segmenter.with_options()
+    stages = dict(seg.manifest.stages)
+    if coarse2 is not None:
+        stages["coarse2"] = replace(stages["coarse"], name="coarse2", weights="coarse2.pt")
+    seg.manifest = replace(seg.manifest, stages=stages)
+    seg.nets = {"fine": BrightAs(5), "coarse": coarse, **({"coarse2": coarse2} if coarse2 is not None else {})}
+    calls = []
+
+    def unet(volume, keep, opts, progress, cancel, locator="coarse"):
+        calls.append("whole scan" if opts.cascade is False else locator)
+        raw = predictor.AutoSegmenter._predict_unet(seg, volume, keep, opts, progress, cancel, locator)
+        if opts.cascade is False:
+            raw.labels[:] = 0
+        return raw
+
+    monkeypatch.setattr(seg, "_predict_unet", unet)
+    return seg, calls
+
+
+@pytest.mark.parametrize("name", ["axial_lps", "oblique"])
+def test_second_locator_finds_the_organ_the_first_and_the_whole_scan_pass_missed(segmenter, monkeypatch, name):
+    volume = body_volume(DIRECTIONS[name])
+    blob = volume.array > 80
+    opts = AutoOptions(mode="unet", margin_mm=10, postprocess=PostprocessConfig(min_organ_ml=0.1))
+    spleen = PRODUCT_LABELS.value_of("spleen")
+
+    seg, calls = _with_second_locator(segmenter, monkeypatch, BrightAs(0), BrightAs(5))
+    result = seg.predict(volume, options=opts)
+    labels = result.labels.array
+    core = ndimage.binary_erosion(blob, iterations=2)
+    assert (labels[core] == spleen).all() and not labels[~ndimage.binary_dilation(blob, iterations=2)].any()
+    assert calls == ["coarse", "whole scan", "coarse2"]
+    assert any("second locator" in n and "taken from the second: spleen" in n for n in result.notes), result.notes
+    assert any(k.startswith("locator2_") for k in result.timings)
+
+    # a second locator that finds nothing leaves the result empty, and says so
+    seg, calls = _with_second_locator(segmenter, monkeypatch, BrightAs(0), BrightAs(0))
+    result = seg.predict(volume, options=opts)
+    assert result.empty and any("found none of them" in n for n in result.notes)
+    # a package without one: the same scan, two passes, nothing found
+    seg, calls = _with_second_locator(segmenter, monkeypatch, BrightAs(0), None)
+    assert seg.predict(volume, options=opts).empty and calls == ["coarse", "whole scan"]
+    # relocation off: neither the whole-scan pass nor the second locator runs
+    seg, calls = _with_second_locator(segmenter, monkeypatch, BrightAs(0), BrightAs(5))
+    assert seg.predict(volume, options=replace_opts(opts, relocate=False)).empty and calls == ["coarse"]
+
+
+def replace_opts(opts, **changes):
+    from dataclasses import replace
+
+    return replace(opts, **changes)
+
+
+def test_merged_organ_takes_only_free_voxels_with_its_own_lesions(segmenter):
+    """What another pass adds (``_merge_organs``): the organ asked for with the voxels of its own
+    organ group's lesions within 2 voxels of it, only where the labels are empty; nothing else."""
+    v = {n: PRODUCT_LABELS.value_of(n) for n in ("liver", "liver_tumor", "kidney_right", "spleen")}
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[5:15, 5:35, 5:35] = v["spleen"]  # what the first pass found
+    other = np.zeros_like(labels)
+    other[10:30, 5:35, 5:35] = v["liver"]  # overlaps the spleen on slices 10-14
+    other[20:24, 10:14, 10:14] = v["liver_tumor"]  # inside the liver
+    other[30:32, 10:14, 10:14] = v["liver_tumor"]  # on its surface: within 2 voxels
+    other[36:40, 30:34, 30:34] = v["liver_tumor"]  # 6 voxels away: not the liver's
+    other[32:38, 0:4, 0:4] = v["kidney_right"]  # not asked for
+    before = labels.copy()
+    added = segmenter._merge_organs(labels, other, ["liver"], ml=10.0)  # 10 mL a voxel: plausible sizes
+    assert added == ["liver"]
+    assert (labels[5:15] == before[5:15])[before[5:15] > 0].all()  # the spleen untouched
+    assert (labels[15:30, 5:35, 5:35] != 0).all()
+    assert (labels[20:24, 10:14, 10:14] == v["liver_tumor"]).all()
+    assert (labels[30:32, 10:14, 10:14] == v["liver_tumor"]).all()
+    assert not labels[36:40, 30:34, 30:34].any() and not labels[32:38, 0:4, 0:4].any()
+    # an organ below the plausible adult size in the other pass is not taken
+    small = np.zeros_like(labels)
+    small[30:32, 30:32, 30:32] = v["liver"]
+    assert segmenter._merge_organs(labels.copy(), small, ["liver"], ml=10.0) == []

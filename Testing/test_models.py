@@ -71,6 +71,22 @@ def test_manifest_round_trip_with_colours_and_snomed(package):
         assert key in raw
 
 
+def test_a_second_locator_round_trips_and_loads(tmp_path):
+    torch.manual_seed(0)
+    specs = [
+        make_stage(name, spacing, (32, 32, 32), unet_spec(5, (8, 16, 32), 1), LABELS)
+        for name, spacing in (("coarse", (8, 8, 8)), ("coarse2", (8, 8, 8)), ("fine", (4, 4, 4)))
+    ]
+    nets = {s.name: build_network(s.network) for s in specs}
+    manifest = make_manifest("tiny2", "0.1.0", "test", LABELS, specs, IntensitySpec((-200, 300), 50, 100))
+    written = write_package(tmp_path / "tiny2", manifest, nets)
+    loaded = load_manifest(written.folder)
+    assert loaded.coarse2 is not None and loaded.coarse2.weights == "coarse2.pt" and loaded.coarse2.role == "locate"
+    assert set(loaded.weights) == {"coarse.pt", "coarse2.pt", "fine.pt"}
+    assert all(state == "ok" for state in check_weights(written.folder, loaded.weights).values())
+    assert load_manifest(_package(tmp_path / "one")[0].folder).coarse2 is None
+
+
 def _edit(folder, fn):
     path = folder / "manifest.json"
     data = json.loads(path.read_text())
@@ -90,6 +106,11 @@ def _edit(folder, fn):
         (lambda d: d["labels"]["1"].update(color=[2, 0, 0]), "colour must be 3 numbers"),
         (lambda d: d["stages"]["fine"]["network"]["params"].update(out_channels=3), "output channels"),
         (lambda d: d["weights"].update({"../evil.pt": {"sha256": "0" * 64}}), "relative path inside the package"),
+        (lambda d: d["stages"].update(extra=d["stages"]["fine"]), "unknown stage(s) "),
+        (  # a second locator needs a first
+            lambda d: d["stages"].update(coarse2=d["stages"].pop("coarse")),
+            "a 'coarse2' stage (second locator) needs a 'coarse' stage",
+        ),
     ],
 )
 def test_bad_manifests_are_refused_clearly(package, edit, message):

@@ -231,13 +231,15 @@ def main() -> int:
                     tally[mode][o["status"]] = tally[mode].get(o["status"], 0) + 1
                     dice = "" if o["dice"] != o["dice"] else f" {o['dice']:.3f}"
                     row[organ] = f"{o['status']}{dice} ({o['pred_ml']:.0f}/{o['ref_ml']:.0f} mL)"
-                row["notes"] = "; ".join(n for n in result.notes if n.startswith("locator")) or ""
+                row["notes"] = "; ".join(n for n in result.notes if n.startswith(("locator", "second locator")))
+                # seconds the package's second locator took (0: not asked, or no such stage)
+                row["locator2_s"] = sum(v for k, v in result.timings.items() if k.startswith("locator2_"))
                 rows.append({**row, "what": what, "organs": organs, "warnings": result.warnings})
                 print(f"{name:12s} {mode:6s} {wall:6.1f} s  " + "  ".join(f"{k}: {row[k]}" for k in organs), flush=True)
     print()
     print_table(
         [{k: v for k, v in r.items() if k not in ("organs", "warnings", "what")} for r in rows],
-        ["variant", "mode", "shape", "wall_s", *TOTALSEG.values()],
+        ["variant", "mode", "shape", "wall_s", "locator2_s", *TOTALSEG.values()],
     )
     for mode, t in tally.items():
         print(

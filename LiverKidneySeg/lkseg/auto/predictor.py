@@ -7,7 +7,8 @@ Pipeline of :meth:`AutoSegmenter.predict` (each stage timed in ``AutoResult.timi
    grid permuted/flipped by :func:`lkseg.orientation.reorient_grid`, so no voxel is interpolated
    for that) at the model spacing; the coarse network labels the whole scan at low resolution and
    gives one padded box per organ (:mod:`lkseg.auto.cascade`). Without a cascade, one box covers
-   the whole scan.
+   the whole scan. Organs this misses are looked for again by the fine network over the whole
+   scan and then, when the package has one, by a second locator (``locator2_*`` timings).
 3. ``fine_resample`` / ``fine_infer``: inside each box the CT is sampled at the fine spacing,
    normalised (HU clip + z-score) and segmented by Gaussian-blended sliding windows
    (:mod:`lkseg.auto.window`), optionally with mirroring test-time augmentation.
@@ -90,7 +91,8 @@ class AutoOptions:
         hybrid: rules of the hybrid stage (default :class:`~lkseg.auto.hybrid.HybridConfig`).
         relocate: when the cascade's locator misses an organ or finds one implausibly small,
             run the fine network over the whole scan too and keep the result with more
-            plausible organs (short slabs, tight fields of view).
+            plausible organs (short slabs, tight fields of view); then, for organs still missing
+            or small, ask the package's second locator (a ``coarse2`` stage) when it has one.
         context_mm: a scan shorter than this along the patient's head-foot axis is extended to
             it (edge slices repeated, half above and half below) before the networks see it, and
             their labels are cropped back to the scan: networks trained on whole abdomens read a
@@ -339,8 +341,9 @@ class AutoSegmenter:
         """Segment ``volume`` (a CT in HU, any orientation).
 
         The U-Net runs first (with the cascade's locator; if it misses an organ the fine
-        network also runs over the whole scan, see ``AutoOptions.relocate``), then in hybrid
-        mode the prompt model redraws the organs (:mod:`lkseg.auto.hybrid`).
+        network also runs over the whole scan, and then, for organs still missing, the cascade
+        with the package's second locator if it has one: see ``AutoOptions.relocate``), then in
+        hybrid mode the prompt model redraws the organs (:mod:`lkseg.auto.hybrid`).
 
         Args:
             volume: the CT.
@@ -361,15 +364,18 @@ class AutoSegmenter:
         keep = self._select(structures)
         return self._predict(volume, keep, opts, progress, cancel)
 
-    def _predict_unet(self, volume, keep, opts, progress, cancel) -> AutoResult:
+    def _predict_unet(self, volume, keep, opts, progress, cancel, locator: str = "coarse") -> _Raw:
         """The U-Net alone (checks, cascade, fine network, resampling, postprocessing); all labels
-        of the model are kept (the caller drops the unwanted ones)."""
+        of the model are kept (the caller drops the unwanted ones). ``locator`` names the stage
+        that finds the boxes (``"coarse"``, or ``"coarse2"``: the package's second locator)."""
         extended = extend_head_foot(volume, opts.context_mm)
         if extended is not None:
             big, crop = extended
             # the input checks judge the scan the user gave (a 3-slice scan stays refused)
             warnings = check_ct_volume(volume) if opts.check_input else []
-            raw = self._predict_unet(big, keep, replace(opts, context_mm=0.0, check_input=False), progress, cancel)
+            raw = self._predict_unet(
+                big, keep, replace(opts, context_mm=0.0, check_input=False), progress, cancel, locator
+            )
             raw.warnings[:0] = warnings
             raw.labels = np.ascontiguousarray(raw.labels[crop])
             for key in ("probability", "uncertainty"):
@@ -405,6 +411,7 @@ class AutoSegmenter:
                 opts,
                 SubProgress(progress, 0.02, 0.15, "locating organs: "),
                 cancel,
+                locator,
             )
             timer.add("coarse", start)
         else:
@@ -465,8 +472,11 @@ class AutoSegmenter:
             if predictor is None:
                 mode = "unet"
         share = 0.35 if mode == "hybrid" else 1.0
-        # the U-Net's pass, and a second whole-scan pass when the locator misses an organ
-        first, second = SubProgress(progress, 0.0, 0.6 * share), SubProgress(progress, 0.6 * share, share)
+        # the U-Net's pass, a whole-scan pass when the locator misses an organ, and the second
+        # locator's pass for organs still missing after both
+        first = SubProgress(progress, 0.0, 0.5 * share)
+        second = SubProgress(progress, 0.5 * share, 0.8 * share)
+        third = SubProgress(progress, 0.8 * share, share)
         raw = self._predict_unet(volume, keep, opts, first, cancel)
         body = BodyFacts(volume.array, volume.grid)  # read once for both passes
         raw.notes.extend(
@@ -500,6 +510,10 @@ class AutoSegmenter:
                         else "the whole-scan network found no more"
                     )
                 )
+        if self.manifest.coarse2 is not None and opts.relocate and opts.cascade is None:
+            weak = _weak_organs(self._volumes(raw.labels, ml), keep)
+            if weak:
+                self._ask_second_locator(volume, raw, weak, opts, body, third, cancel)
         if fallback_warning:
             raw.warnings.append(fallback_warning)
         if mode == "hybrid" and raw.labels.any():
@@ -535,22 +549,37 @@ class AutoSegmenter:
         report(progress, 1.0, "done")
         return result
 
+    def _ask_second_locator(self, volume: Volume, raw: _Raw, weak: list[str], opts, body, progress, cancel) -> None:
+        """Run the cascade again with the package's second locator (``coarse2``), its boxes only
+        around ``weak`` (organs still missing or implausibly small), and copy those of them that it
+        finds at a plausible size, in a plausible position, into free voxels of ``raw.labels``: an
+        organ the first locator labelled is never changed. Notes say what was asked and taken."""
+        alt = self._predict_unet(volume, weak, replace(opts, check_input=False), progress, cancel, "coarse2")
+        refused = refuse_implausible_positions(alt.labels, volume.array, volume.grid, self.output_table, body=body)
+        added = self._merge_organs(raw.labels, alt.labels, weak, volume.grid.voxel_volume_ml)
+        raw.timer.timings.update({f"locator2_{k}": v for k, v in alt.timer.timings.items()})
+        raw.notes.extend(f"second locator: {note}" for note in refused)
+        raw.notes.append(
+            f"second locator: {', '.join(weak)} missing or small after the first locator; "
+            + (f"taken from the second: {', '.join(added)}" if added else "it found none of them")
+        )
+        log.info("second locator asked for %s, took %s", weak, added or "nothing")
+
     def _merge_organs(self, labels: np.ndarray, other: np.ndarray, organs: list[str], ml: float) -> list[str]:
         """Copy ``organs`` (with their lesions) that ``other`` holds at a plausible size into
         the free voxels of ``labels`` (in place); returns the organs copied."""
         added = []
         volumes = self._volumes(other, ml)
         value_of = {n: v for v, n in self.output_table.items()}
-        lesions = {"liver": ("liver_tumor",), "kidney_right": ("kidney_tumor", "kidney_cyst"), "spleen": ()}
-        lesions["kidney_left"] = lesions["kidney_right"]
+        groups = organ_groups(self.output_table)  # the lesions of each organ, as postprocessing groups them
         for organ in organs:
             if organ not in value_of or volumes.get(organ, 0.0) < _PLAUSIBLE_ML[organ][0]:
                 continue
             piece = other == value_of[organ]
             grown = ndimage.binary_dilation(piece, iterations=2)
-            for lesion in lesions[organ]:
-                if lesion in value_of:
-                    piece |= (other == value_of[lesion]) & grown
+            lesions = next((les for members, les in groups.values() if value_of[organ] in members), [])
+            if lesions:
+                piece |= np.isin(other, lesions) & grown
             free = piece & (labels == 0)
             labels[free] = other[free]
             added.append(organ)
@@ -649,10 +678,9 @@ class AutoSegmenter:
         return self.manifest.intensity.apply(image)
 
     def _locate(
-        self, sampler: ImageSampler, canonical: Grid, fine_grid: Grid, keep, opts, progress, cancel
+        self, sampler: ImageSampler, canonical: Grid, fine_grid: Grid, keep, opts, progress, cancel, locator: str
     ) -> list[Box]:
-        stage = self.manifest.coarse
-        assert stage is not None
+        stage = self.manifest.stages[locator]
         coarse_grid = grid_for_spacing(canonical, stage.spacing)
         whole = Box((0, 0, 0), coarse_grid.shape)
         padded = expand_to_multiple(whole)

@@ -6,6 +6,7 @@ A model package is a folder::
       manifest.json     id, version, task, labels, preprocessing, networks, sha256 of each weight file
       fine.pt           weights as a plain state dict (``torch.save(model.state_dict())``)
       coarse.pt         (optional) the low-resolution locator of a two-stage cascade
+      coarse2.pt        (optional) a second locator, asked only for organs the first one missed
       MODEL_CARD.md     (optional) the human-readable card
 
 The manifest is strict: unknown fields are refused (a typo must not silently change behaviour),
@@ -172,7 +173,10 @@ class StageSpec:
     """One network of a package.
 
     Attributes:
-        name: ``"fine"`` (the segmenter; required) or ``"coarse"`` (the low-resolution locator).
+        name: ``"fine"`` (the segmenter; required), ``"coarse"`` (the low-resolution locator) or
+            ``"coarse2"`` (an optional second locator on the coarse stage's grid and labels,
+            consulted only for the organs the first one and the whole-scan pass missed; see
+            :meth:`lkseg.auto.AutoSegmenter.predict`).
         role: ``"segment"`` or ``"locate"``.
         spacing: (si, sj, sk) mm at which the network runs.
         patch_size: (pi, pj, pk) voxels of the training patch / sliding window.
@@ -277,6 +281,11 @@ class ModelManifest:
     @property
     def coarse(self) -> StageSpec | None:
         return self.stages.get("coarse")
+
+    @property
+    def coarse2(self) -> StageSpec | None:
+        """The optional second locator (needs a ``coarse`` stage)."""
+        return self.stages.get("coarse2")
 
     @property
     def structures(self) -> list[str]:
@@ -497,10 +506,12 @@ def parse_manifest(data: Mapping, folder: str | Path | None = None, source: str 
     weights = _parse_weights(data["weights"], source)
     raw_stages = data["stages"]
     if not isinstance(raw_stages, Mapping) or "fine" not in raw_stages:
-        raise ModelError(f"{source}: 'stages' must hold a 'fine' stage (and optionally 'coarse')")
-    unknown = sorted(set(raw_stages) - {"fine", "coarse"})
+        raise ModelError(f"{source}: 'stages' must hold a 'fine' stage (and optionally 'coarse', 'coarse2')")
+    unknown = sorted(set(raw_stages) - {"fine", "coarse", "coarse2"})
     if unknown:
-        raise ModelError(f"{source}: unknown stage(s) {unknown}; only 'fine' and 'coarse' exist")
+        raise ModelError(f"{source}: unknown stage(s) {unknown}; only 'fine', 'coarse' and 'coarse2' exist")
+    if "coarse2" in raw_stages and "coarse" not in raw_stages:
+        raise ModelError(f"{source}: a 'coarse2' stage (second locator) needs a 'coarse' stage")
     stages = {name: _parse_stage(name, raw, labels, source) for name, raw in raw_stages.items()}
     for stage in stages.values():
         if stage.weights not in weights:
