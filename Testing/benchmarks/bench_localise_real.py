@@ -4,7 +4,8 @@ The project has one real multi-organ CT with a reference (``example_ct``, 122 x 
 3 mm, TotalSegmentator masks: pelvis up to the lung bases). This benchmark cuts it into the kinds of
 input that broke localisation on users' scans: short slabs (20 slices at 3 mm and, resampled, at
 2 mm, like a 512 x 512 x 20 Siemens slab), a pelvis-only scan with none of the four organs, tight
-in-plane fields of view, added noise, and other storage orders of the same voxels. Each variant is
+in-plane fields of view, added noise, other storage orders of the same voxels and (added later) a
+kidney or the spleen replaced by fat, as after its removal. Each variant is
 segmented (``--modes unet`` by default; ``hybrid`` too on request) and every organ is scored:
 
 * present (reference >= ``--present-ml`` mL in the variant): *found* when the prediction's Dice
@@ -116,6 +117,29 @@ def variants(ct_path: Path, seg_path: Path):
             sitk.DICOMOrient(ct, code),
             sitk.DICOMOrient(seg, code),
         )
+    yield from _organ_removed(ct, seg)
+
+
+def _organ_removed(ct, seg):
+    """A missing organ (nephrectomy, splenectomy; added in a later session than the variants
+    above): the organ's voxels and a one-voxel rim filled with fat (-90 HU, SD 15) and cleared
+    from the reference, so any of that organ reported is *invented*."""
+    import numpy as np
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    ref = sitk.GetArrayFromImage(seg)
+    arr = sitk.GetArrayFromImage(ct).astype(np.float32)
+    rng = np.random.default_rng(1)
+    for name, value in (("nephrectomy-left", 3), ("nephrectomy-right", 2), ("splenectomy", 1)):
+        hole = ndimage.binary_dilation(ref == value, iterations=1)
+        filled, cleared = arr.copy(), ref.copy()
+        filled[hole] = -90.0 + rng.normal(0.0, 15.0, int(hole.sum()))
+        cleared[ref == value] = 0
+        img, lab = sitk.GetImageFromArray(filled.astype(np.int16)), sitk.GetImageFromArray(cleared)
+        img.CopyInformation(ct)
+        lab.CopyInformation(seg)
+        yield name, f"{TOTALSEG[value].replace('_', ' ')} replaced by fat (the organ removed)", img, lab
 
 
 def pad_inplane(volume, mode: str | None, extent_mm: float):
