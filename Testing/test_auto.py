@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -182,8 +183,6 @@ def test_progress_is_reported_in_order(segmenter):
 
 
 def test_tta_runs_and_keeps_geometry(tiny_package):
-    from dataclasses import replace
-
     from lkseg.models import load_manifest
 
     manifest = load_manifest(tiny_package.folder)
@@ -592,8 +591,6 @@ def _with_second_locator(segmenter, monkeypatch, coarse, coarse2):
     """The tiny segmenter with a ``coarse2`` stage; its fine network labels bright voxels spleen,
     and its whole-scan pass (the fine network without a cascade) is made to find nothing, as on
     the real tight fields of view where the second locator is needed."""
-    from dataclasses import replace
-
     from lkseg.auto import predictor
 
     seg = segmenter.with_options()
@@ -640,13 +637,7 @@ def test_second_locator_finds_the_organ_the_first_and_the_whole_scan_pass_missed
     assert seg.predict(volume, options=opts).empty and calls == ["coarse", "whole scan"]
     # relocation off: neither the whole-scan pass nor the second locator runs
     seg, calls = _with_second_locator(segmenter, monkeypatch, BrightAs(0), BrightAs(5))
-    assert seg.predict(volume, options=replace_opts(opts, relocate=False)).empty and calls == ["coarse"]
-
-
-def replace_opts(opts, **changes):
-    from dataclasses import replace
-
-    return replace(opts, **changes)
+    assert seg.predict(volume, options=replace(opts, relocate=False)).empty and calls == ["coarse"]
 
 
 def test_merged_organ_takes_only_free_voxels_with_its_own_lesions(segmenter):

@@ -478,7 +478,7 @@ class AutoSegmenter:
         second = SubProgress(progress, 0.5 * share, 0.8 * share)
         third = SubProgress(progress, 0.8 * share, share)
         raw = self._predict_unet(volume, keep, opts, first, cancel)
-        body = BodyFacts(volume.array, volume.grid)  # read once for both passes
+        body = BodyFacts(volume.array, volume.grid)  # read once for every pass
         raw.notes.extend(
             refuse_implausible_positions(raw.labels, volume.array, volume.grid, self.output_table, body=body)
         )
