@@ -52,7 +52,7 @@ import numpy as np
 from scipy import ndimage
 
 from lkseg.auto.keyslices import interpolate_slices, key_slices, mask_dice, slice_step
-from lkseg.auto.postprocess import PostprocessConfig, components, postprocess_labels
+from lkseg.auto.postprocess import PostprocessConfig, components, organ_groups, postprocess_labels
 from lkseg.labels import LabelTable
 from lkseg.progress import CancelToken, ProgressCallback, report
 from lkseg.volume import Grid, Volume
@@ -459,7 +459,9 @@ def hybrid_refine(
     seen: set[int] = set()  # slices encoded
     state = {"t_enc": 0.0, "done": 0}
     hu_stats = _organ_hu(slicer.array, canon, organ_values)
-    own_values = {v: [v, *_lesion_values(table, v)] for v in organ_values}
+    # each organ with its own lesions, grouped as the postprocessing groups them
+    lesions_of = {v: les for members, les in organ_groups(table).values() for v in members}
+    own_values = {v: [v, *lesions_of.get(v, [])] for v in organ_values}
     largest = {v: int((canon == v).sum(axis=(1, 2)).max()) for v in organ_values if table[v] in config.grow_organs}
     reach_of = dict(config.grow_reach)
 
@@ -840,13 +842,6 @@ def _sides_reached(mask: np.ndarray, box, reach_px: tuple[int, int], fraction: f
     if c1 < w - 1 and mask[r0 : r1 + 1, max(c1 - rx, c0) : c1 + 1].any(axis=1).mean() >= fraction:
         out.append("right")
     return out
-
-
-def _lesion_values(table: LabelTable, organ_value: int) -> list[int]:
-    """Label values of the lesions that belong to the organ ``organ_value``."""
-    value_of = {n: v for v, n in table.items()}
-    groups = [g for g in _LESIONS if table[organ_value].startswith(g)]  # the grouping _restore_lesions uses
-    return [value_of[n] for g in groups for n in _LESIONS[g] if n in value_of]
 
 
 def _may_grow(area: int, unet_slice: np.ndarray, value: int, largest: dict[int, int], config: HybridConfig) -> bool:
