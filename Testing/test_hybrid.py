@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -865,3 +866,106 @@ def test_real_kidneys_with_arterial_enhancement_lose_the_unet_medulla_tumours(re
         for value in (3, 4):
             got, ref = out.labels == value, truth == value
             assert 2 * (got & ref).sum() / (got.sum() + ref.sum()) > 0.9
+
+
+def _kidney_with_sinus(shape, spacing_zyx, centre, medial: int):
+    """An analytic kidney in mm (numpy ZYX): an ellipsoid (50 x 30 x 25 mm radii) whose sinus, a
+    smaller ellipsoid centred 12 mm towards ``medial`` (+1 / -1 along x), opens through the medial
+    surface (the hilum). Returns (parenchyma, sinus) masks; their union is what a box prompt draws."""
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    mm = [(g - c) * s for g, c, s in zip(grids, centre, spacing_zyx)]
+    outer = sum((a / r) ** 2 for a, r in zip(mm, (50.0, 30.0, 25.0))) <= 1.0
+    shifted = (mm[0], mm[1], mm[2] - 12.0 * medial)
+    hole = sum((a / r) ** 2 for a, r in zip(shifted, (25.0, 12.0, 18.0))) <= 1.0
+    return outer & ~hole, hole & outer
+
+
+def _sinus_scene(spacing_zyx, parenchyma_hu=30.0):
+    """Two kidneys with open sinuses of fat (-100 HU) in perirenal fat (-100 HU), each with an
+    enclosed cyst (5 HU) and an exophytic lateral cyst (5 HU) drawn as kidney."""
+    shape = tuple(round(n / s) for n, s in zip((130.0, 110.0, 230.0), spacing_zyx))
+    hu = np.full(shape, -100.0, np.float32)
+    drawn = np.zeros(shape, np.uint8)
+    parenchyma, sinus, cysts = {}, {}, {}
+    for value, x_mm, medial in ((3, 55.0, 1), (4, 175.0, -1)):
+        centre = (shape[0] / 2, shape[1] / 2, x_mm / spacing_zyx[2])
+        par, sin = _kidney_with_sinus(shape, spacing_zyx, centre, medial)
+        grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+        mm = [(g - c) * s for g, c, s in zip(grids, centre, spacing_zyx)]
+        inner = sum((a - o) ** 2 for a, o in zip(mm, (20.0, 0.0, -8.0 * medial))) <= 6.0**2
+        lateral = sum((a - o) ** 2 for a, o in zip(mm, (-25.0, 0.0, -22.0 * medial))) <= 7.0**2
+        hu[par] = parenchyma_hu
+        hu[inner | lateral] = 5.0
+        drawn[par | sin | lateral] = value
+        parenchyma[value], sinus[value], cysts[value] = par | lateral, sin & ~par, (inner | lateral) & (par | lateral)
+    return hu, drawn, parenchyma, sinus, cysts
+
+
+@pytest.mark.parametrize(
+    "spacing_zyx", [(3.0, 0.8, 0.8), (3.0, 3.0, 3.0), (1.5, 2.0, 1.0)], ids=["0.8mm", "3mm", "aniso"]
+)
+@pytest.mark.parametrize("phase", [("unenhanced", 30.0), ("portal", 160.0)], ids=lambda p: p[0])
+def test_renal_sinus_fat_is_carved_and_cysts_stay_kidney(spacing_zyx, phase):
+    from lkseg.auto.hybrid import carve_renal_sinus
+
+    hu, drawn, parenchyma, sinus, cysts = _sinus_scene(spacing_zyx, phase[1])
+    rng = np.random.default_rng(0)
+    hu += rng.normal(0.0, 12.0, hu.shape).astype(np.float32)  # CT noise
+    labels = drawn.copy()
+    labels[cysts[3] & ~ndimage.binary_erosion(cysts[3])] = 5  # a kidney tumour label on one cyst's rim
+    before = labels.copy()
+    for value in (3, 4):
+        note = carve_renal_sinus(hu, labels, value, spacing_zyx, HybridConfig())
+        assert note and "carved out" in note
+        got = labels == value
+        truth = parenchyma[value] & (before == value)
+        assert _dice(got, truth) > 0.97, (value, _dice(got, truth), _dice(before == value, truth))
+        assert _dice(before == value, truth) < 0.93  # the sinus was a real error
+        assert (got & sinus[value]).sum() < 0.15 * sinus[value].sum()
+        assert np.all(got[cysts[value] & (before == value)])  # cysts (water, no fat) stay kidney
+    assert np.array_equal(labels == 5, before == 5)  # other labels never change
+    assert np.all(before[labels != before] != 0) and np.all(labels[labels != before] == 0)
+
+
+def test_renal_sinus_is_not_carved_without_fat_or_when_the_fat_is_too_large():
+    from lkseg.auto.hybrid import carve_renal_sinus
+
+    spacing_zyx = (3.0, 1.5, 1.5)
+    hu, drawn, parenchyma, sinus, _ = _sinus_scene(spacing_zyx)
+    lean = np.where(drawn > 0, hu, 40.0).astype(np.float32)  # no perirenal fat: nothing to measure
+    lean[sinus[3]] = -100.0
+    labels = drawn.copy()
+    assert "too little fat" in carve_renal_sinus(lean, labels, 3, spacing_zyx, HybridConfig())
+    assert np.array_equal(labels, drawn)
+    # a "kidney" drawn over a fat block larger than a fifth of it: not a sinus, left as drawn
+    fatty = hu.copy()
+    fatty[parenchyma[3] & (np.arange(hu.shape[2]) * spacing_zyx[2] < 45.0)] = -100.0  # its lateral fifth
+    labels = drawn.copy()
+    assert "exceed 20%" in carve_renal_sinus(fatty, labels, 3, spacing_zyx, HybridConfig())
+    assert np.array_equal(labels, drawn)
+    # carve_sinus off: the hybrid leaves the drawn kidney as it is (checked in the next test)
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["lps", "ras-stored"])
+def test_the_hybrid_takes_the_sinus_out_of_a_kidney_drawn_across_its_hilum(flip):
+    """The stand-in prompt model draws each kidney with its sinus (as LiteMedSAM's box does across
+    the hilum); the hybrid's kidneys then match the parenchyma, on either storage order, and with
+    ``carve_sinus=False`` they stay as drawn."""
+    spacing_zyx = (3.0, 1.5, 1.5)
+    hu, drawn, parenchyma, _, _ = _sinus_scene(spacing_zyx)
+    direction = np.diag([-1.0, -1.0, 1.0]) if flip else np.eye(3)
+    volume = Volume(
+        np.round(hu).astype(np.int16), Grid(hu.shape, tuple(reversed(spacing_zyx)), (0.0, 0.0, 0.0), direction)
+    )
+    unet = np.where(np.isin(drawn, [3, 4]), drawn, 0).astype(np.uint8)
+    config = HybridConfig(sample_mm=0.0, extend_mm=0.0)
+    on = hybrid_refine(OraclePredictor(drawn), volume, unet, TABLE, config)
+    off = hybrid_refine(OraclePredictor(drawn), volume, unet, TABLE, replace(config, carve_sinus=False))
+    half = np.arange(hu.shape[2]) < hu.shape[2] // 2  # the kidney drawn as 3 lies in this half
+    for value, side in ((3, half), (4, ~half)):  # (their names follow the storage order's RAS x)
+        got_on, got_off = np.isin(on.labels, [3, 4]) & side, np.isin(off.labels, [3, 4]) & side
+        assert _dice(got_on, parenchyma[value]) > 0.97
+        assert _dice(got_off, parenchyma[value]) < 0.93
+        assert _dice(got_off, drawn == value) > 0.98
+    assert sum("renal sinus fat carved out" in n for n in on.notes) == 2
+    assert not any("sinus" in n for n in off.notes)

@@ -35,6 +35,9 @@ Given the U-Net's label map (:class:`~lkseg.auto.AutoResult`), :func:`hybrid_ref
    least 100 HU) is left out as kidney, with a warning: renal masses are hypo-attenuating to
    enhanced parenchyma in those phases (cysts far more), so a "lesion" CT cannot tell from the
    parenchyma around it is far likelier the phantom-trained model's error than a mass.
+6. takes the renal sinus fat out of the drawn kidneys (:func:`carve_renal_sinus`): a box drawn
+   across the hilum fills it, and reference kidneys (TotalSegmentator's, most manual ones) are
+   parenchyma without the hilar and sinus fat.
 
 Defaults were chosen on ``real-ct/totalsegmentator/example_ct_sm`` (see README "Automatic
 segmentation" for which data chose what and which data reports what).
@@ -61,6 +64,7 @@ __all__ = [
     "HybridConfig",
     "HybridOutcome",
     "OrganPiece",
+    "carve_renal_sinus",
     "corticomedullary_contrast",
     "fuse_slice",
     "hybrid_refine",
@@ -187,6 +191,12 @@ class HybridConfig:
             unmodified scans unchanged; the spleen at 2 lost 0.007 on example_ct_sm and keeps 1.
             Chosen on the same patient's cut U-Net output (README).
         grow_fraction, grow_step, grow_times, grow_min_gain, grow_min_area: see ``grow_organs``.
+        carve_sinus: take the renal sinus fat out of the drawn kidneys (:func:`carve_renal_sinus`).
+            LiteMedSAM's box draws the kidney across its hilum, so the hilar and sinus fat (and the
+            vessels and pelvis among it) become kidney; TotalSegmentator's kidneys, the references of
+            ``bench_auto_real.py``, leave it out. Off: the kidneys as drawn.
+        sinus_level, sinus_fat_level, sinus_smooth_mm, sinus_max_fraction: see
+            :func:`carve_renal_sinus`. Chosen on example_ct_sm (README, *The renal sinus*).
     """
 
     box_margin_mm: float = 6.0
@@ -216,6 +226,11 @@ class HybridConfig:
     grow_times: int = 6
     grow_min_gain: float = 0.05
     grow_min_area: float = 0.25
+    carve_sinus: bool = True
+    sinus_level: float = 0.5
+    sinus_fat_level: float = 0.25
+    sinus_smooth_mm: float = 1.5
+    sinus_max_fraction: float = 0.2
 
 
 @dataclass
@@ -596,6 +611,14 @@ def hybrid_refine(
     _put_lesions_back(slicer, fused, lesion_canon, table, config, phantom_lesions, outcome)
     grid = slicer.canonical.grid
     outcome.notes.extend(postprocess_labels(fused, grid, table, post or PostprocessConfig()))
+    if config.carve_sinus:
+        spacing_zyx = tuple(float(v) for v in reversed(slicer.canonical.spacing))
+        value_of = {n: v for v, n in table.items()}
+        for side in ("kidney_right", "kidney_left"):
+            if side in value_of:
+                note = carve_renal_sinus(slicer.array, fused, value_of[side], spacing_zyx, config)
+                if note:
+                    outcome.notes.append(f"hybrid {side}: {note}")
     outcome.labels = slicer.canonical_volume_to_user(fused)
     outcome.fallback_slices = {o: s[1] for o, s in stats.items()}
     outcome.timings = {"sam": time.perf_counter() - t0, "sam_first_encodes": t_enc}
@@ -618,6 +641,82 @@ def hybrid_refine(
             f"hybrid {organ}: drawn on {n_sl} slice(s), U-Net kept on {n_fb}, extended by {ext} slice(s)"
         )
     return outcome
+
+
+def carve_renal_sinus(
+    hu: np.ndarray, labels: np.ndarray, value: int, spacing_zyx: tuple[float, float, float], config: HybridConfig
+) -> str | None:
+    """Take the renal sinus fat out of kidney ``value`` of ``labels`` (in place); return a note.
+
+    ``hu`` and ``labels`` are arrays of one grid in numpy ZYX order (the hybrid passes its canonical
+    ``(k, j, i)`` arrays), ``spacing_zyx`` their voxel size in mm in the same order. Only voxels of
+    ``value`` change (to 0); tumours and cysts, which have their own labels, never do.
+
+    1. Levels: parenchyma P = median HU of the kidney deeper than 3 mm; fat F = median HU of the
+       voxels under -30 HU within 6 mm outside it (the perirenal fat).
+    2. Candidates: kidney voxels whose CT, smoothed in the slice plane over the kidney's voxels only
+       (a Gaussian of ``sinus_smooth_mm`` normalised by the kidney's share of it, so the fat outside
+       does not bleed in), is below ``F + sinus_level * (P - F)`` (closer to fat than to parenchyma).
+    3. A 3D-connected piece of candidates is removed when it reaches the kidney's outline (the hilum
+       opens there) and is fat: a smoothed value deeper than 3 mm inside the kidney (fat at the
+       outline itself may be partial volume), or the piece's median, below
+       ``F + sinus_fat_level * (P - F)``. Partial-volume rims, cysts and hypodense tumours (water
+       to soft tissue, no fat) stay kidney; a fat-containing tumour (angiomyolipoma) at the hilum
+       would be carved with the sinus.
+
+    Nothing is carved when the kidney does not stand out from the fat (P - F < 60 HU), when there is
+    too little perirenal fat to measure F (under 0.5 mL), or when the pieces would take more than
+    ``sinus_max_fraction`` of the kidney (then it is not a sinus; a note says so).
+    """
+    kidney_all = labels == value
+    reach = [int(np.ceil(6.0 / s)) + 1 for s in spacing_zyx]
+    box = _bbox(kidney_all, reach)
+    if box is None:
+        return None
+    kidney = kidney_all[box]
+    ct = np.asarray(hu[box], dtype=np.float32)
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
+    depth = ndimage.distance_transform_edt(np.pad(kidney, 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
+    core = ct[depth > 3.0]
+    if core.size == 0:
+        return None
+    outside = ndimage.distance_transform_edt(~kidney, sampling=spacing_zyx)
+    fat = ct[(outside > 0) & (outside <= 6.0) & (ct < -30.0)]
+    if fat.size * voxel_ml < 0.5:
+        return "renal sinus not carved: too little fat around the kidney to measure"
+    parenchyma, fat_hu = float(np.median(core)), float(np.median(fat))
+    if parenchyma - fat_hu < 60.0:
+        return f"renal sinus not carved: kidney {parenchyma:.0f} HU too close to fat {fat_hu:.0f} HU"
+    sigma = [0.0, *(config.sinus_smooth_mm / s for s in spacing_zyx[1:])]
+    weight = ndimage.gaussian_filter(kidney.astype(np.float32), sigma=sigma)
+    smooth = ndimage.gaussian_filter(np.where(kidney, ct, 0.0), sigma=sigma) / np.maximum(weight, 1e-6)
+    candidates = kidney & (smooth < fat_hu + config.sinus_level * (parenchyma - fat_hu))
+    pieces, n = ndimage.label(candidates)
+    if n == 0:
+        return None
+    rim = kidney & ~ndimage.binary_erosion(kidney, np.ones((3, 3, 3), bool), border_value=0)
+    touches = np.zeros(n + 1, bool)
+    touches[np.unique(pieces[rim])] = True
+    fat_level = fat_hu + config.sinus_fat_level * (parenchyma - fat_hu)
+    deep = np.where(depth > 3.0, pieces, 0)  # fat at the outline may be partial volume
+    lowest = np.r_[np.inf, ndimage.minimum(smooth, deep, np.arange(1, n + 1))]
+    lowest[np.bincount(deep.ravel(), minlength=n + 1) == 0] = np.inf  # scipy reports 0 for a piece not there
+    middle = np.r_[np.inf, ndimage.median(smooth, pieces, np.arange(1, n + 1))]
+    chosen = touches & ((lowest < fat_level) | (middle < fat_level))
+    chosen[0] = False
+    carve = chosen[pieces]
+    ml, total = float(carve.sum()) * voxel_ml, float(kidney.sum()) * voxel_ml
+    if not carve.any():
+        return None
+    if ml > config.sinus_max_fraction * total:
+        return (
+            f"renal sinus not carved: the fat pieces ({ml:.1f} mL) exceed {config.sinus_max_fraction:.0%} of the kidney"
+        )
+    labels[box][carve] = 0
+    return (
+        f"renal sinus fat carved out, {ml:.1f} mL of {total:.1f} mL (parenchyma {parenchyma:.0f} HU, "
+        f"perirenal fat {fat_hu:.0f} HU)"
+    )
 
 
 def _put_lesions_back(
