@@ -209,6 +209,7 @@ def main() -> int:
     p.add_argument("--no-relocate", action="store_true", help="AutoOptions(relocate=False): the cascade alone")
     p.add_argument("--context-mm", type=float, default=None, help="AutoOptions.context_mm (default: the package's)")
     p.add_argument("--no-follow-down", action="store_true", help="HybridConfig(follow_down=False)")
+    p.add_argument("--no-mirror", action="store_true", help="HybridConfig(mirror_kidney=False)")
     p.add_argument("--model", default=None)
     p.add_argument("--pad", choices=["edge", "reflect", "air", "fat"], help="pad in-plane before segmenting")
     p.add_argument("--pad-mm", type=float, default=380.0, help="in-plane extent to pad to (with --pad)")
@@ -240,10 +241,12 @@ def main() -> int:
             for mode in args.modes:
                 start = time.perf_counter()
                 extra = {} if args.context_mm is None else {"context_mm": args.context_mm}
-                if args.no_follow_down:
+                if args.no_follow_down or args.no_mirror:
                     from lkseg.auto.hybrid import HybridConfig
 
-                    extra["hybrid"] = HybridConfig(follow_down=False)
+                    extra["hybrid"] = HybridConfig(
+                        follow_down=not args.no_follow_down, mirror_kidney=not args.no_mirror
+                    )
                 options = AutoOptions(mode=mode, relocate=not args.no_relocate, **extra)
                 result = seg.predict(pad_inplane(volume, args.pad, args.pad_mm), options=options)
                 if args.pad:
@@ -255,11 +258,16 @@ def main() -> int:
                     tally[mode][o["status"]] = tally[mode].get(o["status"], 0) + 1
                     dice = "" if o["dice"] != o["dice"] else f" {o['dice']:.3f}"
                     row[organ] = f"{o['status']}{dice} ({o['pred_ml']:.0f}/{o['ref_ml']:.0f} mL)"
-                row["notes"] = "; ".join(n for n in result.notes if n.startswith(("locator", "second locator")))
+                row["notes"] = "; ".join(
+                    n for n in result.notes if n.startswith(("locator", "second locator", "kidney mirror"))
+                )
                 # seconds the package's second locator took (0: not asked, or no such stage)
                 row["locator2_s"] = sum(v for k, v in result.timings.items() if k.startswith("locator2_"))
                 rows.append({**row, "what": what, "organs": organs, "warnings": result.warnings})
                 print(f"{name:12s} {mode:6s} {wall:6.1f} s  " + "  ".join(f"{k}: {row[k]}" for k in organs), flush=True)
+                for note in result.notes:
+                    if note.startswith("kidney mirror"):
+                        print(f"    {note}", flush=True)
     print()
     print_table(
         [{k: v for k, v in r.items() if k not in ("organs", "warnings", "what")} for r in rows],

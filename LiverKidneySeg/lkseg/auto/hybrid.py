@@ -195,6 +195,9 @@ class HybridConfig:
             LiteMedSAM's box draws the kidney across its hilum, so the hilar and sinus fat (and the
             vessels and pelvis among it) become kidney; TotalSegmentator's kidneys, the references of
             ``bench_auto_real.py``, leave it out. Off: the kidneys as drawn.
+        mirror_kidney: before the hybrid stage, when the U-Net and the locators found one kidney
+            and not the other, look for the missing one at the mirror image of the found one
+            (:mod:`lkseg.auto.mirror`; ``AutoOptions.relocate`` off turns it off too).
         sinus_level, sinus_fat_level, sinus_smooth_mm, sinus_max_fraction: see
             :func:`carve_renal_sinus`. Chosen on example_ct_sm (README, *The renal sinus*).
     """
@@ -227,6 +230,7 @@ class HybridConfig:
     grow_min_gain: float = 0.05
     grow_min_area: float = 0.25
     carve_sinus: bool = True
+    mirror_kidney: bool = True
     sinus_level: float = 0.5
     sinus_fat_level: float = 0.25
     sinus_smooth_mm: float = 1.5

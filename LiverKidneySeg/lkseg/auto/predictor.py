@@ -516,6 +516,15 @@ class AutoSegmenter:
                 self._ask_second_locator(volume, raw, weak, opts, body, third, cancel)
         if fallback_warning:
             raw.warnings.append(fallback_warning)
+        if mode == "hybrid" and raw.labels.any() and opts.relocate and (opts.hybrid or HybridConfig()).mirror_kidney:
+            from lkseg.auto.mirror import MirrorConfig, find_mirrored_kidney
+
+            start = time.perf_counter()
+            mirror = MirrorConfig(sample_mm=(opts.hybrid or HybridConfig()).sample_mm)
+            raw.notes.extend(
+                find_mirrored_kidney(predictor, volume, raw.labels, self.output_table, body, mirror, cancel)
+            )
+            raw.timer.timings["kidney_mirror"] = time.perf_counter() - start
         if mode == "hybrid" and raw.labels.any():
             from lkseg.auto.hybrid import hybrid_refine
 
