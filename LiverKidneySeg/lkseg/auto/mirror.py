@@ -45,11 +45,14 @@ from lkseg.labels import LabelTable
 from lkseg.progress import CancelToken
 from lkseg.volume import Volume
 
-__all__ = ["MirrorConfig", "find_mirrored_kidney"]
+__all__ = ["FOUND_AT_MIRROR", "MirrorConfig", "find_mirrored_kidney"]
 
 log = logging.getLogger(__name__)
 
 _SIDES = ("kidney_right", "kidney_left")
+_NAMES = {"kidney_right": "right kidney", "kidney_left": "left kidney"}
+#: in the note of a kidney found at the mirror image (AutoSegmenter adds a warning for it)
+FOUND_AT_MIRROR = "found by the prompt model at the mirror image"
 
 
 @dataclass(frozen=True)
@@ -156,13 +159,13 @@ def find_mirrored_kidney(
             continue
         accepted += 1
         drawn[k] = mask
-    name = missing.replace("_", " ")
+    name, other = _NAMES[missing], _NAMES[found]
     if tried == 0:
-        return [f"kidney mirror: the mirror image of the {found.replace('_', ' ')} lies outside the scan"]
+        return [f"kidney mirror: the mirror image of the {other} lies outside the scan"]
     why = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1]))
     summary = f"{accepted} of {tried} mirrored slice(s) kidney-like" + (f" (refused: {why})" if why else "")
     if accepted < max(3, config.min_slices * tried):
-        return [f"kidney mirror: no {name} at the mirror image of the {found.replace('_', ' ')}: {summary}"]
+        return [f"kidney mirror: no {name} at the mirror image of the {other}: {summary}"]
     done = [int(k) for k in np.flatnonzero(drawn.any(axis=(1, 2)))]
     for ka, kb in itertools.pairwise(done):
         if 1 < kb - ka <= step:
@@ -186,8 +189,8 @@ def find_mirrored_kidney(
         return [f"kidney mirror: the {name} drawn at the mirror image was refused: {'; '.join(checks)}"]
     labels[kept] = value_of[missing]
     return [
-        f"kidney mirror: {name} ({int(kept.sum()) * ml:.1f} mL) found by the prompt model at the mirror image of the "
-        f"{found.replace('_', ' ')} across the body's midline; {summary}"
+        f"kidney mirror: {name} ({int(kept.sum()) * ml:.1f} mL) {FOUND_AT_MIRROR} of the "
+        f"{other} across the body's midline; {summary}"
     ]
 
 

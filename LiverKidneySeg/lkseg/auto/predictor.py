@@ -517,13 +517,19 @@ class AutoSegmenter:
         if fallback_warning:
             raw.warnings.append(fallback_warning)
         if mode == "hybrid" and raw.labels.any() and opts.relocate and (opts.hybrid or HybridConfig()).mirror_kidney:
-            from lkseg.auto.mirror import MirrorConfig, find_mirrored_kidney
+            from lkseg.auto.mirror import FOUND_AT_MIRROR, MirrorConfig, find_mirrored_kidney
 
             start = time.perf_counter()
             mirror = MirrorConfig(sample_mm=(opts.hybrid or HybridConfig()).sample_mm)
-            raw.notes.extend(
-                find_mirrored_kidney(predictor, volume, raw.labels, self.output_table, body, mirror, cancel)
-            )
+            mirrored = find_mirrored_kidney(predictor, volume, raw.labels, self.output_table, body, mirror, cancel)
+            raw.notes.extend(mirrored)
+            for note in mirrored:
+                if FOUND_AT_MIRROR in note:
+                    kidney = note.removeprefix("kidney mirror: ").split(" (")[0]
+                    raw.warnings.append(
+                        f"the {kidney} was not found by the model but drawn at the mirror image of the other kidney: "
+                        "review it"
+                    )
             raw.timer.timings["kidney_mirror"] = time.perf_counter() - start
         if mode == "hybrid" and raw.labels.any():
             from lkseg.auto.hybrid import hybrid_refine
