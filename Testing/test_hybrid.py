@@ -57,6 +57,36 @@ def test_fuse_falls_back_to_the_unet_when_sam_is_implausible(sam):
     assert fallbacks == {1: 1}
 
 
+@pytest.mark.parametrize("pixel_mm", [(0.8, 0.8), (3.0, 3.0)], ids=["0.8mm", "3mm"])
+def test_a_drawn_liver_holding_fat_falls_back_to_the_unet(pixel_mm):
+    """The prompt model's "liver" that holds fat (bowel with its fat and gas: what LiteMedSAM drew
+    where the U-Net's liver ran on below the real tip) is not kept; the same mask on soft tissue
+    with noise is, and so is a fatty mask for an organ not listed in ``fat_free_organs``."""
+    n = round(120 / pixel_mm[0])
+    shape = (n, n)
+    rng = np.random.default_rng(1)
+    hu = rng.normal(55.0, 20.0, shape).astype(np.float32)  # liver-like soft tissue, noisy
+    unet = square(shape, n // 3, n // 3, 2 * n // 3, 2 * n // 3)
+    drawn = square(shape, n // 4, n // 4, 3 * n // 4, 3 * n // 4)
+    logits = np.where(drawn, 4.0, -4.0)
+    config = HybridConfig(keep_within_mm=40.0)
+    out, fallbacks = fuse_slice({1: [(unet, logits, None)]}, config, pixel_mm, hu, frozenset({1}))
+    assert np.array_equal(out == 1, drawn) and fallbacks == {}
+    # fat pockets of 6 mm on 5 % of the drawn area, deep inside it
+    c = n // 2
+    r = max(1, round(3.0 / pixel_mm[0]))
+    pockets = np.zeros(shape, bool)
+    for dr, dc in ((-1, -1), (-1, 1), (1, -1), (1, 1), (0, 0)):
+        pockets[c + dr * 3 * r - r : c + dr * 3 * r + r, c + dc * 3 * r - r : c + dc * 3 * r + r] = True
+    assert 0.03 < pockets.sum() / drawn.sum() < 0.08
+    fatty = hu.copy()
+    fatty[pockets] = -100.0
+    out, fallbacks = fuse_slice({1: [(unet, logits, None)]}, config, pixel_mm, fatty, frozenset({1}))
+    assert np.array_equal(out == 1, unet) and fallbacks == {1: 1}
+    out, fallbacks = fuse_slice({1: [(unet, logits, None)]}, config, pixel_mm, fatty, frozenset())
+    assert np.array_equal(out == 1, drawn) and fallbacks == {}
+
+
 def test_fuse_gives_each_pixel_to_one_organ_by_the_higher_logit():
     shape = (40, 40)
     liver_unet, kidney_unet = square(shape, 5, 5, 25, 25), square(shape, 20, 20, 35, 35)
