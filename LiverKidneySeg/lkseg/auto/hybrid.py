@@ -519,6 +519,13 @@ def hybrid_refine(
     def hu_of(k: int, value: int):
         return (slicer.array[k], *hu_stats[value]) if value in hu_stats else None
 
+    def follow(ctx, k: int, value: int, beside: int, **more) -> None:
+        """The slice-below rule (:func:`_follow_neighbour`) on slice ``k`` from drawn slice ``beside``."""
+        hu = hu_of(k, value)
+        _follow_neighbour(
+            ctx, fused, k, value, config, margin, pixel_mm, below=beside, hu=hu, fat_free=value in fat_free, **more
+        )
+
     def draw(k: int) -> dict[str, list[int]]:
         """Draw slice ``k`` (following the drawn slice below); returns organ -> [slices, fallbacks]."""
         if cancel is not None:
@@ -562,18 +569,7 @@ def hybrid_refine(
                 counts.setdefault(p.organ, [0, 0])[1] += fb.get(p.value, 0)
             if config.neighbour_ratio > 0 and below is not None and k - below <= step and ctx is not None:
                 for value in candidates:
-                    _follow_neighbour(
-                        ctx,
-                        fused,
-                        k,
-                        value,
-                        config,
-                        margin,
-                        pixel_mm,
-                        below=below,
-                        hu=hu_of(k, value),
-                        fat_free=value in fat_free,
-                    )
+                    follow(ctx, k, value, below)
         return counts
 
     def keep(counts: dict[str, list[int]]) -> None:
@@ -616,20 +612,7 @@ def hybrid_refine(
                 if cancel is not None:
                     cancel.raise_if_cancelled()
                 ctx = predictor.slice_context("axial", k, organ_of[value])
-                _follow_neighbour(
-                    ctx,
-                    fused,
-                    k,
-                    value,
-                    config,
-                    margin,
-                    pixel_mm,
-                    below=above,
-                    hu=hu_of(k, value),
-                    ratio=config.down_ratio,
-                    stray=stray,
-                    fat_free=value in fat_free,
-                )
+                follow(ctx, k, value, above, ratio=config.down_ratio, stray=stray)
     log.debug("hybrid: key step %d, drawn slices %s", step, drawn)
     if step > 1:
         _fill_between(fused, pieces, drawn, config, pixel_mm, stray)
