@@ -74,8 +74,11 @@ def test_a_missing_right_kidney_is_found_at_the_mirror_image_of_the_left(directi
     volume, truth, unet = _scene(direction, spacing_zyx=(slice_mm, 2.5, 2.5))
     oracle = OraclePredictor(truth)
     labels = unet.copy()
-    notes = find_mirrored_kidney(oracle, volume, labels, TABLE, BodyFacts(volume.array, volume.grid))
+    seen = []
+    body = BodyFacts(volume.array, volume.grid)
+    notes = find_mirrored_kidney(oracle, volume, labels, TABLE, body, progress=lambda f, m: seen.append((f, m)))
     assert len(notes) == 1 and notes[0].startswith("kidney mirror: right kidney (") and "found" in notes[0], notes
+    assert seen and all(0 <= f < 1 and "looking for the right kidney" in m for f, m in seen)
     asked = len(set(oracle.encodes))
     n_left = int(np.count_nonzero((truth == 4).any(axis=(1, 2))))
     assert asked == n_left if slice_mm == 3.0 else asked <= n_left // 3 + 2

@@ -42,7 +42,7 @@ from scipy import ndimage
 from lkseg.auto.keyslices import interpolate_slices, slice_step
 from lkseg.auto.plausibility import BodyFacts, refuse_implausible_positions
 from lkseg.labels import LabelTable
-from lkseg.progress import CancelToken
+from lkseg.progress import CancelToken, ProgressCallback, report
 from lkseg.volume import Volume
 
 __all__ = ["FOUND_AT_MIRROR", "MirrorConfig", "find_mirrored_kidney"]
@@ -98,6 +98,7 @@ def find_mirrored_kidney(
     body: BodyFacts,
     config: MirrorConfig | None = None,
     cancel: CancelToken | None = None,
+    progress: ProgressCallback | None = None,
 ) -> list[str]:
     """Look for the kidney missing from ``labels`` (ZYX, ``volume``'s grid) at the mirror image of
     the one present; write it into empty voxels of ``labels`` (in place) when it passes the tests of
@@ -132,9 +133,10 @@ def find_mirrored_kidney(
     tried = accepted = 0
     reasons: dict[str, int] = {}
     h, w = canon.shape[1:]
-    for k in zs:
+    for i, k in enumerate(zs):
         if cancel is not None:
             cancel.raise_if_cancelled()
+        report(progress, i / len(zs), f"looking for the {_NAMES[missing]} at the mirror image of the {_NAMES[found]}")
         piece = kidney[k]
         rows = np.flatnonzero(piece.any(axis=1))
         cols = np.flatnonzero(piece.any(axis=0))

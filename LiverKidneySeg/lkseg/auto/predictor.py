@@ -521,7 +521,10 @@ class AutoSegmenter:
 
             start = time.perf_counter()
             mirror = MirrorConfig(sample_mm=(opts.hybrid or HybridConfig()).sample_mm)
-            mirrored = find_mirrored_kidney(predictor, volume, raw.labels, self.output_table, body, mirror, cancel)
+            looking = SubProgress(progress, share, share, "")  # a message while it runs; the bar stays
+            mirrored = find_mirrored_kidney(
+                predictor, volume, raw.labels, self.output_table, body, mirror, cancel, looking
+            )
             raw.notes.extend(mirrored)
             for note in mirrored:
                 if FOUND_AT_MIRROR in note:
