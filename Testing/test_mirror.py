@@ -76,8 +76,9 @@ def test_a_missing_right_kidney_is_found_at_the_mirror_image_of_the_left(directi
     labels = unet.copy()
     seen = []
     body = BodyFacts(volume.array, volume.grid)
-    notes = find_mirrored_kidney(oracle, volume, labels, TABLE, body, progress=lambda f, m: seen.append((f, m)))
+    notes, added = find_mirrored_kidney(oracle, volume, labels, TABLE, body, progress=lambda f, m: seen.append((f, m)))
     assert len(notes) == 1 and notes[0].startswith("kidney mirror: right kidney (") and "found" in notes[0], notes
+    assert added == "kidney_right"
     assert seen and all(0 <= f < 1 and "looking for the right kidney" in m for f, m in seen)
     asked = len(set(oracle.encodes))
     n_left = int(np.count_nonzero((truth == 4).any(axis=(1, 2))))
@@ -95,9 +96,12 @@ def test_no_kidney_is_made_from_a_fat_block_or_another_organ(direction, right):
     outlines); or the mirror image lies on an organ already labelled: nothing is added."""
     volume, truth, unet = _scene(direction, right)
     labels = unet.copy()
-    notes = find_mirrored_kidney(OraclePredictor(truth), volume, labels, TABLE, BodyFacts(volume.array, volume.grid))
+    notes, added = find_mirrored_kidney(
+        OraclePredictor(truth), volume, labels, TABLE, BodyFacts(volume.array, volume.grid)
+    )
     assert np.array_equal(labels, unet)
     assert len(notes) == 1 and notes[0].startswith("kidney mirror: no right kidney"), notes
+    assert added is None
     expected = "HU" if right == "fat" else "on another organ"
     assert expected in notes[0], notes
 
@@ -107,11 +111,11 @@ def test_nothing_is_asked_with_both_or_neither_kidney_or_a_found_one_too_small()
     body = BodyFacts(volume.array, volume.grid)
     oracle = OraclePredictor(truth)
     both = truth.copy()
-    assert find_mirrored_kidney(oracle, volume, both, TABLE, body) == [] and np.array_equal(both, truth)
+    assert find_mirrored_kidney(oracle, volume, both, TABLE, body) == ([], None) and np.array_equal(both, truth)
     none = np.zeros_like(unet)
-    assert find_mirrored_kidney(oracle, volume, none, TABLE, body) == [] and not none.any()
+    assert find_mirrored_kidney(oracle, volume, none, TABLE, body) == ([], None) and not none.any()
     labels = unet.copy()
-    assert find_mirrored_kidney(oracle, volume, labels, TABLE, body, MirrorConfig(min_found_ml=1000.0)) == []
+    assert find_mirrored_kidney(oracle, volume, labels, TABLE, body, MirrorConfig(min_found_ml=1000.0)) == ([], None)
     assert oracle.decodes == 0
 
 
@@ -142,8 +146,10 @@ def test_the_mirror_runs_before_the_hybrid_stage_unless_turned_off(segmenter, mo
     seg.nets = {"fine": BrightAs(5), "coarse": BrightAs(5)}  # finds the bright blob (spleen)
     order = []
     monkeypatch.setattr(seg, "_prompt_predictor", lambda: (_StandIn(), None))
-    found = f"kidney mirror: right kidney (50.0 mL) {mirror.FOUND_AT_MIRROR} of the left kidney"
-    monkeypatch.setattr(mirror, "find_mirrored_kidney", lambda *a, **k: order.append("mirror") or [found])
+    found = "kidney mirror: right kidney (50.0 mL) found by the prompt model at the mirror image of the left kidney"
+    monkeypatch.setattr(
+        mirror, "find_mirrored_kidney", lambda *a, **k: order.append("mirror") or ([found], "kidney_right")
+    )
 
     def drawn(predictor, volume, labels, *a, **k):
         order.append("hybrid")

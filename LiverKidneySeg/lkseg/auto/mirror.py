@@ -37,22 +37,19 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from lkseg.auto.keyslices import interpolate_slices, slice_step
 from lkseg.auto.plausibility import BodyFacts, refuse_implausible_positions
-from lkseg.labels import LabelTable
+from lkseg.labels import LabelTable, get_structure
 from lkseg.progress import CancelToken, ProgressCallback, report
+from lkseg.refine.maskops import largest_component
 from lkseg.volume import Volume
 
-__all__ = ["FOUND_AT_MIRROR", "MirrorConfig", "find_mirrored_kidney"]
+__all__ = ["MirrorConfig", "find_mirrored_kidney"]
 
 log = logging.getLogger(__name__)
 
 _SIDES = ("kidney_right", "kidney_left")
-_NAMES = {"kidney_right": "right kidney", "kidney_left": "left kidney"}
-#: in the note of a kidney found at the mirror image (AutoSegmenter adds a warning for it)
-FOUND_AT_MIRROR = "found by the prompt model at the mirror image"
 
 
 @dataclass(frozen=True)
@@ -74,13 +71,6 @@ class MirrorConfig:
     sample_mm: float = 4.0
 
 
-def _largest(mask: np.ndarray) -> np.ndarray:
-    lab, n = ndimage.label(mask)
-    if n <= 1:
-        return mask
-    return lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
-
-
 def _mirror_column(slicer, mid_x: float, k: int, j: int) -> float | None:
     """The canonical column (float) where RAS x equals ``mid_x`` on row ``j`` of slice ``k``."""
     grid = slicer.canonical.grid
@@ -99,26 +89,28 @@ def find_mirrored_kidney(
     config: MirrorConfig | None = None,
     cancel: CancelToken | None = None,
     progress: ProgressCallback | None = None,
-) -> list[str]:
+) -> tuple[list[str], str | None]:
     """Look for the kidney missing from ``labels`` (ZYX, ``volume``'s grid) at the mirror image of
     the one present; write it into empty voxels of ``labels`` (in place) when it passes the tests of
-    the module docstring. Returns notes (empty when both or neither kidney is present)."""
+    the module docstring. Returns the notes (none when both or neither kidney is present) and the
+    structure name of the kidney added (None when none was)."""
     config = config or MirrorConfig()
     value_of = {n: v for v, n in table.items()}
     if not all(s in value_of for s in _SIDES):
-        return []
+        return [], None
     ml = volume.grid.voxel_volume_ml
     counts = {s: int(np.count_nonzero(labels == value_of[s])) for s in _SIDES}
     present = [s for s in _SIDES if counts[s] * ml >= config.min_found_ml]
     absent = [s for s in _SIDES if counts[s] == 0]
     if len(present) != 1 or len(absent) != 1 or body.mid_x is None:
-        return []
+        return [], None
     found, missing = present[0], absent[0]
+    name, other = (get_structure(s).display.lower() for s in (missing, found))  # "right kidney"
     if getattr(predictor, "_slicer", None) is None or predictor.volume is not volume:
         predictor.set_volume(volume, check_ct_values=False)
     slicer = predictor.slicer
     canon = slicer.user_volume_to_canonical(labels)
-    kidney = _largest(canon == value_of[found])
+    kidney = largest_component(canon == value_of[found])
     hu = slicer.array
     sample = hu[kidney].astype(np.float32)
     hu_med = float(np.median(sample))
@@ -136,13 +128,13 @@ def find_mirrored_kidney(
     for i, k in enumerate(zs):
         if cancel is not None:
             cancel.raise_if_cancelled()
-        report(progress, i / len(zs), f"looking for the {_NAMES[missing]} at the mirror image of the {_NAMES[found]}")
+        report(progress, i / len(zs), f"looking for the {name} at the mirror image of the {other}")
         piece = kidney[k]
         rows = np.flatnonzero(piece.any(axis=1))
         cols = np.flatnonzero(piece.any(axis=0))
         mid = _mirror_column(slicer, body.mid_x, int(k), int((rows[0] + rows[-1]) // 2))
         if mid is None:
-            return []
+            return [], None
         c0, c1 = 2.0 * mid - cols[-1], 2.0 * mid - cols[0]
         box = (
             max(0, int(rows[0] - margin[0])),
@@ -154,20 +146,19 @@ def find_mirrored_kidney(
             continue  # the mirror image lies outside the field of view
         tried += 1
         logits, _ = predictor.slice_context("axial", int(k), structure=missing).decode(box_rc=box)
-        mask = _largest(logits > 0)
+        mask = largest_component(logits > 0)
         reason = _slice_reason(mask, piece, box, hu[k], hu_med, hu_sd, others[k], config)
         if reason:
             reasons[reason] = reasons.get(reason, 0) + 1
             continue
         accepted += 1
         drawn[k] = mask
-    name, other = _NAMES[missing], _NAMES[found]
     if tried == 0:
-        return [f"kidney mirror: the mirror image of the {other} lies outside the scan"]
+        return [f"kidney mirror: the mirror image of the {other} lies outside the scan"], None
     why = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1]))
     summary = f"{accepted} of {tried} mirrored slice(s) kidney-like" + (f" (refused: {why})" if why else "")
     if accepted < max(3, config.min_slices * tried):
-        return [f"kidney mirror: no {name} at the mirror image of the {other}: {summary}"]
+        return [f"kidney mirror: no {name} at the mirror image of the {other}: {summary}"], None
     done = [int(k) for k in np.flatnonzero(drawn.any(axis=(1, 2)))]
     for ka, kb in itertools.pairwise(done):
         if 1 < kb - ka <= step:
@@ -176,11 +167,11 @@ def find_mirrored_kidney(
                 range(ka + 1, kb), interpolate_slices(drawn[ka], drawn[kb], weights, (row_mm, col_mm))
             ):
                 drawn[k] = mask
-    drawn = _largest(drawn)
+    drawn = largest_component(drawn)
     if drawn.sum() < config.min_volume_ratio * kidney.sum():
         return [
             f"kidney mirror: the {name} drawn at the mirror image is too small ({drawn.sum() * ml:.1f} mL): {summary}"
-        ]
+        ], None
     free = (labels == 0) & slicer.canonical_volume_to_user(drawn)
     trial = labels.copy()
     trial[free] = value_of[missing]
@@ -188,12 +179,12 @@ def find_mirrored_kidney(
     checks = refuse_implausible_positions(trial, volume.array, volume.grid, table, body=body)
     kept = free & (trial == value_of[missing])
     if kept.sum() < 0.5 * free.sum():
-        return [f"kidney mirror: the {name} drawn at the mirror image was refused: {'; '.join(checks)}"]
+        return [f"kidney mirror: the {name} drawn at the mirror image was refused: {'; '.join(checks)}"], None
     labels[kept] = value_of[missing]
     return [
-        f"kidney mirror: {name} ({int(kept.sum()) * ml:.1f} mL) {FOUND_AT_MIRROR} of the "
+        f"kidney mirror: {name} ({int(kept.sum()) * ml:.1f} mL) found by the prompt model at the mirror image of the "
         f"{other} across the body's midline; {summary}"
-    ]
+    ], missing
 
 
 def _slice_reason(mask, piece, box, hu, hu_med, hu_sd, others, config: MirrorConfig) -> str | None:

@@ -51,7 +51,7 @@ from lkseg.auto.postprocess import PostprocessConfig, organ_groups, postprocess_
 from lkseg.auto.sampling import ImageSampler, ProbabilityField
 from lkseg.auto.window import WindowConfig, plan_windows, run_sliding_window
 from lkseg.errors import InputError, LKSegError
-from lkseg.labels import PRODUCT_LABELS, LabelTable
+from lkseg.labels import PRODUCT_LABELS, LabelTable, get_structure
 from lkseg.models import ModelManifest, StageSpec, configure_threads, find_model, load_stage_network, resolve_device
 from lkseg.models.checksum import verify_file
 from lkseg.orientation import reorient_grid
@@ -516,23 +516,28 @@ class AutoSegmenter:
                 self._ask_second_locator(volume, raw, weak, opts, body, third, cancel)
         if fallback_warning:
             raw.warnings.append(fallback_warning)
-        if mode == "hybrid" and raw.labels.any() and opts.relocate and (opts.hybrid or HybridConfig()).mirror_kidney:
-            from lkseg.auto.mirror import FOUND_AT_MIRROR, MirrorConfig, find_mirrored_kidney
+        rules = opts.hybrid or HybridConfig()
+        if mode == "hybrid" and raw.labels.any() and opts.relocate and rules.mirror_kidney:
+            from lkseg.auto.mirror import MirrorConfig, find_mirrored_kidney
 
             start = time.perf_counter()
-            mirror = MirrorConfig(sample_mm=(opts.hybrid or HybridConfig()).sample_mm)
             looking = SubProgress(progress, share, share, "")  # a message while it runs; the bar stays
-            mirrored = find_mirrored_kidney(
-                predictor, volume, raw.labels, self.output_table, body, mirror, cancel, looking
+            mirrored, added = find_mirrored_kidney(
+                predictor,
+                volume,
+                raw.labels,
+                self.output_table,
+                body,
+                MirrorConfig(sample_mm=rules.sample_mm),
+                cancel,
+                looking,
             )
             raw.notes.extend(mirrored)
-            for note in mirrored:
-                if FOUND_AT_MIRROR in note:
-                    kidney = note.removeprefix("kidney mirror: ").split(" (")[0]
-                    raw.warnings.append(
-                        f"the {kidney} was not found by the model but drawn at the mirror image of the other kidney: "
-                        "review it"
-                    )
+            if added:
+                raw.warnings.append(
+                    f"the {get_structure(added).display.lower()} was not found by the model but drawn at the mirror image of the "
+                    "other kidney: review it"
+                )
             raw.timer.timings["kidney_mirror"] = time.perf_counter() - start
         if mode == "hybrid" and raw.labels.any():
             from lkseg.auto.hybrid import hybrid_refine
