@@ -96,3 +96,48 @@ def test_fast_onnx_decoder_masks_equal_the_reference_on_a_real_slice(refine_engi
         assert np.abs(a - b).max() < 1e-3 * max(1.0, np.abs(b).max()), f"label {value}"
         assert dice(a[0, 0] > 0, b[0, 0] > 0) > 0.999, f"label {value}"
         assert abs(float(a_iou[0, 0]) - float(b_iou[0, 0])) < 1e-4
+
+
+def test_window_decode_equals_the_whole_decode_inside_the_window(refine_engine, real_slice_prompts):
+    """A decoder window gives the whole-slice logits on its cells, for the ONNX window graph, the
+    eager fast decoder and the reference decoder (which cuts its whole decode), and the
+    OUTSIDE_WINDOW value elsewhere; the IoU estimate is unchanged."""
+    from lkseg.refine.runtime import OUTSIDE_WINDOW, make_engine
+
+    eager = make_engine(refine_engine.model, "eager", "cpu", decoder="fast")
+    reference = make_engine(refine_engine.model, "eager", "cpu", decoder="reference")
+    image, boxes = real_slice_prompts
+    emb = refine_engine.encode(image)
+    windows = [(5, 40, 9, 33), (0, 64, 0, 64), (50, 64, 0, 7)]
+    for (value, coords), window in zip(sorted(boxes.items()), windows * len(boxes)):
+        for engine in (refine_engine, eager, reference):
+            whole, whole_iou = engine.decode(emb, coords, [[2.0, 3.0]])
+            part, part_iou = engine.decode(emb, coords, [[2.0, 3.0]], window=window)
+            assert part.shape == whole.shape
+            r0, r1, c0, c1 = (4 * v for v in window)
+            inside = np.zeros(whole.shape, dtype=bool)
+            inside[..., r0:r1, c0:c1] = True
+            scale = max(1.0, float(np.abs(whole).max()))
+            assert np.abs(part[inside] - whole[inside]).max() < 1e-4 * scale, (engine.describe(), value)
+            assert np.all(part[~inside] == OUTSIDE_WINDOW)
+            np.testing.assert_allclose(part_iou, whole_iou, atol=1e-5)
+    with pytest.raises(ValueError, match="empty decoder window"):
+        refine_engine.decode(emb, coords, [[2.0, 3.0]], window=(10, 10, 0, 64))
+
+
+def test_decoder_window_covers_the_box_and_its_margin():
+    """The window's cells hold every model pixel within ``within_mm`` of the box on an
+    anisotropic, non-square slice, and no whole cell row or column beyond one cell more."""
+    from lkseg.refine.predictor import _decoder_window
+    from lkseg.refine.slices import InputTransform
+
+    tr = InputTransform(300, 420, 0.7, 0.9, 256)  # 210 x 378 mm: 1.477 mm model pixels
+    model_mm = 378.0 / 256
+    box = tr.box_to_model((100, 150, 180, 260)).reshape(2, 2)
+    r0, r1, c0, c1 = _decoder_window(box, tr, 15.0, 64)
+    pad = 15.0 / model_mm
+    (x0, y0), (x1, y1) = box.min(0) - pad, box.max(0) + pad
+    assert 4 * r0 <= y0 and 4 * r1 >= y1 + 1 and 4 * c0 <= x0 and 4 * c1 >= x1 + 1
+    assert 4 * r0 > y0 - 8 and 4 * r1 < y1 + 1 + 8 + 4 and 4 * c0 > x0 - 8 and 4 * c1 < x1 + 1 + 8 + 4
+    # a box at the border is clipped to the grid
+    assert _decoder_window(tr.box_to_model((0, 0, 10, 10)).reshape(2, 2), tr, 15.0, 64)[0::2] == (0, 0)

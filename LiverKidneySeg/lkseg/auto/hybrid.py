@@ -208,6 +208,9 @@ class HybridConfig:
             *A kidney at the mirror image of the other*).
         sinus_level, sinus_fat_level, sinus_smooth_mm, sinus_max_fraction: see
             :func:`carve_renal_sinus`. Chosen on example_ct_sm (README, *The renal sinus*).
+        decode_window: the decoder computes each mask only within ``keep_within_mm`` of its
+            box (plus one embedding cell), where every rule reads it; the logits there are the
+            whole-slice decode's (README, *Decoding a window*). Off: whole-slice decodes.
     """
 
     box_margin_mm: float = 6.0
@@ -245,6 +248,7 @@ class HybridConfig:
     sinus_fat_level: float = 0.25
     sinus_smooth_mm: float = 1.5
     sinus_max_fraction: float = 0.2
+    decode_window: bool = True
 
 
 @dataclass
@@ -558,7 +562,7 @@ def hybrid_refine(
                         near = reach_of.get(p.organ, 1.0)
                         logits, gained = _decode_grow(ctx, piece, margin, config, others, hu_of(k, p.value), near)
                     else:
-                        logits, gained = _decode_regrow(ctx, piece, margin, config.regrow), None
+                        logits, gained = _decode_regrow(ctx, piece, margin, config.regrow, _within(config)), None
                 candidates.setdefault(p.value, []).append((piece, logits, gained))
             counts.setdefault(p.organ, [0, 0])[0] += 1
         if candidates:
@@ -906,7 +910,7 @@ def _follow_neighbour(
         return
     n_prev, n_cur = int(prev.sum()), int(cur.sum())
     below = k - 1 if below is None else below
-    logits = _decode_regrow(ctx, prev | cur, margin, config.regrow if abs(k - below) > 1 else 0)
+    logits = _decode_regrow(ctx, prev | cur, margin, config.regrow if abs(k - below) > 1 else 0, _within(config))
     radius = (config.keep_within_mm / pixel_mm[0], config.keep_within_mm / pixel_mm[1])
     cand = (logits > 0) & _dilate(prev | cur, radius) & (_free(fused, k, value, stray) | cur)
     area = int(cand.sum())
@@ -937,16 +941,26 @@ def _touches(mask: np.ndarray, box: tuple[int, int, int, int]) -> bool:
     return any(bool(s.any()) for s in sides)
 
 
-def _decode_regrow(ctx, piece: np.ndarray, margin, regrow: int) -> np.ndarray:
+def _within(config: HybridConfig) -> float | None:
+    """How far from a box the hybrid reads the prompt model's mask (``within_mm`` of the slice
+    context's decode): every rule cuts the mask to ``keep_within_mm`` of the piece that gave the
+    box (the growing box's gain lies inside the grown box), so the decoder computes nothing
+    beyond (``HybridConfig.decode_window``)."""
+    return config.keep_within_mm if config.decode_window else None
+
+
+def _decode_regrow(ctx, piece: np.ndarray, margin, regrow: int, within: float | None = None) -> np.ndarray:
     """Decode the piece's box; while the mask runs into the box's side (the U-Net saw only part
     of the organ), decode again with the box of mask and piece (same embedding, ~0.1 s)."""
-    return _regrow_box(ctx, piece, margin, regrow)[0]
+    return _regrow_box(ctx, piece, margin, regrow, within)[0]
 
 
-def _regrow_box(ctx, piece: np.ndarray, margin, regrow: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def _regrow_box(
+    ctx, piece: np.ndarray, margin, regrow: int, within: float | None = None
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """:func:`_decode_regrow`'s logits and the box they were decoded with."""
     box = _box(piece, margin)
-    logits, _ = ctx.decode(box_rc=box)
+    logits, _ = ctx.decode(box_rc=box, within_mm=within)
     for _ in range(regrow):
         mask = logits > 0
         if not mask.any() or not _touches(mask, box):
@@ -955,7 +969,7 @@ def _regrow_box(ctx, piece: np.ndarray, margin, regrow: int) -> tuple[np.ndarray
         if grown == box:
             break
         box = grown
-        logits, _ = ctx.decode(box_rc=box)
+        logits, _ = ctx.decode(box_rc=box, within_mm=within)
     return logits, box
 
 
@@ -992,7 +1006,7 @@ def _decode_grow(
     side moves out by ``grow_step`` margins and the box is decoded again (the U-Net saw only part
     of the organ). Returns the logits and the area the box gained (None when it did not grow),
     where the mask may reach beyond ``keep_within_mm``; the guards are ``HybridConfig.grow_organs``'s."""
-    logits, box = _regrow_box(ctx, piece, margin, config.regrow)
+    logits, box = _regrow_box(ctx, piece, margin, config.regrow, _within(config))
     box0, first = box, logits
     h, w = piece.shape
     reach = (max(1, round(reach_margins * margin[0])), max(1, round(reach_margins * margin[1])))
@@ -1012,7 +1026,7 @@ def _decode_grow(
         if (r0, c0, r1, c1) == box:
             break
         box = (r0, c0, r1, c1)
-        logits, _ = ctx.decode(box_rc=box)
+        logits, _ = ctx.decode(box_rc=box, within_mm=_within(config))
     if box == box0:
         return logits, None
     gained = np.zeros(piece.shape, dtype=bool)
@@ -1083,7 +1097,7 @@ def _extend(
             cancel.raise_if_cancelled()
         ctx = predictor.slice_context("axial", k, piece.organ)
         encoded.add(k)
-        logits, _ = ctx.decode(box_rc=_box(prev, margin))
+        logits, _ = ctx.decode(box_rc=_box(prev, margin), within_mm=_within(config))
         current = fused[k] == piece.value
         sam = ((logits > 0) & _dilate(prev, radius) & _free(fused, k, piece.value, stray)) | current
         area, before = int(sam.sum()), int(prev.sum())

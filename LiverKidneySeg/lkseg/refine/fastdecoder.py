@@ -22,7 +22,7 @@ Where ``H T`` exceeds ``D`` (many clicks) the reassociated form is still exact, 
 
 from __future__ import annotations
 
-__all__ = ["FastDecoderGraph"]
+__all__ = ["FastDecoderGraph", "WindowGraph"]
 
 
 def _fast_decoder_class():
@@ -105,7 +105,13 @@ def _fast_decoder_class():
             attn = token_to_image(tr.final_attn_token_to_image, queries + tokens, keys + key_pe, keys)
             return tr.norm_final_attn(queries + attn), keys
 
-        def predict_masks(self, embedding, sparse, dense):
+        def predict_masks(self, embedding, sparse, dense, rows=None, cols=None):
+            """Masks (B, 4, 256, 256) and IoUs; with ``rows`` and ``cols`` (int64 index vectors of
+            the 64 x 64 embedding grid) the output upscaling runs on those cells only: masks
+            (B, 4, 4 R, 4 C). The upscaling (two 2x2 stride-2 transposed convolutions, a
+            per-pixel layer norm and GELUs) maps each cell to its own 4 x 4 output pixels, so the
+            window's logits equal the whole decode's there (up to rounding); it is half of a box
+            decode's work."""
             md = self.mask_decoder
             out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
             tokens = torch.cat((out_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse), dim=1)
@@ -114,7 +120,10 @@ def _fast_decoder_class():
             hs, src = self._transformer(src, self.dense_pe, tokens)
             iou_out = hs[:, 0, :]
             mask_out = hs[:, 1 : 1 + md.num_mask_tokens, :]
-            up = md.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+            grid = src.transpose(1, 2).reshape(b, c, h, w)
+            if rows is not None:
+                grid = torch.index_select(torch.index_select(grid, 2, rows), 3, cols)
+            up = md.output_upscaling(grid)
             hyper = torch.stack([mlp(mask_out[:, i, :]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], dim=1)
             b, c, h, w = up.shape
             masks = torch.matmul(hyper, up.reshape(b, c, h * w)).reshape(b, -1, h, w)
@@ -124,9 +133,31 @@ def _fast_decoder_class():
             sparse, dense = self.prompt_embeddings(coords, labels, mask_input, has_mask)
             return self.predict_masks(embedding, sparse, dense)
 
+        def forward_window(self, embedding, coords, labels, mask_input, has_mask, rows, cols):
+            """:meth:`forward` on the embedding cells ``rows`` x ``cols`` (see :meth:`predict_masks`)."""
+            sparse, dense = self.prompt_embeddings(coords, labels, mask_input, has_mask)
+            return self.predict_masks(embedding, sparse, dense, rows, cols)
+
+    class _WindowGraph(torch.nn.Module):
+        """:meth:`forward_window` as a module's forward (for tracing and ONNX export)."""
+
+        def __init__(self, graph):
+            super().__init__()
+            self.graph = graph
+
+        def forward(self, embedding, coords, labels, mask_input, has_mask, rows, cols):
+            return self.graph.forward_window(embedding, coords, labels, mask_input, has_mask, rows, cols)
+
+    _FastDecoderGraph.Window = _WindowGraph
     return _FastDecoderGraph
 
 
 def FastDecoderGraph(network):
     """Build the reassociated decoder module for ``network`` (imports torch lazily)."""
     return _fast_decoder_class()(network).eval()
+
+
+def WindowGraph(graph):
+    """The window decode of a :func:`FastDecoderGraph` ``graph`` as a module (its
+    ``forward(embedding, coords, labels, mask_input, has_mask, rows, cols)``)."""
+    return graph.Window(graph).eval()

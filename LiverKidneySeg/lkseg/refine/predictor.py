@@ -117,9 +117,31 @@ class _SliceContext:
         points_rc: np.ndarray | None = None,
         point_labels: np.ndarray | None = None,
         prior: np.ndarray | None = None,
+        within_mm: float | None = None,
     ) -> tuple[np.ndarray, float]:
-        """Run the decoder; returns logits on the display slice (h, w) and the IoU estimate."""
-        return self._predictor._decode(self, box_rc, points_rc, point_labels, prior)
+        """Run the decoder; returns logits on the display slice (h, w) and the IoU estimate.
+
+        ``within_mm``: only the pixels within this distance of the box (and the points) are
+        wanted: the decoder computes the mask on the embedding cells covering them (the same
+        logits there, at about two thirds of the time of a whole-slice decode) and the logits
+        elsewhere are very negative (no mask). ``None``: the whole slice.
+        """
+        return self._predictor._decode(self, box_rc, points_rc, point_labels, prior, within_mm)
+
+
+def _decoder_window(xy: np.ndarray, tr: InputTransform, within_mm: float, grid: int) -> tuple[int, int, int, int]:
+    """Embedding-grid cells ``(r0, r1, c0, c1)`` (half-open) covering every model pixel within
+    ``within_mm`` of the prompt points ``xy`` (model x, y; box corners included), plus one cell
+    so that the bilinear resize to the display slice near the window's edge reads decoded logits
+    only where it matters."""
+    cell = tr.size / grid  # model pixels per cell
+    model_mm = max(tr.h * tr.row_mm, tr.w * tr.col_mm) / tr.size  # one model pixel (square)
+    pad = within_mm / model_mm
+    x0, y0 = np.min(xy, axis=0) - pad
+    x1, y1 = np.max(xy, axis=0) + pad
+    r0, c0 = int(np.floor(y0 / cell)) - 1, int(np.floor(x0 / cell)) - 1
+    r1, c1 = int(np.floor(y1 / cell)) + 2, int(np.floor(x1 / cell)) + 2
+    return max(0, r0), min(grid, r1), max(0, c0), min(grid, c1)
 
 
 class PromptPredictor:
@@ -276,7 +298,9 @@ class PromptPredictor:
         return _SliceContext(self, view, c, window_for(structure))
 
     # -- decoding --------------------------------------------------------------------------------------
-    def _decode(self, ctx: _SliceContext, box_rc, points_rc, point_labels, prior) -> tuple[np.ndarray, float]:
+    def _decode(
+        self, ctx: _SliceContext, box_rc, points_rc, point_labels, prior, within_mm: float | None = None
+    ) -> tuple[np.ndarray, float]:
         tr = ctx.transform
         coords, labels = [], []
         if points_rc is not None and len(points_rc):
@@ -291,9 +315,12 @@ class PromptPredictor:
         if not coords:
             raise PromptError("a prediction needs a box or at least one point")
         mask_input = None if prior is None else tr.mask_to_lowres(prior, magnitude=self.config.clicks.prior_logit)
-        low, iou = self.engine.decode(
-            ctx.embedding, np.concatenate(coords)[None], np.concatenate(labels)[None], mask_input
-        )
+        xy = np.concatenate(coords)
+        window = None
+        if within_mm is not None:
+            window = _decoder_window(xy[np.concatenate(labels) >= 0], tr, within_mm, ctx.embedding.shape[-1])
+        args = (ctx.embedding, xy[None], np.concatenate(labels)[None], mask_input)
+        low, iou = self.engine.decode(*args) if window is None else self.engine.decode(*args, window=window)
         return tr.lowres_to_logits(low[0, 0]), float(iou[0, 0])
 
     # -- prompts -----------------------------------------------------------------------------------------

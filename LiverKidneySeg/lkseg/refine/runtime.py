@@ -52,6 +52,8 @@ OPSET = 17
 #: Version of the export code below (DecoderGraph, export arguments, quantization settings):
 #: bump it whenever they change, so that cached graphs are exported again.
 EXPORT_VERSION = 2
+#: low-res logit outside a decoder window (:meth:`Engine.decode`): far below any decoded logit
+OUTSIDE_WINDOW = -1000.0
 
 
 def _decoder_graph_class():
@@ -162,6 +164,16 @@ class Engine:
     ) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
         raise NotImplementedError
 
+    def _decode_window(self, embedding, coords, labels, mask_input, has_mask, rows, cols):
+        """Masks (1, 4, 4 R, 4 C) on the embedding cells ``rows`` x ``cols`` and IoUs (1, 4).
+        This fallback decodes the whole frame and cuts the window out; the fast decoder's
+        engines override it with the cheaper window graph."""
+        masks, iou = self._decode(embedding, coords, labels, mask_input, has_mask)
+        f = masks.shape[-1] // embedding.shape[-1]
+        r = (rows[:, None] * f + np.arange(f)).ravel()
+        c = (cols[:, None] * f + np.arange(f)).ravel()
+        return masks[:, :, r[:, None], c[None, :]], iou
+
     # -- public ----------------------------------------------------------------------------------------
     def describe(self) -> str:
         """``"<model> <back end>, <decoder> decoder"`` (for logs, notes and the audit trail)."""
@@ -183,8 +195,15 @@ class Engine:
         coords: np.ndarray,
         labels: np.ndarray,
         mask_input: np.ndarray | None = None,
+        window: tuple[int, int, int, int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Run prompt encoder + mask decoder; returns low-res logits (1, 4, 256, 256) and IoUs (1, 4)."""
+        """Run prompt encoder + mask decoder; returns low-res logits (1, 4, 256, 256) and IoUs (1, 4).
+
+        ``window = (r0, r1, c0, c1)``: embedding-grid cells (rows ``r0:r1``, columns ``c0:c1`` of
+        the 64 x 64 grid; each is 4 x 4 low-res pixels) where the masks are computed; the
+        logits equal the whole decode's there and are :data:`OUTSIDE_WINDOW` elsewhere (the
+        output upscaling, half of a box decode's work, is local to each cell).
+        """
         coords = np.ascontiguousarray(np.asarray(coords, dtype=np.float32).reshape(1, -1, 2))
         labels = np.ascontiguousarray(np.asarray(labels, dtype=np.float32).reshape(1, -1))
         if mask_input is None:
@@ -194,12 +213,29 @@ class Engine:
             mask = np.ascontiguousarray(mask_input, dtype=np.float32).reshape(1, 1, 256, 256)
             has = np.ones((1,), dtype=np.float32)
         emb = np.ascontiguousarray(embedding, dtype=np.float32).reshape(1, 256, 64, 64)
+        if window is None:
+            with self._lock:
+                self.calls["decode"] += 1
+                start = time.perf_counter()
+                out = self._decode(emb, coords, labels, mask, has)
+                self.seconds["decode"] += time.perf_counter() - start
+                return out
+        grid = emb.shape[-1]
+        r0, r1, c0, c1 = (int(v) for v in window)
+        r0, c0 = max(0, r0), max(0, c0)
+        r1, c1 = min(grid, r1), min(grid, c1)
+        if r1 <= r0 or c1 <= c0:
+            raise ValueError(f"empty decoder window {window}")
+        rows, cols = np.arange(r0, r1, dtype=np.int64), np.arange(c0, c1, dtype=np.int64)
         with self._lock:
             self.calls["decode"] += 1
             start = time.perf_counter()
-            out = self._decode(emb, coords, labels, mask, has)
+            part, iou = self._decode_window(emb, coords, labels, mask, has, rows, cols)
             self.seconds["decode"] += time.perf_counter() - start
-            return out
+        f = part.shape[-1] // (c1 - c0)
+        masks = np.full((*part.shape[:2], grid * f, grid * f), OUTSIDE_WINDOW, dtype=np.float32)
+        masks[:, :, r0 * f : r1 * f, c0 * f : c1 * f] = part
+        return masks, iou
 
 
 class EagerEngine(Engine):
@@ -213,6 +249,7 @@ class EagerEngine(Engine):
         self.network = model.network.to(device)
         self.decoder = decoder_graph(self.network, decoder).to(device)
         self.encode_batch = 4 if device.startswith("cuda") else 1
+        self._window = hasattr(self.decoder, "forward_window")
 
     def _encode(self, images):
         torch = self._torch
@@ -231,6 +268,16 @@ class EagerEngine(Engine):
                 torch.from_numpy(mask).to(dev),
                 torch.from_numpy(has).to(dev),
             )
+        return masks.float().cpu().numpy(), iou.float().cpu().numpy()
+
+    def _decode_window(self, embedding, coords, labels, mask, has, rows, cols):
+        if not self._window:
+            return super()._decode_window(embedding, coords, labels, mask, has, rows, cols)
+        torch = self._torch
+        dev = self.device
+        with torch.inference_mode():
+            args = [torch.from_numpy(a).to(dev) for a in (embedding, coords, labels, mask, has, rows, cols)]
+            masks, iou = self.decoder.forward_window(*args)
         return masks.float().cpu().numpy(), iou.float().cpu().numpy()
 
 
@@ -301,6 +348,9 @@ class OnnxEngine(Engine):
         start = time.perf_counter()
         self._enc = ort.InferenceSession(str(paths["encoder"]), opts, providers=providers)
         self._dec = ort.InferenceSession(str(paths["decoder"]), opts, providers=providers)
+        self._dec_window = None
+        if "decoder_window" in paths:
+            self._dec_window = ort.InferenceSession(str(paths["decoder_window"]), opts, providers=providers)
         self.timings["session_s"] = time.perf_counter() - start
         self.encode_batch = encode_batch
         self.providers = self._enc.get_providers()
@@ -325,6 +375,13 @@ class OnnxEngine(Engine):
         )
         return masks, iou
 
+    def _decode_window(self, embedding, coords, labels, mask, has, rows, cols):
+        if self._dec_window is None:
+            return super()._decode_window(embedding, coords, labels, mask, has, rows, cols)
+        feed = {"embedding": embedding, "coords": coords, "labels": labels, "mask_input": mask, "has_mask": has}
+        masks, iou = self._dec_window.run(None, {**feed, "rows": rows, "cols": cols})
+        return masks, iou
+
 
 # -- ONNX export and its cache -----------------------------------------------------------------------------
 def _export_encoder(model: LoadedModel, path: Path, batch: int) -> None:
@@ -345,7 +402,9 @@ def _export_encoder(model: LoadedModel, path: Path, batch: int) -> None:
         )
 
 
-def _export_decoder(model: LoadedModel, path: Path, decoder: str = "fast") -> None:
+def _export_decoder(model: LoadedModel, path: Path, decoder: str = "fast", window: bool = False) -> None:
+    """Export the decoder graph; ``window``: the fast decoder's window graph (two more inputs,
+    ``rows`` and ``cols``, int64 cell indices of any length)."""
     import torch
 
     graph = decoder_graph(model.network, decoder).cpu()
@@ -356,6 +415,15 @@ def _export_decoder(model: LoadedModel, path: Path, decoder: str = "fast") -> No
         torch.zeros(1, 1, 256, 256),
         torch.zeros(1),
     )
+    names = ["embedding", "coords", "labels", "mask_input", "has_mask"]
+    dynamic = {"coords": {1: "points"}, "labels": {1: "points"}}
+    if window:
+        from lkseg.refine.fastdecoder import WindowGraph
+
+        graph = WindowGraph(graph)
+        example = (*example, torch.arange(8, 40), torch.arange(4, 30))
+        names += ["rows", "cols"]
+        dynamic.update({"rows": {0: "window_rows"}, "cols": {0: "window_cols"}})
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -363,9 +431,9 @@ def _export_decoder(model: LoadedModel, path: Path, decoder: str = "fast") -> No
             example,
             str(path),
             opset_version=OPSET,
-            input_names=["embedding", "coords", "labels", "mask_input", "has_mask"],
+            input_names=names,
             output_names=["masks", "iou"],
-            dynamic_axes={"coords": {1: "points"}, "labels": {1: "points"}},
+            dynamic_axes=dynamic,
             dynamo=False,
         )
 
@@ -427,6 +495,8 @@ def ensure_onnx_exports(
         "encoder": f"encoder_b{encode_batch}.onnx",
         "decoder": "decoder_fast.onnx" if decoder == "fast" else "decoder.onnx",
     }
+    if decoder == "fast":
+        wanted["decoder_window"] = "decoder_fast_window.onnx"
     if quantized:
         wanted["encoder_int8"] = f"encoder_b{encode_batch}_int8.onnx"
     paths: dict[str, Path] = {}
@@ -447,7 +517,7 @@ def ensure_onnx_exports(
             elif role == "encoder_int8":
                 _quantize_encoder(paths["encoder"], tmp)
             else:
-                _export_decoder(model, tmp, decoder)
+                _export_decoder(model, tmp, decoder, window=role == "decoder_window")
         if timings is not None:
             timings[f"export_{role}_s"] = time.perf_counter() - start
         record["files"][name] = file_sha256(path)
