@@ -261,3 +261,51 @@ def test_combine_modes_touch_one_label_only():
         combine(labels, mask, 0, "add")
     with pytest.raises(InputError):
         combine(labels, mask, 1, "merge")
+
+
+@pytest.mark.parametrize("n_in, n_out", [(642, 256), (512, 256), (469, 256), (300, 256), (97, 31)])
+def test_shrinking_averages_the_area_each_model_pixel_covers(n_in, n_out):
+    """The truth is the mean over each output pixel's span, read off the input with every pixel
+    repeated ``n_out`` times (each output pixel then spans exactly ``n_in`` samples); a whole
+    factor also against PIL's box filter. The fine pattern of a 0.57 mm slice averages out
+    instead of aliasing as point sampling (bilinear without antialiasing) does."""
+    from PIL import Image
+
+    from lkseg.refine.slices import resize_2d
+
+    rng = np.random.default_rng(7)
+    column = rng.random((n_in, 3)).astype(np.float32)
+    truth = np.repeat(column.astype(np.float64), n_out, axis=0).reshape(n_out, n_in, 3).mean(axis=1)
+    np.testing.assert_allclose(resize_2d(column, n_out, 3), truth, atol=1e-5)
+    np.testing.assert_allclose(resize_2d(column.T.copy(), 3, n_out), truth.T, atol=1e-5)
+    img = rng.random((2 * n_out, n_in)).astype(np.float32)
+    pil = np.asarray(Image.fromarray(img, mode="F").resize((n_in, n_out), Image.Resampling.BOX))
+    np.testing.assert_allclose(resize_2d(img, n_out, n_in), pil, atol=1e-5)
+    stripes = np.tile(np.array([0.0, 1.0], np.float32), (n_in, n_in // 2))  # one-pixel columns
+    out = resize_2d(stripes, n_out, n_out)
+    assert np.abs(out[:, 1:-1] - 0.5).max() < 0.5 * n_out / (n_in // 2 * 2) + 1e-5  # sampling gives 0 or 1
+
+
+@pytest.mark.parametrize("shape, size", [((100, 50), (128, 256)), ((200, 300), (256, 256)), ((300, 100), (256, 171))])
+def test_enlarging_interpolates_like_torch_bilinear(shape, size):
+    """An axis that grows (or one that grows while the other shrinks) is read as PyTorch's bilinear
+    resize reads it; an axis that shrinks, by area."""
+    import torch
+    import torch.nn.functional as F
+
+    from lkseg.refine.slices import resize_2d
+
+    img = np.random.default_rng(3).random(shape).astype(np.float32)
+    ours = resize_2d(img, *size)
+    if size[0] >= shape[0] and size[1] >= shape[1]:
+        ref = F.interpolate(torch.from_numpy(img)[None, None], size=size, mode="bilinear", align_corners=False)
+        np.testing.assert_allclose(ours, ref[0, 0].numpy(), atol=1e-5)
+    else:  # rows shrink (area: block means when the factor is whole), columns grow (bilinear)
+        factor = shape[0] // size[0] if shape[0] % size[0] == 0 else None
+        cols = F.interpolate(
+            torch.from_numpy(img)[None, None], size=(shape[0], size[1]), mode="bilinear", align_corners=False
+        )
+        cols = cols[0, 0].numpy()
+        if factor:
+            np.testing.assert_allclose(ours, cols.reshape(size[0], factor, size[1]).mean(axis=1), atol=1e-5)
+        assert abs(float(ours.mean()) - float(cols.mean())) < 1e-3

@@ -21,6 +21,7 @@ grid through the inverse map.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -30,7 +31,7 @@ from lkseg.errors import PromptError
 from lkseg.orientation import reorient
 from lkseg.volume import Volume
 
-__all__ = ["VIEWS", "HUWindow", "InputTransform", "View", "VolumeSlicer", "window_for"]
+__all__ = ["VIEWS", "HUWindow", "InputTransform", "View", "VolumeSlicer", "resize_2d", "resize_weights", "window_for"]
 
 View = Literal["axial", "coronal", "sagittal"]
 VIEWS: tuple[str, ...] = ("axial", "coronal", "sagittal")
@@ -115,7 +116,7 @@ class InputTransform:
         """Display (row, col) pixel indices, shape (N, 2) -> model input (x, y), float32.
 
         A pixel maps to the model pixel index of its centre, ``(p + 0.5) * scale - 0.5`` (the
-        prompt encoder adds the last 0.5 back), consistent with the bilinear resize of the image.
+        prompt encoder adds the last 0.5 back), consistent with the image's resize (:func:`resize_weights`).
         """
         rc = np.asarray(rc, dtype=np.float64).reshape(-1, 2)
         x = (rc[:, 1] + 0.5) * self.scale_x - 0.5
@@ -135,13 +136,11 @@ class InputTransform:
         return np.array([c0 * sx, r0 * sy, (c1 + 1.0) * sx - 1.0, (r1 + 1.0) * sy - 1.0], dtype=np.float32)
 
     def image_to_model(self, unit: np.ndarray, normalisation: str) -> np.ndarray:
-        """A windowed display slice in [0, 1] (h, w) -> model input (3, size, size) float32."""
-        import torch
-        import torch.nn.functional as F
-
+        """A windowed display slice in [0, 1] (h, w) -> model input (3, size, size) float32, resized
+        by :func:`resize_2d` (area averaging along an axis that shrinks, as LiteMedSAM's training
+        images were made; linear interpolation along one that grows)."""
         rh, rw = self.resized
-        t = torch.from_numpy(np.ascontiguousarray(unit, dtype=np.float32))[None, None]
-        t = F.interpolate(t, size=(rh, rw), mode="bilinear", align_corners=False)[0, 0].numpy()
+        t = resize_2d(np.asarray(unit, dtype=np.float32), rh, rw)
         out = np.zeros((3, self.size, self.size), dtype=np.float32)
         if normalisation == "minmax":
             lo, hi = float(t.min()), float(t.max())
@@ -176,6 +175,60 @@ class InputTransform:
         lh, lw = max(1, round(rh * low / self.size)), max(1, round(rw * low / self.size))
         t = torch.from_numpy(np.ascontiguousarray(lowres[..., :lh, :lw], dtype=np.float32)).reshape(1, 1, lh, lw)
         return F.interpolate(t, size=(self.h, self.w), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+@functools.lru_cache(maxsize=32)
+def resize_weights(n_in: int, n_out: int):
+    """The (n_out, n_in) sparse weights of resizing one axis of pixels from ``n_in`` to ``n_out``.
+
+    Pixel ``i`` of the output spans ``[i, i + 1) * n_in / n_out`` of the input (so pixel centres
+    map as ``(p + 0.5) * scale - 0.5``, the convention of :meth:`InputTransform.to_model_xy`).
+    Shrinking: each output pixel is the mean of the input pixels it spans, a partly spanned pixel
+    weighted by the fraction spanned (area averaging, OpenCV's ``INTER_AREA``, which LiteMedSAM's
+    preprocessing uses: every input pixel counts, so the fine noise and texture of a 0.5-0.6 mm
+    slice are averaged out, not aliased as point sampling would). Enlarging (or equal): linear
+    interpolation between pixel centres, edge pixels clamped (PyTorch's bilinear with
+    ``align_corners=False``). Rows sum to 1.
+    """
+    from scipy import sparse
+
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"resize needs positive sizes, got {n_in} -> {n_out}")
+    scale = n_in / n_out
+    if n_out < n_in:
+        lo = np.arange(n_out) * scale
+        hi = lo + scale
+        first = np.floor(lo).astype(np.int64)
+        width = int(np.ceil(scale)) + 1  # input pixels an output pixel can touch
+        cols = first[:, None] + np.arange(width)[None, :]
+        weights = np.minimum(hi[:, None], cols + 1.0) - np.maximum(lo[:, None], cols)
+        keep = (weights > 1e-12) & (cols < n_in)
+        rows = np.broadcast_to(np.arange(n_out)[:, None], cols.shape)
+        w = sparse.csr_matrix((weights[keep] / scale, (rows[keep], cols[keep])), shape=(n_out, n_in), dtype=np.float64)
+    else:
+        src = np.maximum((np.arange(n_out) + 0.5) * scale - 0.5, 0.0)
+        j0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        j1 = np.minimum(j0 + 1, n_in - 1)
+        frac = src - j0
+        rows = np.arange(n_out)
+        w = sparse.csr_matrix(
+            (np.concatenate([1.0 - frac, frac]), (np.concatenate([rows, rows]), np.concatenate([j0, j1]))),
+            shape=(n_out, n_in),
+            dtype=np.float64,
+        )
+    w = sparse.csr_matrix(w.multiply(1.0 / np.asarray(w.sum(axis=1))), dtype=np.float32)
+    return w
+
+
+def resize_2d(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """A 2D float image (h, w) resized to (``rows``, ``cols``), each axis by :func:`resize_weights`
+    (area averaging where it shrinks, linear interpolation where it grows); float32."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 2:
+        raise ValueError(f"resize_2d needs a 2D image, got shape {image.shape}")
+    h, w = image.shape
+    tmp = resize_weights(h, rows) @ image  # (rows, w)
+    return np.ascontiguousarray((resize_weights(w, cols) @ tmp.T).T, dtype=np.float32)
 
 
 class VolumeSlicer:
