@@ -701,6 +701,29 @@ def test_an_organ_seen_a_little_less_on_each_slice_upwards_is_followed_whole():
     assert HybridConfig().neighbour_ratio == 0.9  # the default is the ratio that follows it
 
 
+@pytest.mark.parametrize("flip", [False, True], ids=["lps", "ras-stored"])
+def test_an_organ_cut_by_the_scan_range_is_drawn_to_the_last_slice(flip):
+    """A liver that runs out of the scan at its top, on 1.6 mm slices (extension steps of 2 slices)
+    and an even count of slices the U-Net left out at the edge (as on example_ct at 1.6 mm, where
+    the U-Net leaves the top 3 slices): the extension's last step stops on the scan's last slice
+    instead of stepping past it and giving up, so every slice of the truth is drawn."""
+    shape = (40, 64, 64)
+    direction = np.diag([-1.0, -1.0, 1.0]) if flip else np.eye(3)
+    volume = Volume(np.full(shape, 60, np.int16), Grid(shape, (1.5, 1.5, 1.6), (0.0, 0.0, 0.0), direction))
+    slicer = VolumeSlicer(volume)
+    truth_c = np.zeros(slicer.user_volume_to_canonical(np.zeros(shape, np.uint8)).shape, np.uint8)
+    truth_c[12:, 14:50, 14:50] = 1  # the liver from slice 12 to the top (slice 39)
+    unet_c = truth_c.copy()
+    unet_c[37:] = 0  # the U-Net stops 3 slices short of the scan's edge
+    truth, unet = slicer.canonical_volume_to_user(truth_c), slicer.canonical_volume_to_user(unet_c)
+    config = HybridConfig(sample_mm=0.0, box_margin_mm=0.0)
+    assert round(config.extend_step_mm / 1.6) == 2  # the step that used to leave the last slice out
+    out = hybrid_refine(OraclePredictor(truth), volume, unet, TABLE, config)
+    got = slicer.user_volume_to_canonical(out.labels) == 1
+    per_slice = [_dice(got[k], truth_c[k] == 1) for k in range(12, 40)]
+    assert min(per_slice) > 0.99, per_slice
+
+
 # -- key slices on thin-slice CT: geometry and the stand-in prompt model -------------------------------
 def test_key_slices_share_one_grid_and_keep_every_piece_end():
     from lkseg.auto.keyslices import key_slices, slice_step

@@ -1073,8 +1073,10 @@ def _extend(
 ):
     """Grow ``piece`` towards its end in ``direction`` and up to ``n_max = (slices, step)`` slices
     beyond it, ``step`` slices at a time (skipped slices get the interpolation of the two drawn
-    ones; where a step fails, the slices it skipped are tried one by one), starting from its last slice with a box-sized mask (the U-Net's end slices are often
-    slivers); only free voxels are added. Returns (slices grown beyond the U-Net, encodes)."""
+    ones; where a step fails, the slices it skipped are tried one by one; a step past the scan's
+    first or last slice stops on it), starting from its last slice with a box-sized mask (the U-Net's
+    end slices are often slivers); only free voxels are added. Returns (slices grown beyond the
+    U-Net, encodes)."""
     n_max, step = n_max
     floor = config.min_piece_mm2 / (pixel_mm[0] * pixel_mm[1])
     end = piece.k_range[1] if direction > 0 else piece.k_range[0]
@@ -1090,6 +1092,9 @@ def _extend(
         k += direction * step
         if (k - end) * direction > n_max and (k_prev - end) * direction < n_max:
             k = end + direction * n_max  # the last step stops at the limit
+        edge = fused.shape[0] - 1 if direction > 0 else 0
+        if (k - edge) * direction > 0 and k_prev != edge:
+            k = edge  # and at the scan's first or last slice, where an organ cut by the scan range ends
         beyond = (k - end) * direction
         if beyond > n_max or not 0 <= k < fused.shape[0] or prev.sum() < floor:
             break
