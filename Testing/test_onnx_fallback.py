@@ -217,9 +217,10 @@ def test_prompt_export_cache_is_keyed_by_versions_and_export_code(prompt_model, 
     exported = []
 
     def fake_export(role):
-        def write(model, path, *args):
-            exported.append(role)
-            Path(path).write_bytes(f"{role} graph".encode())
+        def write(model, path, *args, window=False):
+            name = f"{role}_window" if window else role
+            exported.append(name)
+            Path(path).write_bytes(f"{name} graph".encode())
 
         return write
 
@@ -230,16 +231,16 @@ def test_prompt_export_cache_is_keyed_by_versions_and_export_code(prompt_model, 
     assert key["torch"] == torch.__version__ and key["onnxruntime"] == ort.__version__
     folder = tmp_path / "onnx" / "m"
     rt.ensure_onnx_exports(prompt_model, folder)
-    assert exported == ["encoder", "decoder"]
+    assert exported == ["encoder", "decoder", "decoder_window"]
     rt.ensure_onnx_exports(prompt_model, folder)  # same key: reused
-    assert exported == ["encoder", "decoder"]
+    assert exported == ["encoder", "decoder", "decoder_window"]
     for field, other in (("torch", "1.0.0"), ("onnx", "0.0.1"), ("export_version", -1), ("opset", 11)):
         record = json.loads((folder / "exports.json").read_text())
         record[field] = other  # as if written by another torch / onnx / export code
         (folder / "exports.json").write_text(json.dumps(record))
         exported.clear()
         rt.ensure_onnx_exports(prompt_model, folder)
-        assert exported == ["encoder", "decoder"], field
+        assert exported == ["encoder", "decoder", "decoder_window"], field
         assert json.loads((folder / "exports.json").read_text())[field] == key[field]
 
 
