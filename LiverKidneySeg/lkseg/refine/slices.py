@@ -140,7 +140,7 @@ class InputTransform:
         by :func:`resize_2d` (area averaging along an axis that shrinks, as LiteMedSAM's training
         images were made; linear interpolation along one that grows)."""
         rh, rw = self.resized
-        t = resize_2d(np.asarray(unit, dtype=np.float32), rh, rw)
+        t = resize_2d(unit, rh, rw)
         out = np.zeros((3, self.size, self.size), dtype=np.float32)
         if normalisation == "minmax":
             lo, hi = float(t.min()), float(t.max())
