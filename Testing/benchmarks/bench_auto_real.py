@@ -21,14 +21,16 @@ run a fresh process (imports, model loads, read, segment): wall time and peak RS
 ``--speed-runs`` runs per ``--speed-modes`` mode, with the load average before and after.
 ``--speed-geometry 512-0.57`` makes the real-size input a 512 x 512 grid of 0.57 mm pixels instead
 (a 292 mm field of view centred on the body, 1.6 mm slices: the geometry of a typical thin-pixel
-abdominal CT), see :func:`make_real_size`.
+abdominal CT), see :func:`make_real_size`. ``--resample 0.78|512-0.57`` evaluates every selected
+case resampled to that geometry instead of on its own grid (the painted contrast phases of
+``make_phase_real.py`` at thin pixels, for instance; :func:`resample_case`).
 
 Usage::
 
     OMP_NUM_THREADS=2 python Testing/benchmarks/bench_auto_real.py [EXTRA_FOLDER ...]
         [--modes unet hybrid hybrid-dense] [--repeats 1] [--cases example_ct_sm] [--speed]
         [--speed-runs 2] [--speed-modes hybrid hybrid-dense] [--speed-geometry 512-0.57]
-        [--json out.json]
+        [--resample 512-0.57] [--json out.json]
 """
 
 from __future__ import annotations
@@ -149,17 +151,15 @@ def evaluate(seg, case: dict, mode: str, repeats: int) -> dict:
     return row
 
 
-def make_real_size(out_dir: Path, geometry: str = "0.78") -> tuple[Path, Path]:
-    """``example_ct`` resampled (linear) and its mask (nearest neighbour): ``"0.78"``, its whole
-    field of view at 0.78 x 0.78 x 1.6 mm (469 x 388 x 210); ``"512-0.57"``, a 512 x 512 grid of
-    0.57 mm pixels (a 292 mm field of view, tighter than the scan's 366 x 303 mm, centred on the
-    body's in-plane centre; 1.6 mm slices), the geometry of the issue's first real scan: all of the
-    liver and the kidneys and 96 % of the spleen stay in view."""
+def resample_case(image: Path, reference: Path, out_dir: Path, geometry: str, stem: str) -> tuple[Path, Path]:
+    """A CT (linear) and its label mask (nearest neighbour) resampled to ``geometry``: ``"0.78"``, the
+    whole field of view at 0.78 x 0.78 x 1.6 mm; ``"512-0.57"``, a 512 x 512 grid of 0.57 mm pixels
+    (a 292 mm field of view centred on the body's in-plane centre, 1.6 mm slices), the geometry of
+    the issue's first real scan. Written as ``<stem>_ct.nii.gz`` / ``<stem>_seg.nii.gz`` (int16 CT)."""
     import SimpleITK as sitk
 
-    ts = REAL_CT / "totalsegmentator"
-    src = sitk.ReadImage(str(ts / "example_ct.nii.gz"), sitk.sitkFloat32)
-    ref = sitk.ReadImage(str(ts / "example_seg_fast_force_split.nii.gz"))
+    src = sitk.ReadImage(str(image), sitk.sitkFloat32)
+    ref = sitk.ReadImage(str(reference))
     if geometry == "512-0.57":
         spacing = (0.57, 0.57, 1.6)
         size = [512, 512, round(src.GetSize()[2] * src.GetSpacing()[2] / spacing[2])]
@@ -168,17 +168,33 @@ def make_real_size(out_dir: Path, geometry: str = "0.78") -> tuple[Path, Path]:
         centre = np.array(src.TransformContinuousIndexToPhysicalPoint((ci, cj, (src.GetSize()[2] - 1) / 2.0)))
         half = np.array([(n - 1) / 2.0 * t for n, t in zip(size, spacing)])
         origin = tuple(centre - np.array(src.GetDirection()).reshape(3, 3) @ half)
-    else:
+    elif geometry == "0.78":
         spacing = (0.78, 0.78, 1.6)
         size = [round(n * s / t) for n, s, t in zip(src.GetSize(), src.GetSpacing(), spacing)]
         origin = src.GetOrigin()
+    else:
+        raise ValueError(f"unknown geometry {geometry!r}")
     args = (sitk.Transform(), None, origin, spacing, src.GetDirection())
     big = sitk.Resample(src, size, args[0], sitk.sitkLinear, *args[2:], -1024.0)
     big_ref = sitk.Resample(ref, size, args[0], sitk.sitkNearestNeighbor, *args[2:], 0)
-    tag = "0.78x1.6" if geometry == "0.78" else "512-0.57x1.6"
-    paths = (out_dir / f"example_ct_{tag}.nii.gz", out_dir / f"example_seg_{tag}.nii.gz")
+    paths = (out_dir / f"{stem}_ct.nii.gz", out_dir / f"{stem}_seg.nii.gz")
     sitk.WriteImage(sitk.Cast(big, sitk.sitkInt16), str(paths[0]))
     sitk.WriteImage(big_ref, str(paths[1]))
+    return paths
+
+
+def make_real_size(out_dir: Path, geometry: str = "0.78") -> tuple[Path, Path]:
+    """``example_ct`` and its mask resampled by :func:`resample_case`: ``"0.78"`` gives 469 x 388 x
+    210 voxels; on ``"512-0.57"`` all of the liver and the kidneys and 96 % of the spleen stay in
+    view."""
+    ts = REAL_CT / "totalsegmentator"
+    tag = "0.78x1.6" if geometry == "0.78" else "512-0.57x1.6"
+    image, seg = resample_case(
+        ts / "example_ct.nii.gz", ts / "example_seg_fast_force_split.nii.gz", out_dir, geometry, f"example_{tag}"
+    )
+    paths = (out_dir / f"example_ct_{tag}.nii.gz", out_dir / f"example_seg_{tag}.nii.gz")
+    image.rename(paths[0])
+    seg.rename(paths[1])
     return paths
 
 
@@ -227,6 +243,12 @@ def main() -> int:
         choices=["0.78", "512-0.57"],
         help="the real-size input: example_ct at 0.78 mm (whole field of view) or on a 512x512 grid of 0.57 mm",
     )
+    p.add_argument(
+        "--resample",
+        choices=["0.78", "512-0.57"],
+        help="evaluate every selected case resampled to this geometry (as --speed-geometry; its mask by "
+        "nearest neighbour) instead of on its own grid; DICOM cases are skipped",
+    )
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -240,18 +262,25 @@ def main() -> int:
     seg = AutoSegmenter(args.model, device="cpu")
     print(f"model loaded in {time.perf_counter() - start:.1f} s (load {loadavg()})")
     rows = []
-    for case in cases:
-        for mode in args.modes:
-            row = evaluate(seg, case, mode, args.repeats)
-            rows.append(row)
-            print(json.dumps(row, default=str), flush=True)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as resampled:
+        for case in cases:
+            if args.resample:
+                if case["image"].is_dir():
+                    continue  # a DICOM series
+                stem = f"{case['name']}@{args.resample}"
+                image, reference = resample_case(case["image"], case["reference"], Path(resampled), args.resample, stem)
+                case = {**case, "name": stem, "image": image, "reference": reference}
+            for mode in args.modes:
+                row = evaluate(seg, case, mode, args.repeats)
+                rows.append(row)
+                print(json.dumps(row, default=str), flush=True)
     columns = ["case", "mode_used", "wall_s", "encoded", "load"]
     columns += [f"{o}_{m}" for o in ORGANS for m in ("dice", "hd95")]
     print_table([{k: r.get(k, "refused" if "refused" in r else "") for k in columns} for r in rows], columns, "real CT")
     speed = []
     if args.speed:
-        import tempfile
-
         with tempfile.TemporaryDirectory() as tmp:
             image, reference = make_real_size(Path(tmp), args.speed_geometry)
             for mode in args.speed_modes:
