@@ -1049,3 +1049,48 @@ def test_the_hybrid_takes_the_sinus_out_of_a_kidney_drawn_across_its_hilum(flip)
         assert _dice(got_off, drawn == value) > 0.98
     assert sum("renal sinus fat carved out" in n for n in on.notes) == 2
     assert not any("sinus" in n for n in off.notes)
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["lps", "ras-stored"])
+def test_kidney_slices_drawn_around_the_hilum_are_redrawn_from_the_slice_above(flip):
+    """A right kidney (a cylinder, 200 px a slice) beside a blob of the same size and a similar HU 36 mm
+    medial to it (the hilum's vessels and pelvis, another structure): the "U-Net" finds the kidney on
+    its upper slices but, on its lower seven, only a disk on the blob, so the boxes there hold the
+    blob and the prompt model (an oracle answering with the true structure that fills the box) draws
+    it. The descending pass sees those slices disagree with the kidney drawn above them and redraws
+    them with that slice's box: the blob is no longer kidney and the kidney is whole. With the rule
+    off the blob stays kidney on those slices (the postprocessing calls it the left kidney, a second
+    piece medial to the right one). Built in LPS (columns towards the patient's left, the
+    midline at column 48) and stored as given or flipped in-plane (RAS-like storage)."""
+    shape = (24, 64, 96)
+    _, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    slices = np.zeros(shape, bool)
+    slices[4:21] = True
+    kidney = slices & ((yy - 32) ** 2 + (xx - 18) ** 2 <= 8**2)
+    blob = slices & ((yy - 32) ** 2 + (xx - 35) ** 2 <= 8**2)
+    hu = np.full(shape, 20, dtype=np.int16)
+    hu[kidney], hu[blob] = 150, 140
+    truth = np.zeros(shape, np.uint8)
+    truth[kidney], truth[blob] = 3, 20
+    unet = np.zeros(shape, np.uint8)
+    unet[11:21][ndimage.binary_erosion(kidney, iterations=1)[11:21]] = 3
+    unet[4:11][((yy - 32) ** 2 + (xx - 31) ** 2 <= 6**2)[0][None].repeat(7, 0)] = 3
+    direction = np.diag([-1.0, -1.0, 1.0]) if flip else np.eye(3)
+    store = (lambda a: np.ascontiguousarray(a[:, ::-1, ::-1])) if flip else (lambda a: a)
+    volume = Volume(store(hu), Grid(shape, (1.5, 1.5, 3.0), (0.0, 0.0, 0.0), direction))
+    for rule in (True, False):
+        config = HybridConfig(sample_mm=0.0, extend_mm=0.0, carve_sinus=False)
+        if not rule:
+            config = replace(config, agree_organs=())
+        out = hybrid_refine(OraclePredictor(store(truth)), volume, store(unet), TABLE, config)
+        labels = store(out.labels)  # back in LPS order (the flip is its own inverse)
+        got = labels == 3
+        on_blob = int((np.isin(labels, [3, 4]) & blob).sum())  # kidney, of either side
+        redrawn = [n for n in out.notes if "redrawn with the box of the slice above" in n]
+        if rule:
+            assert _dice(got, kidney) > 0.95
+            assert on_blob == 0
+            assert len(redrawn) == 1 and redrawn[0].startswith("hybrid kidney_right:")
+        else:
+            assert on_blob > 0.5 * int(blob[4:11].sum())  # the failure the rule is for
+            assert not redrawn

@@ -221,6 +221,14 @@ class HybridConfig:
         decode_window: the decoder computes each mask only within ``keep_within_mm`` of its
             box (plus one embedding cell), where every rule reads it; the logits there are the
             whole-slice decode's (README, *Decoding a window*). Off: whole-slice decodes.
+        agree_organs, agree_dice, agree_ratio, agree_gain: in the descending pass, a drawn slice of
+            these organs whose mask agrees with the drawn slice above less than ``agree_dice``
+            (2D Dice), where that slice is at least ``agree_ratio`` times its area (no tapering end),
+            is decoded again with that slice's box, and the answer replaces the mask when it agrees
+            with the slice above by ``agree_gain`` more (:func:`_realign`). The pass runs downwards
+            from the drawn slice above, so a kidney's lower slices drawn around the hilum from a
+            small U-Net piece are redrawn one after the other. Empty ``agree_organs``: off.
+            README, *Kidney slices that disagree with the slice above*.
     """
 
     box_margin_mm: float = 6.0
@@ -259,6 +267,10 @@ class HybridConfig:
     sinus_smooth_mm: float = 1.5
     sinus_max_fraction: float = 0.2
     decode_window: bool = True
+    agree_organs: tuple[str, ...] = ("kidney_right", "kidney_left")
+    agree_dice: float = 0.7
+    agree_ratio: float = 0.8
+    agree_gain: float = 0.1
 
 
 @dataclass
@@ -614,6 +626,7 @@ def hybrid_refine(
     # organ upwards only, so a lower pole that the U-Net saw only partly (while it saw the slice
     # above whole) was left as the U-Net's part; each slice is compared with the drawn one above
     # it, already corrected, so a partly seen pole is followed down slice by slice
+    realigned: dict[str, int] = {}  # organ -> slices redrawn with the box of the slice above
     if config.neighbour_ratio > 0 and config.follow_down:
         organ_of = {p.value: p.organ for p in pieces}
         for pos in range(len(drawn) - 2, -1, -1):
@@ -621,12 +634,18 @@ def hybrid_refine(
             if above - k > step or k not in seen:
                 continue
             for value in sorted({p.value for p in per_slice.get(k, [])}):
-                if not _much_smaller(fused[k] == value, fused[above] == value, config, pixel_mm, config.down_ratio):
+                cur, ref = fused[k] == value, fused[above] == value
+                smaller = _much_smaller(cur, ref, config, pixel_mm, config.down_ratio)
+                apart = not smaller and organ_of[value] in config.agree_organs and _apart(cur, ref, config, pixel_mm)
+                if not (smaller or apart):
                     continue  # checked before asking for the slice's embedding
                 if cancel is not None:
                     cancel.raise_if_cancelled()
                 ctx = predictor.slice_context("axial", k, organ_of[value])
-                follow(ctx, k, value, above, ratio=config.down_ratio, stray=stray)
+                if smaller:
+                    follow(ctx, k, value, above, ratio=config.down_ratio, stray=stray)
+                elif _realign(ctx, fused, k, value, above, config, margin, pixel_mm, hu_of(k, value), stray):
+                    realigned[organ_of[value]] = realigned.get(organ_of[value], 0) + 1
     log.debug("hybrid: key step %d, drawn slices %s", step, drawn)
     if step > 1:
         _fill_between(fused, pieces, drawn, config, pixel_mm, stray)
@@ -682,8 +701,9 @@ def hybrid_refine(
     )
     for organ, (n_sl, n_fb) in stats.items():
         ext = outcome.extended_slices.get(organ, 0)
+        again = f", redrawn with the box of the slice above on {realigned[organ]}" if organ in realigned else ""
         outcome.notes.append(
-            f"hybrid {organ}: drawn on {n_sl} slice(s), U-Net kept on {n_fb}, extended by {ext} slice(s)"
+            f"hybrid {organ}: drawn on {n_sl} slice(s), U-Net kept on {n_fb}, extended by {ext} slice(s){again}"
         )
     return outcome
 
@@ -933,6 +953,46 @@ def _follow_neighbour(
             if fat_free and _fatty(cand, image, pixel_mm, config):
                 return
         _take(fused, k, cand, value, stray)
+
+
+def _apart(cur: np.ndarray, ref: np.ndarray, config: HybridConfig, pixel_mm) -> bool:
+    """Whether an organ's drawn mask ``cur`` disagrees with ``ref``, the drawn slice above it (2D
+    Dice under ``agree_dice``) where that slice is no tapering end: ``ref`` is a ``min_piece_mm2``
+    piece at least ``agree_ratio`` times ``cur``'s area."""
+    n_ref, n_cur = int(ref.sum()), int(cur.sum())
+    floor = config.min_piece_mm2 / (pixel_mm[0] * pixel_mm[1])
+    return (
+        n_cur > 0 and n_ref >= floor and n_ref >= config.agree_ratio * n_cur and mask_dice(cur, ref) < config.agree_dice
+    )
+
+
+def _realign(ctx, fused, k, value, above, config: HybridConfig, margin, pixel_mm, hu=None, stray=None) -> bool:
+    """Slice ``k``'s mask of organ ``value`` disagrees with the drawn slice ``above`` (:func:`_apart`):
+    the box of that slice's mask is decoded on this slice (same embedding), and its answer replaces
+    the mask when it agrees with the slice above by ``agree_gain`` (2D Dice) more than the mask did,
+    its area is ``extend_min_ratio``-``extend_max_ratio`` times that slice's and at least
+    ``agree_ratio`` times the mask's, and, with ``hu = (slice HU, organ median, organ SD)``, the pixels
+    it adds look like the organ (``extend_hu_sd``). A box around the U-Net's piece at a kidney's end,
+    where the U-Net saw only the part beside the hilum, has LiteMedSAM draw the hilum's vessels and
+    pelvis instead of the kidney; the slice above, drawn whole, knows better. Returns whether the
+    mask was replaced."""
+    cur, ref = fused[k] == value, fused[above] == value
+    logits = _decode_regrow(ctx, ref, margin, config.regrow, _within(config))
+    radius = (config.keep_within_mm / pixel_mm[0], config.keep_within_mm / pixel_mm[1])
+    cand = (logits > 0) & _dilate(ref, radius) & (_free(fused, k, value, stray) | cur)
+    area, n_ref = int(cand.sum()), int(ref.sum())
+    if not config.extend_min_ratio * n_ref <= area <= config.extend_max_ratio * n_ref:
+        return False
+    if area < config.agree_ratio * int(cur.sum()) or mask_dice(cand, ref) < mask_dice(cur, ref) + config.agree_gain:
+        return False
+    if hu is not None:
+        image, mu, sd = hu
+        new = cand & ~cur
+        if new.any() and abs(float(np.mean(image[new])) - mu) > config.extend_hu_sd * sd:
+            return False
+    fused[k][cur & ~cand] = 0
+    _take(fused, k, cand, value, stray)
+    return True
 
 
 def _touches(mask: np.ndarray, box: tuple[int, int, int, int]) -> bool:
