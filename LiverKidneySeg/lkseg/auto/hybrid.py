@@ -12,7 +12,10 @@ Given the U-Net's label map (:class:`~lkseg.auto.AutoResult`), :func:`hybrid_ref
    ``box_margin_mm``) and decodes the box with the prompt model; each slice is encoded ONCE for
    all organs (they share the soft-tissue window); the slices in between get the
    signed-distance interpolation of the drawn ones; where the mask reaches along a side of the
-   box that cuts the liver or the spleen, that side moves out (``HybridConfig.grow_organs``);
+   box that cuts the liver or the spleen, that side moves out (``HybridConfig.grow_organs``); in
+   a descending pass over the drawn slices, a slice much smaller than the one above, or a kidney
+   slice that disagrees with it (``HybridConfig.agree_organs``: drawn around the hilum from a small
+   U-Net piece), is decoded again with that slice's box;
 3. fuses: the prompt model's mask is kept inside the U-Net piece dilated by ``keep_within_mm``;
    where it is empty or its area is implausible next to the U-Net's (outside
    ``[min_area_ratio, max_area_ratio]``), the U-Net's piece is kept; a pixel claimed by two
