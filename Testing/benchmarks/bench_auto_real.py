@@ -151,11 +151,11 @@ def evaluate(seg, case: dict, mode: str, repeats: int) -> dict:
     return row
 
 
-def resample_case(image: Path, reference: Path, out_dir: Path, geometry: str, stem: str) -> tuple[Path, Path]:
+def resample_case(image: Path, reference: Path, geometry: str, paths: tuple[Path, Path]) -> tuple[Path, Path]:
     """A CT (linear) and its label mask (nearest neighbour) resampled to ``geometry``: ``"0.78"``, the
     whole field of view at 0.78 x 0.78 x 1.6 mm; ``"512-0.57"``, a 512 x 512 grid of 0.57 mm pixels
     (a 292 mm field of view centred on the body's in-plane centre, 1.6 mm slices), the geometry of
-    the issue's first real scan. Written as ``<stem>_ct.nii.gz`` / ``<stem>_seg.nii.gz`` (int16 CT)."""
+    the issue's first real scan. Written to ``paths`` (CT as int16, mask), which it returns."""
     import SimpleITK as sitk
 
     src = sitk.ReadImage(str(image), sitk.sitkFloat32)
@@ -177,7 +177,6 @@ def resample_case(image: Path, reference: Path, out_dir: Path, geometry: str, st
     args = (sitk.Transform(), None, origin, spacing, src.GetDirection())
     big = sitk.Resample(src, size, args[0], sitk.sitkLinear, *args[2:], -1024.0)
     big_ref = sitk.Resample(ref, size, args[0], sitk.sitkNearestNeighbor, *args[2:], 0)
-    paths = (out_dir / f"{stem}_ct.nii.gz", out_dir / f"{stem}_seg.nii.gz")
     sitk.WriteImage(sitk.Cast(big, sitk.sitkInt16), str(paths[0]))
     sitk.WriteImage(big_ref, str(paths[1]))
     return paths
@@ -189,13 +188,8 @@ def make_real_size(out_dir: Path, geometry: str = "0.78") -> tuple[Path, Path]:
     view."""
     ts = REAL_CT / "totalsegmentator"
     tag = "0.78x1.6" if geometry == "0.78" else "512-0.57x1.6"
-    image, seg = resample_case(
-        ts / "example_ct.nii.gz", ts / "example_seg_fast_force_split.nii.gz", out_dir, geometry, f"example_{tag}"
-    )
     paths = (out_dir / f"example_ct_{tag}.nii.gz", out_dir / f"example_seg_{tag}.nii.gz")
-    image.rename(paths[0])
-    seg.rename(paths[1])
-    return paths
+    return resample_case(ts / "example_ct.nii.gz", ts / "example_seg_fast_force_split.nii.gz", geometry, paths)
 
 
 def speed_case(image: str, reference: str, mode: str) -> dict:
@@ -270,7 +264,8 @@ def main() -> int:
                 if case["image"].is_dir():
                     continue  # a DICOM series
                 stem = f"{case['name']}@{args.resample}"
-                image, reference = resample_case(case["image"], case["reference"], Path(resampled), args.resample, stem)
+                out = (Path(resampled) / f"{stem}_ct.nii.gz", Path(resampled) / f"{stem}_seg.nii.gz")
+                image, reference = resample_case(case["image"], case["reference"], args.resample, out)
                 case = {**case, "name": stem, "image": image, "reference": reference}
             for mode in args.modes:
                 row = evaluate(seg, case, mode, args.repeats)

@@ -647,7 +647,7 @@ def hybrid_refine(
                 ctx = predictor.slice_context("axial", k, organ_of[value])
                 if smaller:
                     follow(ctx, k, value, above, ratio=config.down_ratio, stray=stray)
-                elif _realign(ctx, fused, k, value, above, config, margin, pixel_mm, hu_of(k, value), stray):
+                elif _realign(ctx, fused, k, value, cur, ref, config, margin, pixel_mm, hu_of(k, value), stray):
                     realigned[organ_of[value]] = realigned.get(organ_of[value], 0) + 1
     log.debug("hybrid: key step %d, drawn slices %s", step, drawn)
     if step > 1:
@@ -943,19 +943,33 @@ def _follow_neighbour(
         return
     n_prev, n_cur = int(prev.sum()), int(cur.sum())
     below = k - 1 if below is None else below
-    logits = _decode_regrow(ctx, prev | cur, margin, config.regrow if abs(k - below) > 1 else 0, _within(config))
-    radius = (config.keep_within_mm / pixel_mm[0], config.keep_within_mm / pixel_mm[1])
-    cand = (logits > 0) & _dilate(prev | cur, radius) & (_free(fused, k, value, stray) | cur)
+    regrow = config.regrow if abs(k - below) > 1 else 0
+    cand = _redraw(ctx, fused, k, value, prev | cur, cur, regrow, config, margin, pixel_mm, stray)
     area = int(cand.sum())
     if n_cur < area <= config.extend_max_ratio * n_prev and (cand & prev).sum() >= 0.5 * area:
         if hu is not None:
-            image, mu, sd = hu
-            new = cand & ~cur
-            if new.any() and abs(float(np.mean(image[new])) - mu) > config.extend_hu_sd * sd:
+            if _adds_other_tissue(cand, cur, hu, config):
                 return
-            if fat_free and _fatty(cand, image, pixel_mm, config):
+            if fat_free and _fatty(cand, hu[0], pixel_mm, config):
                 return
         _take(fused, k, cand, value, stray)
+
+
+def _redraw(ctx, fused, k, value, box_mask, cur, regrow: int, config: HybridConfig, margin, pixel_mm, stray=None):
+    """Organ ``value``'s answer on slice ``k`` to the box of ``box_mask`` (regrown ``regrow`` times,
+    :func:`_decode_regrow`), cut to ``keep_within_mm`` of ``box_mask`` and to what the organ may
+    hold there: free pixels (:func:`_free`) and its current mask ``cur``."""
+    logits = _decode_regrow(ctx, box_mask, margin, regrow, _within(config))
+    radius = (config.keep_within_mm / pixel_mm[0], config.keep_within_mm / pixel_mm[1])
+    return (logits > 0) & _dilate(box_mask, radius) & (_free(fused, k, value, stray) | cur)
+
+
+def _adds_other_tissue(cand: np.ndarray, cur: np.ndarray, hu, config: HybridConfig) -> bool:
+    """Whether the pixels ``cand`` adds to ``cur`` do not look like the organ: their mean HU lies
+    more than ``extend_hu_sd`` SD from its median (``hu = (slice HU, organ median, organ SD)``)."""
+    image, mu, sd = hu
+    new = cand & ~cur
+    return bool(new.any()) and abs(float(np.mean(image[new])) - mu) > config.extend_hu_sd * sd
 
 
 def _apart(cur: np.ndarray, ref: np.ndarray, config: HybridConfig, pixel_mm) -> bool:
@@ -969,9 +983,9 @@ def _apart(cur: np.ndarray, ref: np.ndarray, config: HybridConfig, pixel_mm) -> 
     )
 
 
-def _realign(ctx, fused, k, value, above, config: HybridConfig, margin, pixel_mm, hu=None, stray=None) -> bool:
-    """Slice ``k``'s mask of organ ``value`` disagrees with the drawn slice ``above`` (:func:`_apart`):
-    the box of that slice's mask is decoded on this slice (same embedding), and its answer replaces
+def _realign(ctx, fused, k, value, cur, ref, config: HybridConfig, margin, pixel_mm, hu=None, stray=None) -> bool:
+    """Slice ``k``'s mask ``cur`` of organ ``value`` disagrees with ``ref``, its mask on the drawn slice
+    above (:func:`_apart`): the box of ``ref`` is decoded on this slice (same embedding), and its answer replaces
     the mask when it agrees with the slice above by ``agree_gain`` (2D Dice) more than the mask did,
     its area is ``extend_min_ratio``-``extend_max_ratio`` times that slice's and at least
     ``agree_ratio`` times the mask's, and, with ``hu = (slice HU, organ median, organ SD)``, the pixels
@@ -979,20 +993,14 @@ def _realign(ctx, fused, k, value, above, config: HybridConfig, margin, pixel_mm
     where the U-Net saw only the part beside the hilum, has LiteMedSAM draw the hilum's vessels and
     pelvis instead of the kidney; the slice above, drawn whole, knows better. Returns whether the
     mask was replaced."""
-    cur, ref = fused[k] == value, fused[above] == value
-    logits = _decode_regrow(ctx, ref, margin, config.regrow, _within(config))
-    radius = (config.keep_within_mm / pixel_mm[0], config.keep_within_mm / pixel_mm[1])
-    cand = (logits > 0) & _dilate(ref, radius) & (_free(fused, k, value, stray) | cur)
+    cand = _redraw(ctx, fused, k, value, ref, cur, config.regrow, config, margin, pixel_mm, stray)
     area, n_ref = int(cand.sum()), int(ref.sum())
     if not config.extend_min_ratio * n_ref <= area <= config.extend_max_ratio * n_ref:
         return False
     if area < config.agree_ratio * int(cur.sum()) or mask_dice(cand, ref) < mask_dice(cur, ref) + config.agree_gain:
         return False
-    if hu is not None:
-        image, mu, sd = hu
-        new = cand & ~cur
-        if new.any() and abs(float(np.mean(image[new])) - mu) > config.extend_hu_sd * sd:
-            return False
+    if hu is not None and _adds_other_tissue(cand, cur, hu, config):
+        return False
     fused[k][cur & ~cand] = 0
     _take(fused, k, cand, value, stray)
     return True
