@@ -87,6 +87,50 @@ def test_a_drawn_liver_holding_fat_falls_back_to_the_unet(pixel_mm):
     assert np.array_equal(out == 1, drawn) and fallbacks == {}
 
 
+@pytest.mark.parametrize("pixel_mm", [(0.7, 0.7), (3.0, 3.0)], ids=["0.7mm", "3mm"])
+def test_a_drawn_organ_far_larger_than_the_unet_piece_is_kept_only_when_it_holds_the_piece_and_looks_like_the_organ(
+    pixel_mm,
+):
+    """The U-Net saw a quarter of an organ (a strip at its side, as at a liver tip or a field of view's
+    edge): the prompt model's answer, 4x the piece, is kept when it holds the piece and the pixels it
+    adds have the organ's HU; it is refused (the U-Net's piece kept) when it adds another tissue, when
+    it misses most of the piece, beyond ``checked_area_ratio``, and with the rule off."""
+    n = round(150 / pixel_mm[0])
+    shape = (n, n)
+    px = lambda mm: round(mm / pixel_mm[0])  # noqa: E731
+    rng = np.random.default_rng(3)
+    hu = rng.normal(0.0, 12.0, shape).astype(np.float32)  # a water-density neighbour everywhere
+    organ = square(shape, px(40), px(40), px(100), px(100))  # 60 x 60 mm
+    hu[organ] += 60.0  # the organ: 60 HU
+    piece = square(shape, px(40), px(40), px(100), px(55))  # the U-Net's strip: a quarter
+    stats = {1: (60.0, 15.0)}
+    config = HybridConfig(keep_within_mm=80.0, checked_area_ratio=6.0)
+
+    def fused(answer, cfg=config, organ_hu=stats):
+        return fuse_slice({1: [(piece, np.where(answer, 4.0, -4.0), None)]}, cfg, pixel_mm, hu, frozenset(), organ_hu)
+
+    out, fallbacks = fused(organ)
+    assert np.array_equal(out == 1, organ) and fallbacks == {}
+    # the same answer with the rule off, or without the organ's HU: the U-Net's piece
+    for out, fallbacks in (fused(organ, replace(config, checked_area_ratio=0.0)), fused(organ, organ_hu=None)):
+        assert np.array_equal(out == 1, piece) and fallbacks == {1: 1}
+    # the piece and a block of the water-density neighbour beside it (4x the piece)
+    other = piece | square(shape, px(100), px(40), px(140), px(100))
+    assert 3.0 < other.sum() / piece.sum() < 6.0
+    out, fallbacks = fused(other)
+    assert np.array_equal(out == 1, piece) and fallbacks == {1: 1}
+    # an answer 4x the piece that holds only half of it
+    shifted = square(shape, px(40), px(48), px(100), px(108))
+    out, fallbacks = fused(shifted)
+    assert np.array_equal(out == 1, piece) and fallbacks == {1: 1}
+    # 8x the piece, organ-like throughout: beyond the checked ratio
+    hu[square(shape, px(10), px(10), px(140), px(130))] = 60.0
+    big = square(shape, px(10), px(10), px(140), px(130))
+    assert big.sum() / piece.sum() > 6.0
+    out, fallbacks = fused(big)
+    assert np.array_equal(out == 1, piece) and fallbacks == {1: 1}
+
+
 def test_fuse_gives_each_pixel_to_one_organ_by_the_higher_logit():
     shape = (40, 40)
     liver_unet, kidney_unet = square(shape, 5, 5, 25, 25), square(shape, 20, 20, 35, 35)
