@@ -119,11 +119,11 @@ def test_a_drawn_organ_far_larger_than_the_unet_piece_is_kept_only_when_it_holds
     assert 3.0 < other.sum() / piece.sum() < 6.0
     out, fallbacks = fused(other)
     assert np.array_equal(out == 1, piece) and fallbacks == {1: 1}
-    # an answer 4x the piece that holds only half of it
+    # an answer 4x the piece that holds under half of it (7 of its 15 mm)
     shifted = square(shape, px(40), px(48), px(100), px(108))
     out, fallbacks = fused(shifted)
     assert np.array_equal(out == 1, piece) and fallbacks == {1: 1}
-    # 8x the piece, organ-like throughout: beyond the checked ratio
+    # 17x the piece, organ-like throughout: beyond the checked ratio
     hu[square(shape, px(10), px(10), px(140), px(130))] = 60.0
     big = square(shape, px(10), px(10), px(140), px(130))
     assert big.sum() / piece.sum() > 6.0
