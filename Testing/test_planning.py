@@ -110,6 +110,30 @@ def test_grid_mismatch_is_an_error():
 
 
 # -- lesions -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["axial_lps", "oblique"])
+def test_an_elongated_lesion_is_flagged_and_round_ones_are_not(name):
+    """Analytic shapes in a liver on an anisotropic grid: a sphere (it fills the sphere of its largest
+    diameter) and a 3:1 ellipsoid (1/9 of it) are masses; a tube 60 mm long and 8 mm wide (2.6 %) is
+    flagged as elongated, in the lesion's notes and in the plan's warnings."""
+    spacing = (0.8, 0.9, 1.5)
+    grid = grid_centred([round(180 / s) for s in spacing], spacing, DIRECTIONS[name])
+    ras = ras_of_voxels(grid)
+    x, y, z = ras[..., 0], ras[..., 1], ras[..., 2]
+    arr = (np.abs(x) <= 85) & (np.abs(y) <= 85) & (np.abs(z) <= 85)
+    arr = arr.astype(np.uint8)  # the liver: a 170 mm box
+    arr[(x + 40) ** 2 + (y + 40) ** 2 + (z + 40) ** 2 <= 10**2] = 2  # sphere, 4.2 mL
+    arr[((x - 40) / 15) ** 2 + ((y + 40) / 5) ** 2 + ((z + 40) / 5) ** 2 <= 1] = 2  # 3:1 ellipsoid, 1.6 mL
+    arr[(np.abs(x) <= 30) & ((y - 40) ** 2 + (z - 40) ** 2 <= 4**2)] = 2  # tube 60 x 8 mm, 3.0 mL
+    labels = Volume(arr, grid)
+    lesions = find_lesions(LabelIndex.build(labels, LIVER), "liver_tumor")
+    assert len(lesions) == 3
+    flagged = [les for les in lesions if "shape" in les.notes]
+    assert len(flagged) == 1 and flagged[0].centroid_ras[1] == pytest.approx(40.0, abs=1.0)
+    assert flagged[0].max_diameter_mm == pytest.approx(60.5, abs=2.0) and "elongated" in flagged[0].notes["shape"]
+    plan = run_plan(labels, LIVER, PlanOptions(surfaces=False))
+    assert [w for w in plan.warnings if "elongated" in w] == [f"{flagged[0].label}: {flagged[0].notes['shape']}"]
+
+
 @pytest.fixture(scope="module")
 def liver_with_lesions():
     """1 mm grid; liver = box 10..89 (i, j, k); tumours at known depths; one outside the liver."""

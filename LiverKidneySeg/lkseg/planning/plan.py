@@ -166,6 +166,7 @@ def run_plan(
             found = find_lesions(index, name, min_volume_ml=options.min_lesion_volume_ml, cancel=cancel)
             lesions += found
             warnings += [f"{les.label}: {les.notes['organ']}" for les in found if les.organ is None]
+            warnings += [f"{les.label}: {les.notes['shape']}" for les in found if "shape" in les.notes]
     burden = [b for name in TUMOUR_STRUCTURES if name in table.values() for b in tumour_burden(index, lesions, name)]
     times["lesions"] = time.perf_counter() - t
     report(progress, 0.3, "lesions")
