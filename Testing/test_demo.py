@@ -101,3 +101,14 @@ def test_demo_on_a_users_ct_proposes_the_correction_but_never_applies_it(refine_
     out, record = simulated_liver_correction(predictor, image, labels, 1, None)
     assert np.array_equal(out.array, labels.array)
     assert record["applied"] is False and record["prompt"] == "box" and "would change" in record["proposal"]
+    assert "% of the automatic liver" in record["proposal"] and "doubt" not in record, record
+    # an automatic "liver" that also holds a liver-sized region elsewhere on the slices above and below
+    # the middle one (the liver mirrored left-right): the box on the middle slice and its propagation
+    # leave it out, and the proposal reports the disagreement as a doubt about the liver
+    liver = labels.array == 1
+    fake = np.flip(liver, axis=2) & ~liver
+    fake[4:8] = False
+    wrong = labels.with_array(np.where(fake, 1, labels.array).astype(np.uint8))
+    out, record = simulated_liver_correction(predictor, image, wrong, 1, None)
+    assert np.array_equal(out.array, wrong.array) and record["applied"] is False
+    assert "doubt" in record and "check the liver slice by slice" in record["doubt"], record

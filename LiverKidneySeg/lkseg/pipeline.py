@@ -119,6 +119,11 @@ def _largest_error(auto: np.ndarray, ref: np.ndarray) -> tuple[int, np.ndarray, 
     return k, np.array([i, j, k], dtype=float), positive
 
 
+#: On a user's CT, a proposed correction that would change more than this share of the automatic
+#: liver's volume is reported as a doubt about the liver (a user's correction changes a few per cent).
+PROPOSAL_DOUBT_SHARE = 0.25
+
+
 def simulated_liver_correction(
     predictor, volume: Volume, labels: Volume, liver_value: int, reference: np.ndarray | None
 ) -> tuple[Volume, dict]:
@@ -164,10 +169,18 @@ def simulated_liver_correction(
         # no truth to judge it by: propose, never apply (a blind box + propagation can erase
         # correct liver on whole slices)
         record["applied"] = False
+        share = float(changed.sum()) / float(auto_liver.sum())
         record["proposal"] = (
             f"a box on axial slice {k} re-drawn and propagated would change {int(changed.sum())} voxels "
-            f"({changed.sum() * labels.grid.voxel_volume_ml:.1f} mL); review it in the refinement tool"
+            f"({changed.sum() * labels.grid.voxel_volume_ml:.1f} mL, {100 * share:.0f} % of the automatic liver's "
+            "volume); review it in the refinement tool"
         )
+        if share > PROPOSAL_DOUBT_SHARE:
+            record["doubt"] = (
+                f"the liver redrawn from one box on its middle slice and propagated differs from the automatic "
+                f"liver by {100 * share:.0f} % of its volume: one of the two is wrong on much of the organ; check the "
+                "liver slice by slice before planning on it"
+            )
         return labels, record
     out = combine(labels, new_liver, liver_value, "replace", region=changed | auto_liver | new_liver)
     record["dice_before"] = dice(auto_liver, reference)
@@ -257,6 +270,8 @@ def run_demo(
             predictor.close()
         res.timings["refinement_s"] = time.perf_counter() - t
         res.refinement = record
+        if "doubt" in record:
+            res.warnings.append(record["doubt"])
         edits.append({"step": "simulated refinement", **record})
     final_seg = type(seg).from_label_volume(labels, table)
     res.outputs["segmentation"] = write_seg_nrrd(final_seg, out / "segmentation.seg.nrrd")
