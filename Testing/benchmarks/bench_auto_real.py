@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import environment, measure_in_subprocess, median, peak_rss_mb, print_table
+from benchutil import body_centre_ji, environment, fov_crop, measure_in_subprocess, median, peak_rss_mb, print_table
 
 ROOT = Path(__file__).resolve().parents[2]
 REAL_CT = ROOT.parent / "shared" / "data" / "real-ct"
@@ -165,8 +165,7 @@ def resample_case(image: Path, reference: Path, geometry: str, paths: tuple[Path
     if geometry == "512-0.57":
         spacing = (0.57, 0.57, 1.6)
         size = [512, 512, round(src.GetSize()[2] * src.GetSpacing()[2] / spacing[2])]
-        body = np.argwhere((sitk.GetArrayViewFromImage(src) > -500).any(axis=0))  # (j, i)
-        cj, ci = (body.min(0) + body.max(0)) / 2.0
+        cj, ci = body_centre_ji(src)
         centre = np.array(src.TransformContinuousIndexToPhysicalPoint((ci, cj, (src.GetSize()[2] - 1) / 2.0)))
         half = np.array([(n - 1) / 2.0 * t for n, t in zip(size, spacing)])
         origin = tuple(centre - np.array(src.GetDirection()).reshape(3, 3) @ half)
@@ -190,14 +189,9 @@ def cut_fov(image: Path, reference: Path, fraction: float, paths: tuple[Path, Pa
     liver and the spleen run out of the image at its sides). Written to ``paths``, which it returns."""
     import SimpleITK as sitk
 
-    ct, ref = sitk.ReadImage(str(image)), sitk.ReadImage(str(reference))
-    nx, ny, _ = ct.GetSize()
-    body = np.argwhere((sitk.GetArrayViewFromImage(ct) > -500).any(axis=0))  # (j, i)
-    cj, ci = (body.min(0) + body.max(0)) // 2
-    hi, hj = int(nx * fraction / 2), int(ny * fraction / 2)
-    i0, i1, j0, j1 = max(0, ci - hi), min(nx, ci + hi), max(0, cj - hj), min(ny, cj + hj)
-    sitk.WriteImage(ct[i0:i1, j0:j1, :], str(paths[0]))
-    sitk.WriteImage(ref[i0:i1, j0:j1, :], str(paths[1]))
+    ct, ref = fov_crop(sitk.ReadImage(str(image)), sitk.ReadImage(str(reference)), fraction)
+    sitk.WriteImage(ct, str(paths[0]))
+    sitk.WriteImage(ref, str(paths[1]))
     return paths
 
 
@@ -283,21 +277,19 @@ def main() -> int:
     rows = []
     import tempfile
 
-    with tempfile.TemporaryDirectory() as resampled:
+    derive = []  # (name suffix, function(image, reference, paths)) applied to each case in turn
+    if args.resample:
+        derive.append((args.resample, lambda im, ref, out: resample_case(im, ref, args.resample, out)))
+    if args.fov:
+        derive.append((f"fov{round(args.fov * 100)}", lambda im, ref, out: cut_fov(im, ref, args.fov, out)))
+    with tempfile.TemporaryDirectory() as folder:
         for case in cases:
-            if args.resample:
-                if case["image"].is_dir():
-                    continue  # a DICOM series
-                stem = f"{case['name']}@{args.resample}"
-                out = (Path(resampled) / f"{stem}_ct.nii.gz", Path(resampled) / f"{stem}_seg.nii.gz")
-                image, reference = resample_case(case["image"], case["reference"], args.resample, out)
-                case = {**case, "name": stem, "image": image, "reference": reference}
-            if args.fov:
-                if case["image"].is_dir():
-                    continue
-                stem = f"{case['name']}@fov{round(args.fov * 100)}"
-                out = (Path(resampled) / f"{stem}_ct.nii.gz", Path(resampled) / f"{stem}_seg.nii.gz")
-                image, reference = cut_fov(case["image"], case["reference"], args.fov, out)
+            if derive and case["image"].is_dir():
+                continue  # a DICOM series
+            for suffix, make in derive:
+                stem = f"{case['name']}@{suffix}"
+                out = (Path(folder) / f"{stem}_ct.nii.gz", Path(folder) / f"{stem}_seg.nii.gz")
+                image, reference = make(case["image"], case["reference"], out)
                 case = {**case, "name": stem, "image": image, "reference": reference}
             for mode in args.modes:
                 row = evaluate(seg, case, mode, args.repeats)

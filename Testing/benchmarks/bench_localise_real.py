@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import environment, peak_rss_mb, print_table
+from benchutil import environment, fov_crop, peak_rss_mb, print_table
 
 ROOT = Path(__file__).resolve().parents[2]
 REAL_CT = ROOT.parent / "shared" / "data" / "real-ct" / "totalsegmentator"
@@ -71,7 +71,6 @@ def variants(ct_path: Path, seg_path: Path):
 
     ct = sitk.ReadImage(str(ct_path))
     seg = sitk.ReadImage(str(seg_path))
-    nx, ny, _ = ct.GetSize()
     yield "full", "whole scan, 112 slices at 3 mm", ct, seg
     yield (
         "pelvis",
@@ -93,17 +92,11 @@ def variants(ct_path: Path, seg_path: Path):
         )
     # tight fields of view: the in-plane centre of the body, a fraction of the width and height kept
     arr = sitk.GetArrayViewFromImage(ct)
-    body = np.argwhere((arr > -500).any(axis=0))  # (j, i) of any body pixel
-    cj, ci = (body.min(0) + body.max(0)) // 2
     for frac in (0.7, 0.55):
-        hi, hj = int(nx * frac / 2), int(ny * frac / 2)
-        i0, i1 = max(0, ci - hi), min(nx, ci + hi)
-        j0, j1 = max(0, cj - hj), min(ny, cj + hj)
         yield (
             f"fov{int(frac * 100)}",
             f"in-plane field of view cut to {int(frac * 100)} % about the body's centre",
-            ct[i0:i1, j0:j1, :],
-            seg[i0:i1, j0:j1, :],
+            *fov_crop(ct, seg, frac),
         )
     rng = np.random.default_rng(0)
     noisy = sitk.GetArrayFromImage(ct).astype(np.float32) + rng.normal(0.0, 40.0, arr.shape).astype(np.float32)

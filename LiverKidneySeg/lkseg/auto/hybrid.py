@@ -990,11 +990,15 @@ def _redraw(ctx, fused, k, value, box_mask, cur, regrow: int, config: HybridConf
 
 
 def _adds_other_tissue(cand: np.ndarray, cur: np.ndarray, hu, config: HybridConfig) -> bool:
-    """Whether the pixels ``cand`` adds to ``cur`` do not look like the organ: their mean HU lies
-    more than ``extend_hu_sd`` SD from its median (``hu = (slice HU, organ median, organ SD)``)."""
+    """Whether the pixels ``cand`` adds to ``cur`` do not look like the organ (:func:`_unlike_organ`)."""
+    return _unlike_organ(cand & ~cur, hu, config)
+
+
+def _unlike_organ(pixels: np.ndarray, hu, config: HybridConfig) -> bool:
+    """Whether ``pixels`` (any) do not look like the organ: their mean HU lies more than
+    ``extend_hu_sd`` SD from its median (``hu = (slice HU, organ median, organ SD)``)."""
     image, mu, sd = hu
-    new = cand & ~cur
-    return bool(new.any()) and abs(float(np.mean(image[new])) - mu) > config.extend_hu_sd * sd
+    return bool(pixels.any()) and abs(float(np.mean(image[pixels])) - mu) > config.extend_hu_sd * sd
 
 
 def _apart(cur: np.ndarray, ref: np.ndarray, config: HybridConfig, pixel_mm) -> bool:
@@ -1145,10 +1149,8 @@ def _decode_grow(
     new = (logits > 0) & gained
     if int(new.sum()) < config.grow_min_gain * int((first > 0).sum()):
         return first, None  # a sliver beyond the first box: not an organ the U-Net cut short
-    if hu is not None:
-        image, mu, sd = hu
-        if abs(float(np.mean(image[new])) - mu) > config.extend_hu_sd * sd:
-            return first, None
+    if hu is not None and _unlike_organ(new, hu, config):
+        return first, None
     log.debug("grow accepted: %d new px (first %d), box %s -> %s", int(new.sum()), int((first > 0).sum()), box0, box)
     return logits, gained
 
